@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Data exploration
+# What a PixelBytes dataset looks like: sprites and captions, how they become one token
+# stream, how many tokens are text and how many are pixels, and what the causal 3x3 "PxBy"
+# context of a token holds.
+
+# %% tags=["parameters"]
+dataset = "embedded"   # "embedded", a hub id such as "ffurfaro/PixelBytes-Pokemon", or a parquet path
+limit = 0              # keep only the first N items (0 = all)
+n_sprites = 48         # sprites shown in the grid
+seed = 0
+out_dir = "outputs/01_data_exploration"   # PNG and CSV files land here
+run_dir = "outputs"                       # the pipeline's run folder (unused here)
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pixelbyte import data, plots, tokenizer as tok
+from pixelbyte.params import check
+
+check("dataset", dataset, str)
+check("limit", limit, int, minimum=0)
+check("n_sprites", n_sprites, int, minimum=1)
+check("seed", seed, int, minimum=0)
+out = Path(out_dir)
+out.mkdir(parents=True, exist_ok=True)
+
+ds = data.load_pixelbytes(dataset, limit=limit or None)
+seqs = data.sequences(ds)
+print(f"{len(ds)} items from {dataset!r}; columns {ds.column_names}")
+
+# %% [markdown]
+# ## Sprites and captions
+# Each item is a small pixel-art image in the NES palette and a lowercase caption.
+
+# %%
+rng = np.random.default_rng(seed)
+pick = np.sort(rng.choice(len(ds), size=min(n_sprites, len(ds)), replace=False))
+rows = ds.select(pick)
+fig = plots.sprite_grid([np.asarray(im.convert("RGB")) for im in rows["image"]], rows["caption"],
+                        title=f"{dataset}: {len(pick)} of {len(ds)} sprites")
+plots.save_figure(fig, out / "sprites.png")
+
+# %% [markdown]
+# ## Tokens by modality and sequence lengths
+# An item is three segments: the shape text `"(h, w)"`, the image rows, the caption.
+
+# %%
+stats = data.token_stats(seqs)
+lengths = pd.DataFrame({
+    "tokens": [len(s) for s in seqs],
+    "pixel_tokens": [int(tok.is_colour(tok.centre_ids(s)).sum()) for s in seqs],
+})
+lengths["text_tokens"] = lengths["tokens"] - lengths["pixel_tokens"]
+lengths.to_csv(out / "sequence_lengths.csv", index_label="item")
+pd.Series(stats).to_frame("value").to_csv(out / "token_stats.csv")
+print(pd.Series(stats).to_string())
+fig = plots.length_histogram(lengths)
+plots.save_figure(fig, out / "sequence_lengths.png")
+
+# %% [markdown]
+# ## Token frequencies
+# Which tokens the models see most: the background colour and the space dominate.
+
+# %%
+fig = plots.token_frequencies(np.concatenate([tok.centre_ids(s) for s in seqs]))
+plots.save_figure(fig, out / "token_frequencies.png")
+
+# %% [markdown]
+# ## The causal 3x3 context of a token
+# Every token carries its row above (up-left, up, up-right) and its left neighbour; the
+# cells to the right and below are always 0, so no token sees its future.
+
+# %%
+fig = plots.context_windows(seqs[int(pick[0])], n=6, seed=seed)
+plots.save_figure(fig, out / "context_windows.png")
+
+# %% [markdown]
+# ## The palette
+# 55 NES colours, token ids 58..112.
+
+# %%
+fig = plots.palette()
+plots.save_figure(fig, out / "palette.png")

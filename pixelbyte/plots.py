@@ -1,0 +1,188 @@
+"""Plots live here.
+
+Every plotting function returns a ``matplotlib.figure.Figure`` and never calls ``plt.show()``:
+notebooks display the returned figure, scripts save it with ``save_figure``. This module does
+not choose a backend (a notebook keeps its inline one); scripts that run headless call
+``matplotlib.use("Agg")`` themselves before plotting. Figures are built with
+``matplotlib.figure.Figure`` directly, so they are not registered with pyplot and never leak.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _as_array(image) -> np.ndarray:
+    """PIL image or array -> (H, W, 3|4) uint8 array for imshow."""
+    if hasattr(image, "convert") and not isinstance(image, np.ndarray):
+        image = image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB")
+    return np.asarray(image)
+
+
+def sprite_grid(images, captions=None, ncols: int = 8, scale: float = 1.3, title: str | None = None,
+                wrap: int = 20, fontsize: float = 6.0, max_lines: int = 4) -> Figure:
+    """Show sprites in a grid, pixels as crisp squares, each with its caption wrapped beneath.
+
+    ``images``: PIL images or (H, W, 3|4) uint8 arrays; ``captions``: same length or None;
+    ``scale``: inches per grid cell; ``wrap``: characters per caption line, at most
+    ``max_lines`` lines (longer captions end with "...").
+    """
+    images = list(images)
+    if captions is not None:
+        captions = list(captions)
+        if len(captions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    n = len(images)
+    ncols = max(1, min(ncols, n)) if n else 1
+    nrows = max(1, -(-n // ncols))
+    text_h = 0.16 * max_lines * fontsize / 6.0 if captions else 0.0  # inches per row for captions
+    fig = Figure(figsize=(ncols * scale, nrows * (scale + text_h) + (0.4 if title else 0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(_as_array(images[i]), interpolation="nearest")
+        if captions is not None and captions[i]:
+            lines = textwrap.wrap(str(captions[i]), wrap)
+            text = "\n".join(lines[:max_lines]) + ("..." if len(lines) > max_lines else "")
+            ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top",
+                    fontsize=fontsize, wrap=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(h_pad=0.2, w_pad=0.3)
+    return fig
+
+
+def save_figure(fig: Figure, path, dpi: int = 150) -> Path:
+    """Save ``fig`` as PNG at ``path`` (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png", facecolor="white")
+    return path
+
+
+def palette() -> Figure:
+    """The 55 NES colours with their token ids."""
+    from .tokenizer import FIRST_COLOUR_ID, PALETTE
+
+    ncols = 11
+    fig = Figure(figsize=(ncols * 0.7, 5 * 0.7 + 0.4))
+    ax = fig.subplots()
+    grid = np.full((5, ncols, 3), 255, np.uint8)
+    grid.reshape(-1, 3)[:len(PALETTE)] = PALETTE
+    ax.imshow(grid, interpolation="nearest")
+    for i, rgb in enumerate(PALETTE):
+        r, c = divmod(i, ncols)
+        dark = rgb.astype(int) @ [299, 587, 114] < 128_000
+        ax.text(c, r, str(FIRST_COLOUR_ID + i), ha="center", va="center", fontsize=7,
+                color="white" if dark else "black")
+    ax.set_axis_off()
+    ax.set_title("NES palette: colour token ids 58..112")
+    return fig
+
+
+def length_histogram(lengths) -> Figure:
+    """Histogram of tokens per item, split into text and pixel tokens.
+
+    ``lengths``: DataFrame with columns tokens, pixel_tokens, text_tokens (one row per item).
+    """
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2)
+    axes[0].hist(lengths["tokens"], bins=40, color="tab:blue")
+    axes[0].set(title="Tokens per item", xlabel="tokens", ylabel="items")
+    axes[1].hist([lengths["pixel_tokens"], lengths["text_tokens"]], bins=40, label=["pixels", "text"],
+                 color=["tab:green", "tab:orange"])
+    axes[1].set(title="Tokens per item by modality", xlabel="tokens", ylabel="items")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def _token_label(token_id: int) -> str:
+    from .tokenizer import BYTE_TOKENS, FIRST_COLOUR_ID
+
+    if token_id >= FIRST_COLOUR_ID:
+        return f"c{token_id}"
+    return {0: "pad", 1: "\\t", 2: "\\n", 3: "' '"}.get(token_id, BYTE_TOKENS[token_id].decode("latin-1"))
+
+
+def token_frequencies(token_ids, top: int = 40) -> Figure:
+    """Bar chart of the ``top`` most frequent tokens; colour tokens drawn in their colour."""
+    from .tokenizer import FIRST_COLOUR_ID, PALETTE, VOCAB_SIZE
+
+    counts = np.bincount(np.asarray(token_ids).ravel(), minlength=VOCAB_SIZE)
+    order = np.argsort(-counts)[:top]
+    colours = [PALETTE[t - FIRST_COLOUR_ID] / 255 if t >= FIRST_COLOUR_ID else (0.35, 0.35, 0.35)
+               for t in order]
+    fig = Figure(figsize=(10, 3.2))
+    ax = fig.subplots()
+    ax.bar(range(len(order)), counts[order] / counts.sum(), color=colours, edgecolor="black", linewidth=0.4)
+    ax.set_xticks(range(len(order)), [_token_label(int(t)) for t in order], rotation=90, fontsize=7)
+    ax.set(title=f"The {len(order)} most frequent tokens (grey: bytes, coloured: pixels)",
+           xlabel="token", ylabel="share of all tokens")
+    fig.tight_layout()
+    return fig
+
+
+def _window_rgb(window: np.ndarray) -> np.ndarray:
+    """(3, 3) token window -> (3, 3, 3) RGB; bytes light grey, empty cells dark."""
+    from .tokenizer import FIRST_COLOUR_ID, PALETTE
+
+    rgb = np.full((3, 3, 3), 40, np.uint8)
+    for (r, c), t in np.ndenumerate(window):
+        if t >= FIRST_COLOUR_ID:
+            rgb[r, c] = PALETTE[t - FIRST_COLOUR_ID]
+        elif t > 0:
+            rgb[r, c] = 215
+    return rgb
+
+
+def context_windows(sequence: np.ndarray, n: int = 6, seed: int = 0) -> Figure:
+    """A sprite with ``n`` tokens marked, and each token's causal 3x3 window beside it.
+
+    ``sequence``: one item's pixelbyte windows (L, 3, 3). Pixel tokens are picked at random
+    (seeded) among those with a full row above.
+    """
+    from .tokenizer import decode, centre_ids, is_colour
+
+    ids = centre_ids(sequence)
+    segments = decode(ids)
+    image = next(s.image for s in segments if s.kind == "image")
+    # position of every pixel token in the image: row, col
+    img_start = int(np.argmax(ids == 2)) + 1
+    body = ids[img_start:img_start + image.shape[0] * (image.shape[1] + 1)]
+    coords = [(i // (image.shape[1] + 1), i % (image.shape[1] + 1)) for i in range(len(body))]
+    candidates = [i for i, (r, c) in enumerate(coords) if is_colour(body[i]) and r > 0]
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+    fig = Figure(figsize=(3 + 1.6 * len(picked), 3.2))
+    axes = fig.subplots(1, len(picked) + 1, gridspec_kw={"width_ratios": [2] + [1] * len(picked)})
+    axes[0].imshow(image, interpolation="nearest")
+    axes[0].set_title("sprite")
+    for k, i in enumerate(picked):
+        r, c = coords[i]
+        axes[0].add_patch(_rect(c - 0.5, r - 0.5, str(k + 1)))
+        axes[0].text(c, r, str(k + 1), ha="center", va="center", fontsize=6, color="red")
+        win = sequence[img_start + i].copy()
+        axes[k + 1].imshow(_window_rgb(win), interpolation="nearest")
+        axes[k + 1].add_patch(_rect(0.5, 0.5, ""))
+        for (rr, cc), t in np.ndenumerate(win):
+            axes[k + 1].text(cc, rr, _token_label(int(t)) if t else "0", ha="center", va="center",
+                             fontsize=6, color="red" if (rr, cc) == (1, 1) else "black")
+        axes[k + 1].set_title(f"token {k + 1}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Causal 3x3 context: row above + left; right and below are always 0", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _rect(x, y, label):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), 1, 1, fill=False, edgecolor="red", linewidth=1.2, label=label or None)

@@ -1,0 +1,368 @@
+"""PixelBytes encoding: one 113-token vocabulary for bytes and NES-palette pixels.
+
+An item (image + caption) becomes three segments -- the shape text ``"(h, w)"``, the image,
+the caption -- and every token carries its causal 3x3 neighbourhood (the "PxBy" context):
+
+    [[up-left, up, up-right],
+     [left,    self, 0      ],
+     [0,       0,    0      ]]
+
+Rows end with ``\\t`` (id 1) and a segment ends with ``\\n`` (id 2). Each segment is padded on its
+own, so the first token of a segment sees nothing. This reproduces the original dataset's
+encoder exactly (see tests/fixtures/pixelbytes_upstream_vectors.json).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary (the original order: 58 byte tokens, then 55 NES colours)
+
+BYTE_TOKENS: tuple[bytes, ...] = tuple(
+    [b"\x00", b"\t", b"\n", b" ", b'"', b"'", b"(", b")", b"*", b",", b"-", b"+", b".",
+     *[str(d).encode() for d in range(10)], b"\xc2", b"\xa0", b":", b"[", b"]", b";", b"/",
+     b"%", b"!", *[bytes([c]) for c in range(ord("a"), ord("z") + 1)]]
+)
+PALETTE = np.array([
+    [0, 0, 0], [252, 252, 252], [248, 248, 248], [188, 188, 188], [124, 124, 124],
+    [164, 228, 252], [60, 188, 252], [0, 120, 248], [0, 0, 252], [184, 184, 248],
+    [104, 136, 252], [0, 88, 248], [0, 0, 188], [216, 184, 248], [152, 120, 248],
+    [104, 68, 252], [68, 40, 188], [248, 184, 248], [248, 120, 248], [216, 0, 204],
+    [148, 0, 132], [248, 164, 192], [248, 88, 152], [228, 0, 88], [168, 0, 32],
+    [240, 208, 176], [248, 120, 88], [248, 56, 0], [168, 16, 0], [252, 224, 168],
+    [252, 160, 68], [228, 92, 16], [136, 20, 0], [248, 216, 120], [248, 184, 0],
+    [172, 124, 0], [80, 48, 0], [216, 248, 120], [184, 248, 24], [0, 184, 0],
+    [0, 120, 0], [184, 248, 184], [88, 216, 84], [0, 168, 0], [0, 104, 0],
+    [184, 248, 216], [88, 248, 152], [0, 168, 68], [0, 88, 0], [0, 252, 252],
+    [0, 232, 216], [0, 136, 136], [0, 64, 88], [248, 216, 248], [120, 120, 120],
+], dtype=np.uint8)  # (55, 3) RGB
+
+N_BYTES = len(BYTE_TOKENS)            # 58
+VOCAB_SIZE = N_BYTES + len(PALETTE)   # 113
+PAD_ID, ROW_END_ID, SEG_END_ID = 0, 1, 2
+SPACE_ID = 3
+FIRST_COLOUR_ID = N_BYTES
+
+# byte value -> token id (-1 where the byte has no token); vectorised text encoding uses it
+_BYTE_TO_ID = np.full(256, -1, dtype=np.int16)
+for _i, _b in enumerate(BYTE_TOKENS):
+    _BYTE_TO_ID[_b[0]] = _i
+_ID_TO_BYTE = np.array([b[0] for b in BYTE_TOKENS], dtype=np.uint8)
+
+MAX_IMAGE_SIDE = 128  # sprites are ~25 px; anything this large is almost surely a mistake
+
+
+def is_colour(token_ids: np.ndarray) -> np.ndarray:
+    """Boolean mask of colour (pixel) tokens."""
+    return np.asarray(token_ids) >= FIRST_COLOUR_ID
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour: nearest NES colour in CIELAB (sRGB, D65), as the original dataset did
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB uint8 (..., 3) -> CIELAB float64 (..., 3), D65 white (same constants as skimage)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = np.array([[0.412453, 0.357580, 0.180423],
+                  [0.212671, 0.715160, 0.072169],
+                  [0.019334, 0.119193, 0.950227]])
+    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+
+
+_PALETTE_LAB = rgb_to_lab(PALETTE)  # (55, 3)
+
+
+def quantize(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> palette index (H, W) int64 of the nearest colour in CIELAB."""
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    # sprites hold few distinct colours: convert each once, not once per pixel
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed.ravel(), return_inverse=True)
+    unique_rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=-1)
+    lab = rgb_to_lab(unique_rgb.astype(np.uint8))                       # (U, 3)
+    dist = ((lab[:, None, :] - _PALETTE_LAB) ** 2).sum(-1)               # (U, 55)
+    return dist.argmin(-1)[inverse].reshape(rgb.shape[:-1])
+
+
+def to_palette_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Snap every pixel to its nearest NES colour: (H, W, 3) uint8 -> (H, W, 3) uint8."""
+    return PALETTE[quantize(rgb)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: images and text, with their documented policies
+
+
+def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.ndarray:
+    """PIL image or (H, W, 3|4) array -> (H, W, 3) uint8 RGB.
+
+    Alpha is composited on white (transparent sprite backgrounds become white, as in the
+    Pokemon dataset). An image whose longer side exceeds ``max_side`` is refused, unless
+    ``resize=True``, which downscales it (nearest neighbour, keeping pixel-art edges).
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        pil = image
+    else:
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"image must have shape (H, W, 3) or (H, W, 4) with H, W > 0, got {arr.shape}")
+        if arr.dtype != np.uint8:
+            if np.issubdtype(arr.dtype, np.floating) or arr.min() < 0 or arr.max() > 255:
+                raise ValueError(f"image array must hold uint8 values 0..255, got dtype {arr.dtype}")
+            arr = arr.astype(np.uint8)
+        pil = Image.fromarray(arr, "RGBA" if arr.shape[-1] == 4 else "RGB")
+    if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
+        rgba = pil.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        pil = Image.alpha_composite(white, rgba)
+    pil = pil.convert("RGB")
+    w, h = pil.size
+    if max(h, w) > max_side:
+        if not resize:
+            raise ValueError(
+                f"image is {h}x{w} (HxW), larger than max_side={max_side}; pass resize=True to "
+                f"downscale it, or raise max_side")
+        scale = max_side / max(h, w)
+        pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.NEAREST)
+    return np.asarray(pil, dtype=np.uint8)
+
+
+def normalize_text(text: str) -> tuple[str, int]:
+    """Text policy: NFKD, drop non-ASCII, lowercase; other unknown characters become a space.
+
+    Returns ``(clean_text, n_replaced)``. Non-ASCII code points (accents after NFKD, emoji)
+    are dropped as in the original dataset; ASCII characters without a token (``?``, ``&``,
+    ``\\t`` and ``\\n`` inside a caption, ...) are replaced by a space and counted, never a
+    KeyError. Tabs and newlines must not survive: they are the row/segment separators.
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    raw = np.frombuffer(ascii_text.encode(), dtype=np.uint8)
+    ids = _BYTE_TO_ID[raw]
+    unknown = (ids < 0) | (raw == ord("\t")) | (raw == ord("\n")) | (raw == 0)
+    if unknown.any():
+        raw = raw.copy()
+        raw[unknown] = ord(" ")
+    return raw.tobytes().decode(), int(unknown.sum())
+
+
+def text_to_ids(text: str) -> np.ndarray:
+    """Clean text -> byte token ids (uint8). Raises if ``text`` holds a character with no token."""
+    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    ids = _BYTE_TO_ID[raw]
+    if (ids < 0).any():
+        bad = sorted({chr(b) for b in raw[ids < 0]})
+        raise ValueError(f"characters without a token: {bad}; run normalize_text() first")
+    return ids.astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch encoding: segments -> causal 3x3 windows
+
+
+def segment_windows(grid: np.ndarray) -> np.ndarray:
+    """Token grid (rows, cols) -> causal windows (rows * (cols + 1), 3, 3) uint8.
+
+    Appends the separator column (``\\t`` on every row but the last, whose separator is
+    ``\\n``), pads by one on every side, takes each cell's 3x3 neighbourhood and zeroes the
+    cells that come later in reading order (the one to the right and the row below).
+    """
+    rows, cols = grid.shape
+    sep = np.full((rows, 1), ROW_END_ID, dtype=np.uint8)
+    sep[-1, 0] = SEG_END_ID
+    full = np.concatenate([grid.astype(np.uint8), sep], axis=1)          # (rows, cols + 1)
+    padded = np.pad(full, 1)                                              # (rows + 2, cols + 3)
+    win = np.lib.stride_tricks.sliding_window_view(padded, (3, 3))       # (rows, cols + 1, 3, 3)
+    win = win.reshape(-1, 3, 3).copy()
+    win[:, 1, 2] = 0
+    win[:, 2, :] = 0
+    return win
+
+
+@dataclass
+class EncodeStats:
+    """What the encoder had to change to make an item encodable."""
+    text_replaced: int = 0       # ASCII characters without a token, replaced by a space
+    resized_from: tuple | None = None
+
+
+def encode_item(image, caption: str, max_side: int = MAX_IMAGE_SIDE, resize: bool = False,
+                stats: EncodeStats | None = None) -> np.ndarray:
+    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8: shape text, image, caption."""
+    rgb = load_rgb(image, max_side=max_side, resize=resize)
+    h, w = rgb.shape[:2]
+    clean, n_replaced = normalize_text(caption)
+    if stats is not None:
+        stats.text_replaced += n_replaced
+    shape_ids = text_to_ids(str((h, w)))
+    pixel_ids = (quantize(rgb) + FIRST_COLOUR_ID).astype(np.uint8)      # (h, w)
+    parts = [segment_windows(shape_ids[None]), segment_windows(pixel_ids)]
+    if clean:  # an empty caption is allowed: the item is then shape + image
+        parts.append(segment_windows(text_to_ids(clean)[None]))
+    return np.concatenate(parts)
+
+
+def encode_text(text: str) -> np.ndarray:
+    """A text-only segment -> (len + 1, 3, 3) windows (useful for prompts)."""
+    clean, _ = normalize_text(text)
+    return segment_windows(text_to_ids(clean)[None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Incremental windows: the same windows, one token at a time (generation depends on this)
+
+
+class ContextBuilder:
+    """Feed token ids one by one; get each token's causal 3x3 window.
+
+    Keeps the previous row of the current segment (with its separator) and the current row,
+    so an arbitrary, possibly ragged stream gets exactly the windows the batch encoder would
+    give a well-formed one. ``window(next_id)`` peeks without consuming; ``push`` consumes.
+    """
+
+    def __init__(self):
+        self.prev_row: list[int] = []   # row above, including its separator; [] on a segment's first row
+        self.row: list[int] = []        # current row so far
+
+    def window(self, token_id: int) -> np.ndarray:
+        """The (3, 3) uint8 window the token ``token_id`` would get at the current position."""
+        c, prev = len(self.row), self.prev_row
+        win = np.zeros((3, 3), dtype=np.uint8)
+        for j, col in enumerate((c - 1, c, c + 1)):
+            if 0 <= col < len(prev):
+                win[0, j] = prev[col]
+        if c > 0:
+            win[1, 0] = self.row[-1]
+        win[1, 1] = token_id
+        return win
+
+    def context(self) -> np.ndarray:
+        """The window of the next position with the centre masked (what a causal model sees)."""
+        return self.window(PAD_ID)
+
+    def push(self, token_id: int) -> np.ndarray:
+        token_id = int(token_id)
+        if not 0 <= token_id < VOCAB_SIZE:
+            raise ValueError(f"token id {token_id} outside the vocabulary 0..{VOCAB_SIZE - 1}")
+        win = self.window(token_id)
+        self.row.append(token_id)
+        if token_id == ROW_END_ID:
+            self.prev_row, self.row = self.row, []
+        elif token_id == SEG_END_ID:
+            self.prev_row, self.row = [], []
+        return win
+
+    def feed(self, token_ids) -> np.ndarray:
+        """Push many ids; returns their windows (n, 3, 3) uint8."""
+        ids = list(np.asarray(token_ids).reshape(-1))
+        return np.stack([self.push(t) for t in ids]) if ids else np.zeros((0, 3, 3), np.uint8)
+
+
+def windows_from_ids(token_ids) -> np.ndarray:
+    """Flat id stream -> windows (L, 3, 3), through the incremental builder."""
+    return ContextBuilder().feed(token_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: a flat id stream back to text and images, tolerant of malformed streams
+
+_SHAPE_RE = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
+
+
+def parse_shape(text: str) -> tuple[int, int] | None:
+    """``"(22, 25)"`` -> (22, 25); None when the text is not a shape."""
+    m = _SHAPE_RE.match(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass
+class Segment:
+    kind: str                                 # "text" or "image"
+    text: str | None = None
+    image: np.ndarray | None = None           # (H, W, 3) uint8; ragged rows padded with white
+    row_widths: list[int] = field(default_factory=list)  # pixels per row (images)
+    terminated: bool = True                   # ended by \n
+    issues: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        return (len(self.row_widths), max(self.row_widths, default=0)) if self.kind == "image" else None
+
+
+def _decode_segment(ids: list[int], terminated: bool) -> Segment:
+    arr = np.asarray(ids, dtype=np.int64)
+    issues = [] if terminated else ["segment not terminated by \\n"]
+    body = arr[arr != PAD_ID]
+    if len(body) < len(arr):
+        issues.append(f"{len(arr) - len(body)} padding token(s) ignored")
+    colour = is_colour(body)
+    if colour.sum() * 2 <= len(body):                     # mostly bytes: a text segment
+        if colour.any():
+            issues.append(f"{int(colour.sum())} colour token(s) inside text dropped")
+        tabs = body == ROW_END_ID
+        if tabs.any():
+            issues.append(f"{int(tabs.sum())} row separator(s) inside text dropped")
+        text_ids = body[~colour & ~tabs]
+        return Segment("text", text=_ID_TO_BYTE[text_ids].tobytes().decode("latin-1"),
+                       terminated=terminated, issues=issues)
+    rows, row = [], []
+    for t in body:
+        if t == ROW_END_ID:
+            rows.append(row)
+            row = []
+        elif t >= FIRST_COLOUR_ID:
+            row.append(int(t) - FIRST_COLOUR_ID)
+        else:
+            issues.append(f"byte token {int(t)} inside image dropped")
+    if row or not rows:
+        rows.append(row)
+    widths = [len(r) for r in rows]
+    if len(set(widths)) > 1:
+        issues.append(f"ragged rows: widths {sorted(set(widths))}")
+    image = np.full((len(rows), max(widths), 3), 255, dtype=np.uint8)
+    for i, r in enumerate(rows):
+        image[i, :len(r)] = PALETTE[r]
+    return Segment("image", image=image, row_widths=widths, terminated=terminated, issues=issues)
+
+
+def decode(token_ids) -> list[Segment]:
+    """Flat token ids -> segments split at ``\\n``. Never raises on malformed streams:
+    ragged rows, stray tokens and a missing final ``\\n`` are reported in ``Segment.issues``."""
+    ids = [int(t) for t in np.asarray(token_ids).reshape(-1)]
+    bad = [t for t in ids if not 0 <= t < VOCAB_SIZE]
+    if bad:
+        raise ValueError(f"token ids outside 0..{VOCAB_SIZE - 1}: {bad[:5]}")
+    segments, current = [], []
+    for t in ids:
+        if t == SEG_END_ID:
+            segments.append(_decode_segment(current, terminated=True))
+            current = []
+        else:
+            current.append(t)
+    if any(t != PAD_ID for t in current):
+        segments.append(_decode_segment(current, terminated=False))
+    return segments
+
+
+def centre_ids(windows: np.ndarray) -> np.ndarray:
+    """Windows (..., 3, 3) -> their centre token ids (...)."""
+    return np.asarray(windows)[..., 1, 1]
+
+
+def decode_item(windows: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Pixelbyte sequence (L, 3, 3) -> (image, caption): the inverse of ``encode_item``."""
+    segs = decode(centre_ids(windows))
+    image = next((s.image for s in segs if s.kind == "image"), None)
+    texts = [s.text for s in segs if s.kind == "text"]
+    caption = texts[1] if len(texts) > 1 else ""
+    return image, caption

@@ -1,0 +1,193 @@
+"""Tokenizer: golden vectors from the original encoder, incremental == batch, round trips, bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from pixelbyte import tokenizer as tok
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pixelbytes_upstream_vectors.json"
+GOLDEN = json.loads(FIXTURE.read_text())
+CASES = GOLDEN["cases"]
+
+
+def test_vocabulary_matches_original_order():
+    vocab = GOLDEN["vocab"]
+    assert tok.VOCAB_SIZE == len(vocab) == 113
+    assert [b.decode("latin-1") for b in tok.BYTE_TOKENS] == vocab[:58]
+    assert tok.PALETTE.tolist() == vocab[58:]
+    assert (tok.PAD_ID, tok.ROW_END_ID, tok.SEG_END_ID) == (0, 1, 2)
+    assert tok.BYTE_TOKENS[23] == b"\xc2" and tok.BYTE_TOKENS[24] == b"\xa0"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_golden_vectors(case):
+    image = np.array(case["image_rgb"], dtype=np.uint8)
+    expected = np.array(case["pixelbyte"], dtype=np.uint8)
+    got = tok.encode_item(image, case["caption"])
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+    # a PIL image encodes the same
+    np.testing.assert_array_equal(tok.encode_item(Image.fromarray(image), case["caption"]), expected)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_incremental_builder_reproduces_batch(case):
+    expected = np.array(case["pixelbyte"], dtype=np.uint8)
+    np.testing.assert_array_equal(tok.windows_from_ids(tok.centre_ids(expected)), expected)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_decode_round_trip(case):
+    image = np.array(case["image_rgb"], dtype=np.uint8)
+    decoded_image, caption = tok.decode_item(tok.encode_item(image, case["caption"]))
+    assert caption == case["caption"]
+    np.testing.assert_array_equal(decoded_image, tok.to_palette_rgb(image))
+    segs = tok.decode(tok.centre_ids(tok.encode_item(image, case["caption"])))
+    assert [s.kind for s in segs] == ["text", "image", "text"]
+    assert tok.parse_shape(segs[0].text) == image.shape[:2]
+    assert segs[1].row_widths == [image.shape[1]] * image.shape[0]
+    assert all(not s.issues for s in segs)
+
+
+def test_non_palette_colours_map_in_cielab_not_rgb():
+    rgb = np.array([[[1, 31, 2]]], dtype=np.uint8)
+    idx = tok.quantize(rgb)[0, 0]
+    lab = tok.rgb_to_lab(rgb)[0, 0]
+    dists = ((tok.rgb_to_lab(tok.PALETTE) - lab) ** 2).sum(-1)
+    assert idx == dists.argmin()
+    # skimage's published value for pure red, as an independent check of the Lab constants
+    np.testing.assert_allclose(tok.rgb_to_lab(np.array([255, 0, 0], np.uint8)),
+                               [53.2408, 80.0925, 67.2032], atol=1e-3)
+
+
+@st.composite
+def items(draw):
+    h = draw(st.integers(1, 9))
+    w = draw(st.integers(1, 9))
+    colours = draw(st.lists(st.integers(0, 54), min_size=h * w, max_size=h * w))
+    image = tok.PALETTE[np.array(colours).reshape(h, w)]
+    caption = draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz .,;:!()'-0123456789", max_size=40))
+    return image, caption
+
+
+@settings(max_examples=60, deadline=None)
+@given(items())
+def test_property_incremental_equals_batch_and_round_trip(item):
+    image, caption = item
+    windows = tok.encode_item(image, caption)
+    np.testing.assert_array_equal(tok.windows_from_ids(tok.centre_ids(windows)), windows)
+    decoded_image, decoded_caption = tok.decode_item(windows)
+    np.testing.assert_array_equal(decoded_image, image)
+    assert decoded_caption == caption
+
+
+def test_window_layout_is_causal():
+    windows = tok.encode_item(tok.PALETTE[np.arange(12).reshape(3, 4)], "ab")
+    assert (windows[:, 1, 2] == 0).all() and (windows[:, 2, :] == 0).all()
+    # the first token of each segment sees nothing but itself
+    starts = np.r_[0, np.where(tok.centre_ids(windows) == tok.SEG_END_ID)[0][:-1] + 1]
+    for s in starts:
+        w = windows[s].copy()
+        w[1, 1] = 0
+        assert not w.any()
+
+
+def test_builder_context_masks_centre():
+    builder = tok.ContextBuilder()
+    builder.feed([tok.FIRST_COLOUR_ID, tok.FIRST_COLOUR_ID + 1, tok.ROW_END_ID])
+    ctx = builder.context()
+    assert ctx[1, 1] == 0
+    assert ctx[0].tolist() == [0, tok.FIRST_COLOUR_ID, tok.FIRST_COLOUR_ID + 1]
+    assert builder.window(7)[1, 1] == 7
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        builder.push(113)
+
+
+# ---------------------------------------------------------------------------------------------
+# text policy and bad input
+
+
+def test_text_policy_nfkd_lowercase_ascii_and_counted_replacements():
+    assert tok.normalize_text("Pokémon Évolue") == ("pokemon evolue", 0)
+    assert tok.normalize_text("what?\tnew\nline & 🍎") == ("what  new line   ", 4)
+    stats = tok.EncodeStats()
+    windows = tok.encode_item(np.zeros((2, 2, 3), np.uint8), "A?B", stats=stats)
+    assert stats.text_replaced == 1
+    assert tok.decode_item(windows)[1] == "a b"
+
+
+def test_text_to_ids_rejects_unknown_characters_clearly():
+    with pytest.raises(ValueError, match=r"characters without a token: \['\?'\]"):
+        tok.text_to_ids("why?")
+
+
+def test_alpha_is_composited_on_white():
+    rgba = np.zeros((2, 3, 4), np.uint8)          # fully transparent black
+    rgba[0, 0] = [0, 0, 0, 255]                   # one opaque black pixel
+    rgb = tok.load_rgb(rgba)
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert (rgb.reshape(-1, 3)[1:] == 255).all()
+    pil = Image.fromarray(rgba, "RGBA")
+    np.testing.assert_array_equal(tok.load_rgb(pil), rgb)
+
+
+def test_large_images_refused_or_downscaled_on_request():
+    big = np.zeros((300, 150, 3), np.uint8)
+    with pytest.raises(ValueError, match="larger than max_side=128; pass resize=True"):
+        tok.encode_item(big, "x")
+    small = tok.load_rgb(big, max_side=32, resize=True)
+    assert small.shape == (32, 16, 3)
+    assert tok.decode_item(tok.encode_item(big, "x", max_side=32, resize=True))[0].shape == (32, 16, 3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 4), np.uint8), r"shape \(H, W, 3\)"),
+    (np.zeros((0, 4, 3), np.uint8), r"H, W > 0"),
+    (np.zeros((2, 2, 3), np.float32), "uint8"),
+])
+def test_bad_images_give_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        tok.encode_item(bad, "caption")
+
+
+def test_empty_caption_gives_shape_and_image_only():
+    segs = tok.decode(tok.centre_ids(tok.encode_item(np.zeros((2, 2, 3), np.uint8), "")))
+    assert [s.kind for s in segs] == ["text", "image"]
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding malformed streams
+
+
+def _ids(text):
+    return list(tok.text_to_ids(text))
+
+
+def test_decode_ragged_image_reports_widths():
+    c = tok.FIRST_COLOUR_ID
+    stream = _ids("(2, 3)") + [2] + [c, c, c, 1, c, c, 2] + _ids("cap") + [2]
+    shape_seg, image_seg, text_seg = tok.decode(stream)
+    assert image_seg.row_widths == [3, 2]
+    assert image_seg.image.shape == (2, 3, 3)
+    assert image_seg.image[1, 2].tolist() == [255, 255, 255]   # missing pixel shown white
+    assert any("ragged" in i for i in image_seg.issues)
+    assert text_seg.text == "cap" and not text_seg.issues
+
+
+def test_decode_missing_final_newline_and_stray_tokens():
+    c = tok.FIRST_COLOUR_ID
+    segs = tok.decode(_ids("hi") + [c] + [2] + [c, c, 1, c, tok.SPACE_ID, c])
+    assert segs[0].text == "hi" and any("colour token" in i for i in segs[0].issues)
+    assert segs[1].kind == "image" and not segs[1].terminated
+    assert segs[1].row_widths == [2, 2]
+    assert any("not terminated" in i for i in segs[1].issues)
+    assert any("byte token" in i for i in segs[1].issues)
+
+
+def test_decode_rejects_out_of_vocabulary_ids():
+    with pytest.raises(ValueError, match="outside 0..112"):
+        tok.decode([3, 200])
