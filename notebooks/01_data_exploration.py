@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -26,6 +30,7 @@ out_dir = "outputs/01_data_exploration"   # PNG and CSV files land here
 run_dir = "outputs"                       # the pipeline's run folder (unused here)
 
 # %%
+# %matplotlib inline
 from pathlib import Path
 
 import numpy as np

@@ -57,12 +57,13 @@ def sprite_grid(images, captions=None, ncols: int = 8, scale: float = 1.3, title
     return fig
 
 
-def save_figure(fig: Figure, path, dpi: int = 150) -> Path:
-    """Save ``fig`` as PNG at ``path`` (parent folders created); returns the path."""
+def save_figure(fig: Figure, path, dpi: int = 150) -> Figure:
+    """Save ``fig`` as PNG at ``path`` (parent folders created); returns the figure, so a
+    notebook cell ending with ``save_figure(...)`` also shows it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png", facecolor="white")
-    return path
+    return fig
 
 
 def palette() -> Figure:

@@ -96,8 +96,8 @@ def test_sprite_grid_returns_a_figure(ds, images, tmp_path):
     assert sum(len(ax.get_images()) for ax in fig.axes) == 10
     assert len(fig.axes) == 12  # 3 rows x 4 columns, the last two left empty
     assert all(not ax.axison for ax in fig.axes)
-    out = save_figure(fig, tmp_path / "sub" / "grid.png")
-    assert out.is_file() and Image.open(out).format == "PNG"
+    assert save_figure(fig, tmp_path / "sub" / "grid.png") is fig
+    assert Image.open(tmp_path / "sub" / "grid.png").format == "PNG"
 
     bare = sprite_grid([np.asarray(images[0])])  # arrays, no captions
     assert sum(len(ax.get_images()) for ax in bare.axes) == 1
