@@ -23,7 +23,7 @@
 
 # %% tags=["parameters"]
 dataset = "embedded"   # "embedded", a hub id such as "ffurfaro/PixelBytes-Pokemon", or a parquet path
-limit = 0              # keep only the first N items (0 = all)
+limit = 0              # keep only the first N items, 0 keeps all
 n_sprites = 48         # sprites shown in the grid
 seed = 0
 out_dir = "outputs/01_data_exploration"   # PNG and CSV files land here

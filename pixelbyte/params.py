@@ -28,3 +28,16 @@ def check(name: str, value, kind: type | tuple = None, minimum=None, choices=Non
     if exists and not Path(value).exists():
         raise ParameterError(f"parameter {name}={value!r}: no such file or directory")
     return value
+
+
+def check_local_or_hub(name: str, value: str) -> str:
+    """A local path that exists, or something shaped like a hub id ``owner/name``."""
+    import re
+
+    check(name, value, str)
+    if Path(value).exists():
+        return value
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value) and not value.startswith((".", "/")):
+        return value            # a hub id: from_pretrained downloads it (needs network)
+    raise ParameterError(f"parameter {name}={value!r}: no such file or directory, and not a hub id "
+                         f"like 'owner/name'")

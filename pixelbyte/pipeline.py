@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
 
-def notebook_paths(only: list[str] | None = None) -> list[Path]:
-    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+def notebook_paths(only: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
+    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if only:
         unknown = set(only) - {p.stem for p in paths}
         if unknown:
@@ -29,7 +29,7 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
                              f"available: {[p.stem for p in paths]}")
         paths = [p for p in paths if p.stem in only]
     if not paths:
-        raise SystemExit(f"no notebooks found in {NOTEBOOKS}")
+        raise SystemExit(f"no notebooks found in {folder}")
     return paths
 
 
@@ -43,20 +43,20 @@ def load_params(path: str | None) -> dict:
 
 
 def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | None = None,
-        progress: bool = True) -> list[Path]:
-    """Execute the notebooks; returns the executed notebook paths."""
+        progress: bool = True, notebooks: Path = NOTEBOOKS) -> list[Path]:
+    """Execute the notebooks found in ``notebooks``; returns the executed notebook paths."""
     import papermill as pm
 
     out.mkdir(parents=True, exist_ok=True)
     executed = []
-    for nb in notebook_paths(only):
+    for nb in notebook_paths(only, notebooks):
         nb_params = {"out_dir": str(out / nb.stem), "run_dir": str(out),
                      **params.get("*", {}), **params.get(nb.stem, {})}
         target = out / nb.name
         print(f"[pixelbyte] {nb.stem}: executing -> {target}", flush=True)
         start = time.time()
         pm.execute_notebook(str(nb), str(target), parameters=nb_params, kernel_name=kernel,
-                            cwd=str(NOTEBOOKS), progress_bar=progress)
+                            cwd=str(notebooks), progress_bar=progress)
         print(f"[pixelbyte] {nb.stem}: done in {time.time() - start:.0f} s", flush=True)
         executed.append(target)
     return executed
@@ -68,9 +68,11 @@ def main(argv=None):
     ap.add_argument("--params", default=None, help="JSON file of parameter overrides")
     ap.add_argument("--only", nargs="*", default=None, help="notebook names to run (default all)")
     ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    ap.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_*.ipynb notebooks")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    executed = run(out.resolve(), load_params(args.params), args.only, args.kernel)
+    executed = run(out.resolve(), load_params(args.params), args.only, args.kernel,
+                   notebooks=Path(args.notebooks))
     print("\n[pixelbyte] finished. Look at:")
     for nb in executed:
         pics = sorted((nb.parent / nb.stem).glob("*.png"))

@@ -187,3 +187,31 @@ def _rect(x, y, label):
     from matplotlib.patches import Rectangle
 
     return Rectangle((x, y), 1, 1, fill=False, edgecolor="red", linewidth=1.2, label=label or None)
+
+
+def training_curves(metrics, title: str = "Training") -> Figure:
+    """Loss, accuracy and per-modality accuracy vs step, train vs val.
+
+    ``metrics``: the trainer's metrics.csv as a DataFrame (columns step, split, loss, accuracy,
+    acc_text, acc_pixel).
+    """
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
+    styles = {"train": dict(color="tab:blue", alpha=0.6), "val": dict(color="tab:red", marker="o")}
+    for split, style in styles.items():
+        rows = metrics[metrics["split"] == split]
+        if rows.empty:
+            continue
+        axes[0].plot(rows["step"], rows["loss"], label=split, **style)
+        axes[1].plot(rows["step"], rows["accuracy"], label=split, **style)
+        for column, ls in (("acc_text", "--"), ("acc_pixel", ":")):
+            axes[2].plot(rows["step"], rows[column], ls=ls, label=f"{split} {column[4:]}", **style)
+    axes[0].set(title="Cross-entropy loss", xlabel="optimizer step", ylabel="nats per token")
+    axes[1].set(title="Next-token accuracy", xlabel="optimizer step", ylabel="accuracy")
+    axes[2].set(title="Accuracy by modality", xlabel="optimizer step", ylabel="accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

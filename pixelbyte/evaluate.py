@@ -1,0 +1,379 @@
+"""Evaluation: the paper's generation metrics (exactly as computed originally, with the
+baselines that put them in perspective), token-level metrics, and copy tasks.
+
+Everything returns plain data: pandas DataFrames (one row per chunk / item / modality) or
+dicts of numbers; ``df.to_csv(path)`` saves them. No plotting here.
+
+1. ``paper_metrics``: the original evaluation. Each sequence (L, 3, 3) is cut into chunks of
+   80 windows starting at 0, 80, 160, ... < L (indices wrap modulo L); the first 64 windows are
+   the prompt, the last 16 the reference. 16 tokens are generated greedily; generated and
+   reference windows are flattened to 144 ids and scored with Hamming
+   (``scipy.spatial.distance.hamming``), cosine similarity (1 - ``scipy...cosine``) and BLEU
+   (``nltk...sentence_bleu([ref], gen)`` on ids as strings, default 4-gram weights, no
+   smoothing). Beside them, always: the same three scores on the 16 centre ids only, and the
+   trivial baselines on the same prompts (repeat the last centre token, the most frequent
+   token of the training data and of the prompt, random ids) plus the true tokens (whose
+   windows must reproduce the reference: a check of the context building).
+   Context choice (the original code is ambiguous here): a generated token's window is built
+   by a ``ContextBuilder`` first fed the TRUE tokens of the sequence before the generated ones
+   (everything before the chunk, then the prompt), so its "row above" comes from the real image
+   rows even when they lie before the chunk. The model itself is fed only the 64 prompt
+   windows (the dataset's own windows) and its generated tokens.
+2. ``token_metrics``: next-token accuracy and bits per token over a ``WindowDataset``, split by
+   modality of the target token (pixel = colour ids, text = byte ids, separator = pad/\\t/\\n).
+3. Copy tasks in the PixelBytes format (image rows repeated, caption repeated, selective copy)
+   with ``copy_task_dataset`` for training and ``score_copy`` for greedy exact-copy accuracy.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.spatial import distance
+
+from . import tokenizer as tok
+from .generate import Generator
+
+CHUNK, PROMPT, GENERATED = 80, 64, 16
+METRICS = ("hamming", "cosine", "bleu")
+
+
+# ---------------------------------------------------------------------------------------------
+# The three scores, exactly as the original evaluation called them
+
+
+def _vector(ids) -> np.ndarray:
+    # int64, as the original's torch tensors: uint8 dot products would overflow in scipy
+    return np.asarray(ids, dtype=np.int64).reshape(-1)
+
+
+def hamming(reference, generated) -> float:
+    """Fraction of positions that differ (scipy)."""
+    return float(distance.hamming(_vector(reference), _vector(generated)))
+
+
+def cosine(reference, generated) -> float:
+    """1 - scipy cosine distance of the raw id vectors (nan when one vector is all zeros)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(1.0 - distance.cosine(_vector(reference), _vector(generated)))
+
+
+def bleu(reference, generated) -> float:
+    """nltk sentence BLEU of the ids as strings: one reference, 4-gram uniform weights, no
+    smoothing (nltk then returns ~1e-78, not 0, when an n-gram order has no match; its
+    warning about that is silenced)."""
+    from nltk.translate.bleu_score import sentence_bleu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(sentence_bleu([[str(t) for t in _vector(reference).tolist()]],
+                                   [str(t) for t in _vector(generated).tolist()]))
+
+
+def scores(reference, generated) -> dict:
+    """Hamming, cosine and BLEU of two equal-size id arrays (flattened)."""
+    return {"hamming": hamming(reference, generated), "cosine": cosine(reference, generated),
+            "bleu": bleu(reference, generated)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's generation metrics
+
+
+@dataclass
+class Chunk:
+    item: int              # index of the sequence
+    start: int             # first window of the chunk
+    indices: np.ndarray    # (chunk,) window indices, wrapped modulo L
+
+
+def paper_chunks(seqs: list[np.ndarray], chunk: int = CHUNK, max_chunks: int | None = None) -> list[Chunk]:
+    """Chunks at starts 0, chunk, 2*chunk, ... < L of every sequence, indices modulo L."""
+    out = []
+    for i, seq in enumerate(seqs):
+        n = len(seq)
+        for s in range(0, n, chunk):
+            if max_chunks is not None and len(out) >= max_chunks:
+                return out
+            out.append(Chunk(i, s, (s + np.arange(chunk)) % n))
+    return out
+
+
+def _token_counts(seqs: list[np.ndarray]) -> np.ndarray:
+    return np.bincount(np.concatenate([tok.centre_ids(s).reshape(-1) for s in seqs]).astype(np.int64),
+                       minlength=tok.VOCAB_SIZE)
+
+
+def paper_metrics(model, seqs: list[np.ndarray], *, max_chunks: int | None = None,
+                  batch_size: int = 128, train_seqs: list[np.ndarray] | None = None, seed: int = 0,
+                  chunk: int = CHUNK, prompt_length: int = PROMPT, window: int | None = None,
+                  use_state: bool | None = None) -> dict[str, pd.DataFrame]:
+    """The original generation metrics, per chunk and summarised, with baselines.
+
+    model: a PixelByteModel (or None: baselines only). seqs: the evaluated (L, 3, 3)
+    sequences (the original used the training split). max_chunks: stop after that many chunks
+    (in order), for quick runs. batch_size: chunks generated at once. train_seqs: where the
+    "most_frequent_train" token is counted (without it, the evaluated sequences:
+    "most_frequent_data"). seed: for the random-ids baseline (uniform over all 113 ids).
+    window / use_state: passed to ``Generator`` (bidirectional models re-run the window).
+
+    Returns {"chunks": one row per (chunk, method) with item, start, method, hamming, cosine,
+    bleu (144 flattened window ids) and hamming_centre, cosine_centre, bleu_centre (16 centre
+    ids); "summary": ``summarize(chunks)``}.
+    """
+    if not 0 < prompt_length < chunk:
+        raise ValueError(f"prompt_length must be in 1..chunk-1 ({chunk - 1}), got {prompt_length}")
+    n_new = chunk - prompt_length
+    chunks = paper_chunks(seqs, chunk, max_chunks)
+    if not chunks:
+        raise ValueError("no chunks to evaluate: seqs is empty")
+    counts = _token_counts(train_seqs if train_seqs is not None else seqs)
+    frequent_name = "most_frequent_train" if train_seqs is not None else "most_frequent_data"
+    frequent_token = int(counts.argmax())
+    random_ids = np.random.default_rng(seed).integers(0, tok.VOCAB_SIZE, size=(len(chunks), n_new))
+
+    generator = Generator(model, window=window, use_state=use_state) if model is not None else None
+    rows = []
+    for b0 in range(0, len(chunks), batch_size):
+        batch = chunks[b0:b0 + batch_size]
+        ids = [tok.centre_ids(seqs[c.item]).astype(np.int64) for c in batch]
+        prompts = [i[c.indices[:prompt_length]].tolist() for i, c in zip(ids, batch)]
+        histories = [i[:c.start].tolist() for i, c in zip(ids, batch)]
+        model_new = None
+        if generator is not None:
+            gens = generator.generate(
+                prompts, n_new, temperature=0.0, histories=histories,
+                prompt_windows=[seqs[c.item][c.indices[:prompt_length]] for c in batch])
+            model_new = [g.new for g in gens]
+        for k, c in enumerate(batch):
+            seq, prompt = seqs[c.item], prompts[k]
+            reference = seq[c.indices[prompt_length:]]                       # (16, 3, 3)
+            builder = tok.ContextBuilder()
+            builder.feed(histories[k])
+            builder.feed(prompt)
+            candidates = {}
+            if model_new is not None:
+                candidates["model"] = model_new[k]
+            candidates["repeat_last"] = [prompt[-1]] * n_new
+            candidates[frequent_name] = [frequent_token] * n_new
+            candidates["most_frequent_prompt"] = [int(np.bincount(prompt).argmax())] * n_new
+            candidates["random"] = random_ids[b0 + k].tolist()
+            candidates["true_tokens"] = tok.centre_ids(reference).tolist()
+            for method, new in candidates.items():
+                windows = copy.deepcopy(builder).feed(new)                    # (16, 3, 3)
+                full = scores(reference, windows)
+                centre = scores(tok.centre_ids(reference), np.asarray(new))
+                rows.append({"item": c.item, "start": c.start, "method": method, **full,
+                             **{f"{m}_centre": v for m, v in centre.items()}})
+    chunks_df = pd.DataFrame(rows)
+    return {"chunks": chunks_df, "summary": summarize(chunks_df)}
+
+
+def summarize(chunks: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (numpy's, ddof=0, nan ignored) of every score per method, plus the number
+    of chunks and of nan cosines (an all-zero id vector has no direction)."""
+    cols = [c for c in chunks.columns if c.split("_")[0] in METRICS]
+    out = []
+    for method, g in chunks.groupby("method", sort=False):
+        row = {"method": method, "chunks": len(g), "nan_cosine": int(g["cosine"].isna().sum()),
+               "nan_cosine_centre": int(g["cosine_centre"].isna().sum())}
+        for c in cols:
+            values = g[c].to_numpy(dtype=np.float64)
+            row[f"{c}_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            row[f"{c}_std"] = float(np.nanstd(values)) if np.isfinite(values).any() else float("nan")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as "mean +- std" strings, the paper's style."""
+    out = summary[["method", "chunks"]].copy()
+    for m in [c[:-5] for c in summary.columns if c.endswith("_mean")]:
+        out[m] = [f"{a:.3f} +- {b:.3f}" for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Token-level metrics
+
+MODALITIES = ("all", "text", "pixel", "separator")
+
+
+def modality(token_ids) -> np.ndarray:
+    """'pixel' (colour ids), 'text' (byte ids 3..57) or 'separator' (pad, \\t, \\n) per token."""
+    ids = np.asarray(token_ids)
+    return np.where(tok.is_colour(ids), "pixel", np.where(ids >= tok.SPACE_ID, "text", "separator"))
+
+
+def token_metrics(model, dataset, batch_size: int = 64, max_batches: int | None = None) -> pd.DataFrame:
+    """Accuracy (argmax) and bits per token over a ``data.WindowDataset``, by modality of the
+    target token. ``next``: one target per window (the token after it), from the last
+    position's logits; ``causal``: every position's own token (overlapping windows count a
+    token once per window that holds it). The model's objective must match the dataset's."""
+    objective = dataset.cfg.objective
+    model_objective = getattr(getattr(model, "config", None), "objective", objective)
+    if model_objective != objective:
+        raise ValueError(f"model objective {model_objective!r} does not match the dataset's "
+                         f"{objective!r}: build the WindowDataset with objective={model_objective!r}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    params = next(iter(model.parameters()), None)
+    device = params.device if params is not None else torch.device("cpu")
+    targets, losses, correct = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b, (x, y) in enumerate(loader):
+                if max_batches is not None and b >= max_batches:
+                    break
+                logits = model(x.to(device)).float()                       # (B, L, V)
+                if objective == "next":
+                    logits = logits[:, -1]                                 # (B, V)
+                logits, y = logits.reshape(-1, logits.shape[-1]).cpu(), y.reshape(-1)
+                losses.append(torch.nn.functional.cross_entropy(logits.double(), y, reduction="none").numpy())
+                correct.append((logits.argmax(-1) == y).numpy())
+                targets.append(y.numpy())
+    finally:
+        model.train(was_training)
+    targets, losses, correct = map(np.concatenate, (targets, losses, correct))
+    kinds = modality(targets)
+    rows = []
+    for kind in MODALITIES:
+        sel = np.ones(len(targets), bool) if kind == "all" else kinds == kind
+        n = int(sel.sum())
+        rows.append({"modality": kind, "tokens": n,
+                     "accuracy": float(correct[sel].mean()) if n else float("nan"),
+                     "bits_per_token": float(losses[sel].mean() / np.log(2)) if n else float("nan")})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Copy tasks
+
+COPY_KINDS = ("image", "text", "selective")
+_LETTERS = np.array([ord(c) for c in "abcdefghijklmnopqrstuvwxyz"])
+
+
+@dataclass
+class CopyItem:
+    """A synthetic pixelbyte sequence whose tokens ``[copy_start, copy_end)`` repeat earlier
+    content: generate them greedily from ``ids[:copy_start]`` and compare."""
+    kind: str
+    windows: np.ndarray     # (L, 3, 3) uint8
+    copy_start: int
+    copy_end: int
+
+    @property
+    def ids(self) -> list[int]:
+        return tok.centre_ids(self.windows).astype(int).tolist()
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.ids[:self.copy_start]
+
+    @property
+    def target_ids(self) -> list[int]:
+        return self.ids[self.copy_start:self.copy_end]
+
+
+def _text_windows(text: str) -> np.ndarray:
+    return tok.segment_windows(tok.text_to_ids(text)[None])
+
+
+def image_copy_item(rng: np.random.Generator, height: int = 6, width: int = 6,
+                    n_colours: int = 4) -> CopyItem:
+    """A (height, width) sprite whose bottom half of rows repeats its top half, as a real item
+    (shape text + image, no caption, via ``tokenizer.encode_item``). The copy is the bottom
+    half's rows with their separators."""
+    if height < 2 or height % 2:
+        raise ValueError(f"height must be an even number >= 2, got {height}")
+    colours = rng.choice(len(tok.PALETTE), size=min(n_colours, len(tok.PALETTE)), replace=False)
+    top = rng.choice(colours, size=(height // 2, width))
+    image = tok.PALETTE[np.concatenate([top, top])]                      # (h, w, 3)
+    windows = tok.encode_item(image, "")
+    shape_len = len(str((height, width))) + 1
+    return CopyItem("image", windows, shape_len + (height // 2) * (width + 1), len(windows))
+
+
+def text_copy_item(rng: np.random.Generator, n_words: int = 2, min_len: int = 2,
+                   max_len: int = 5) -> CopyItem:
+    """A caption repeated after a separator, e.g. ``"abc def; abc def"``; the copy is the
+    second phrase and its segment end."""
+    words = ["".join(map(chr, rng.choice(_LETTERS, size=rng.integers(min_len, max_len + 1))))
+             for _ in range(n_words)]
+    phrase = " ".join(words)
+    windows = _text_windows(f"{phrase}; {phrase}")
+    return CopyItem("text", windows, len(phrase) + 2, len(windows))
+
+
+def selective_copy_item(rng: np.random.Generator, length: int = 16, n_recall: int = 4,
+                        marker: str = ":") -> CopyItem:
+    """Selective copying (Mamba paper style) as one text segment: ``n_recall`` letters
+    scattered among ``length`` spaces, the marker, then the letters in order,
+    e.g. ``"  k   b  x    q  :kbxq"``. The copy is the letters after the marker + segment end."""
+    if not 1 <= n_recall <= length:
+        raise ValueError(f"n_recall must be in 1..length ({length}), got {n_recall}")
+    letters = rng.choice(_LETTERS, size=n_recall)
+    filler = np.full(length, ord(" "))
+    filler[np.sort(rng.choice(length, size=n_recall, replace=False))] = letters
+    text = bytes(filler.astype(np.uint8)).decode() + marker + bytes(letters.astype(np.uint8)).decode()
+    windows = _text_windows(text)
+    return CopyItem("selective", windows, length + len(marker), len(windows))
+
+
+_MAKERS = {"image": image_copy_item, "text": text_copy_item, "selective": selective_copy_item}
+
+
+def copy_task_items(kind: str, n: int, seed: int = 0, **params) -> list[CopyItem]:
+    """``n`` copy-task items of ``kind`` (image | text | selective); ``params`` go to the
+    maker (``image_copy_item``, ``text_copy_item``, ``selective_copy_item``)."""
+    if kind not in _MAKERS:
+        raise ValueError(f"copy task kind must be one of {COPY_KINDS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    return [_MAKERS[kind](rng, **params) for _ in range(n)]
+
+
+def copy_task_dataset(kind: str, n: int, seed: int = 0, **params) -> list[np.ndarray]:
+    """The same items as ``copy_task_items`` as plain (L, 3, 3) uint8 sequences, ready for
+    ``data.WindowDataset`` / ``data.make_datasets``."""
+    return [item.windows for item in copy_task_items(kind, n, seed, **params)]
+
+
+def score_copy_predictions(items: list[CopyItem], generated: list[list[int]]) -> dict:
+    """Exact-copy accuracy of generated continuations against the items' targets: token-level
+    (share of target tokens right, over all items) and whole-sequence (share of items with
+    every target token right). A short generation counts its missing tokens as wrong."""
+    if len(items) != len(generated):
+        raise ValueError(f"{len(items)} items but {len(generated)} generations")
+    right = exact = total = 0
+    per_item = []
+    for item, gen in zip(items, generated):
+        target = np.asarray(item.target_ids)
+        got = np.full(len(target), -1)
+        got[:min(len(gen), len(target))] = np.asarray(gen[:len(target)], dtype=np.int64)
+        hits = int((got == target).sum())
+        right, total, exact = right + hits, total + len(target), exact + int(hits == len(target))
+        per_item.append(hits / len(target))
+    return {"kinds": ",".join(sorted({i.kind for i in items})), "items": len(items), "tokens": total,
+            "token_accuracy": right / total if total else float("nan"),
+            "sequence_accuracy": exact / len(items) if items else float("nan"),
+            "per_item_token_accuracy": per_item}
+
+
+def score_copy(model, items: list[CopyItem], batch_size: int = 64, window: int | None = None,
+               use_state: bool | None = None) -> dict:
+    """Generate each item's copy greedily from its first part and score it
+    (``score_copy_predictions``)."""
+    generator = Generator(model, window=window, use_state=use_state)
+    generated = []
+    for b0 in range(0, len(items), batch_size):
+        batch = items[b0:b0 + batch_size]
+        gens = generator.generate([i.prompt_ids for i in batch], [i.copy_end - i.copy_start for i in batch],
+                                  temperature=0.0)
+        generated.extend(g.new for g in gens)
+    return score_copy_predictions(items, generated)

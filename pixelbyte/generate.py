@@ -1,0 +1,645 @@
+"""Generation: drive a PixelByteModel token by token through text and images in one stream.
+
+Every new token gets its 3x3 context from ``tokenizer.ContextBuilder``, so a generated image's
+pixels see the generated row above exactly as training windows do, and the stream crosses
+segment boundaries at ``\\n`` (shape text -> image -> caption) like the data.
+
+What is fed follows the model's objective (docs/CONTRACTS.md):
+- ``next``: position t is fed the FULL window of token t; its logits predict token t + 1.
+- ``causal``: position t is fed the MASKED window of position t (``ContextBuilder.context()``,
+  centre 0); its logits predict token t itself.
+
+Two ways to get the logits for a new token:
+- stateful (``use_state=True``, the default for causal models): ``model.step`` once per token,
+  carrying the recurrent state, so each new token costs O(1) whatever the context length;
+- window re-run (``use_state=False``, the only way for bidirectional models, i.e.
+  ``model.is_causal`` False): ``model.forward`` over the last ``window`` fed positions for
+  EVERY new token, as the original code did. Its cost grows with the context (up to
+  ``window``), and a bidirectional model only ever sees a window that ends at the new token.
+For a causal model whose whole history fits in ``window`` the two give the same logits.
+
+A batch of prompts of different lengths is stepped in lockstep, left-aligned: at step t every
+row is fed its own position t (a prompt token while its prompt lasts, a generated token after),
+so no row ever sees padding and every row's history has the same length t + 1. Rows that have
+finished are fed empty windows whose logits are ignored. Sampling uses one seeded
+``torch.Generator`` per row (seed + row index), so a batch gives the same tokens as the same
+prompts run one by one with those seeds.
+
+Constrained mode (``constrained=True``) masks the logits with ``StreamGrammar`` so the output is
+a well-formed stream: a shape segment is exactly ``"(h, w)"`` (1 <= h, w <= ``max_side``), the
+image after it has h rows of w colour tokens (``\\t`` exactly at column w, ``\\n`` after row h),
+text segments hold byte tokens only. Dimension consistency is then 100% by construction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import tokenizer as tok
+
+DEFAULT_WINDOW = 256                 # the training seq_length of the original notebooks
+OBJECTIVES = ("next", "causal")
+
+_IDS = np.arange(tok.VOCAB_SIZE)
+COLOUR_TOKENS = _IDS >= tok.FIRST_COLOUR_ID                       # (V,) bool
+TEXT_TOKENS = (_IDS >= tok.SPACE_ID) & ~COLOUR_TOKENS              # (V,) bool: printable bytes
+_CHAR_ID = {b.decode("latin-1"): i for i, b in enumerate(tok.BYTE_TOKENS)}
+_ID_CHAR = [b.decode("latin-1") for b in tok.BYTE_TOKENS]
+_DIGITS = "0123456789"
+
+
+def _text_of(token_ids) -> str:
+    """Byte token ids -> text (colour ids must not be passed)."""
+    return "".join(_ID_CHAR[int(t)] for t in token_ids)
+
+
+def _only(*token_ids: int) -> np.ndarray:
+    mask = np.zeros(tok.VOCAB_SIZE, dtype=bool)
+    mask[list(token_ids)] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Constrained decoding: a small state machine over the stream
+
+
+class StreamGrammar:
+    """Which tokens may come next in a well-formed PixelBytes stream.
+
+    Segments follow the data's cycle: shape text -> image -> caption text -> shape text ...
+    - shape: exactly ``"(h, w)"`` then ``\\n``, 1 <= h, w <= ``max_side``, no leading zeros
+      (a tiny DFA over the characters typed so far);
+    - image after a shape ``(h, w)``: w colour tokens, then ``\\t`` (rows 1..h-1) or ``\\n``
+      (row h);
+    - text: byte tokens only (no padding, no ``\\t``), at least one before ``\\n``.
+
+    ``replay(prompt)`` positions the machine at the end of a prompt. Complete prompt segments
+    are classified by content (a text that parses as a shape declares the next image; an image
+    is followed by text; other text is followed by a shape), so data-order prompts
+    (shape [+ image]) and caption-first prompts (caption + shape) both work. The unfinished
+    segment at the end of the prompt must fit what is expected: a prefix of the declared image,
+    text after an image, and after a text (or at the start) a shape prefix -- or plain text,
+    which is then continued as text. Anything else raises ``ValueError``: an image whose shape
+    is not declared cannot be completed consistently.
+    """
+
+    SHAPE, IMAGE, TEXT = "shape", "image", "text"
+
+    def __init__(self, max_side: int = tok.MAX_IMAGE_SIDE):
+        if not isinstance(max_side, int) or max_side < 1:
+            raise ValueError(f"max_side must be a positive integer, got {max_side!r}")
+        self.max_side = max_side
+        self.kind = self.SHAPE          # kind of the current segment
+        self.segment: list[int] = []    # tokens of the current segment so far
+        self.shape: tuple[int, int] | None = None  # (h, w) of the current image
+        self.row = self.col = 0         # position inside the current image
+
+    # -- what may come next -------------------------------------------------------------------
+    def _number_ok(self, digits: str) -> bool:
+        return digits[0] != "0" and int(digits) <= self.max_side
+
+    def _shape_chars(self) -> set[str]:
+        text = _text_of(self.segment)
+        if not text:
+            return {"("}
+        body = text[1:]
+        if "," not in body:                                   # typing h
+            allowed = {d for d in _DIGITS if self._number_ok(body + d)}
+            return allowed | {","} if body else allowed
+        rest = body.split(",", 1)[1]
+        if not rest:
+            return {" "}
+        width = rest[1:]
+        if ")" not in width:                                  # typing w
+            allowed = {d for d in _DIGITS if self._number_ok(width + d)}
+            return allowed | {")"} if width else allowed
+        return {"\n"}
+
+    def allowed(self) -> np.ndarray:
+        """(V,) bool mask of the tokens allowed at the current position."""
+        if self.kind == self.SHAPE:
+            return _only(*(_CHAR_ID[c] for c in self._shape_chars()))
+        if self.kind == self.IMAGE:
+            h, w = self.shape
+            if self.col < w:
+                return COLOUR_TOKENS
+            return _only(tok.ROW_END_ID if self.row < h - 1 else tok.SEG_END_ID)
+        return TEXT_TOKENS | _only(tok.SEG_END_ID) if self.segment else TEXT_TOKENS
+
+    # -- moving on ----------------------------------------------------------------------------
+    def push(self, token_id: int) -> None:
+        """Consume a token; raises ``ValueError`` if it is not allowed here."""
+        token_id = int(token_id)
+        if not 0 <= token_id < tok.VOCAB_SIZE or not self.allowed()[token_id]:
+            raise ValueError(f"token {token_id} is not allowed in the {self.kind} segment here "
+                             f"(segment so far: {self.segment}, shape {self.shape})")
+        self._advance(token_id)
+
+    def _advance(self, token_id: int) -> None:
+        if token_id == tok.SEG_END_ID:
+            self._close(self.segment)
+            return
+        self.segment.append(token_id)
+        if self.kind == self.IMAGE:
+            if token_id == tok.ROW_END_ID:
+                self.row, self.col = self.row + 1, 0
+            else:
+                self.col += 1
+
+    def _close(self, content: list[int]) -> None:
+        """End the current segment whose tokens were ``content``; pick the next kind."""
+        arr = np.asarray(content, dtype=np.int64)
+        shape = None
+        if not COLOUR_TOKENS[arr].any() and not (arr == tok.ROW_END_ID).any():
+            shape = tok.parse_shape(_text_of(arr))
+        if shape is not None and min(shape) >= 1:
+            self.kind, self.shape = self.IMAGE, shape
+        elif COLOUR_TOKENS[arr].sum() * 2 > len(arr):  # same rule as tokenizer.decode
+            self.kind, self.shape = self.TEXT, None
+        else:
+            self.kind, self.shape = self.SHAPE, None
+        self.segment, self.row, self.col = [], 0, 0
+
+    def replay(self, token_ids) -> "StreamGrammar":
+        """Position the machine at the end of ``token_ids`` (a prompt); returns self."""
+        ids = [int(t) for t in np.asarray(token_ids, dtype=np.int64).reshape(-1)]
+        last_end = max((i for i, t in enumerate(ids) if t == tok.SEG_END_ID), default=-1)
+        start = 0
+        for i in range(last_end + 1):
+            if ids[i] == tok.SEG_END_ID:
+                self._close(ids[start:i])
+                start = i + 1
+        partial = ids[last_end + 1:]
+        if self.kind == self.SHAPE:
+            try:
+                for t in partial:
+                    self.push(t)
+                return self
+            except ValueError:
+                self.segment = []
+                if not TEXT_TOKENS[partial].all():
+                    raise ValueError(
+                        "constrained mode: the prompt ends inside a segment that is neither a shape "
+                        f"text nor plain text ({partial[:12]}...); an image needs its shape "
+                        "declared in the segment before it") from None
+                self.kind = self.TEXT
+        for t in partial:
+            try:
+                self.push(t)
+            except ValueError as err:
+                raise ValueError(f"constrained mode: the prompt's unfinished {self.kind} segment "
+                                 f"cannot be completed consistently: {err}") from None
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def segment_spans(token_ids) -> list[tuple[int, int]]:
+    """[start, end) of every segment of a flat stream, each including its ``\\n``; a final
+    unterminated segment is included when it holds anything but padding."""
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    ends = np.flatnonzero(ids == tok.SEG_END_ID) + 1
+    starts = np.concatenate([[0], ends])
+    spans = [(int(s), int(e)) for s, e in zip(starts[:-1], ends)]
+    if (ids[starts[-1]:] != tok.PAD_ID).any():
+        spans.append((int(starts[-1]), len(ids)))
+    return spans
+
+
+@dataclass
+class Generation:
+    """One prompt's result. ``ids`` = prompt + new; ``logprobs`` are the model's raw
+    log-probabilities (temperature 1, before constraints) of each new token."""
+    prompt: list[int]
+    new: list[int]
+    stop_reason: str                               # "max_new_tokens" | "segments"
+    logprobs: list[float] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)  # ids before the prompt (context only)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt + self.new
+
+    @property
+    def segments(self) -> list[tok.Segment]:
+        """The whole stream (prompt + new) decoded."""
+        return tok.decode(self.ids)
+
+    @property
+    def new_segments(self) -> list[tok.Segment]:
+        """The segments that hold at least one generated token, decoded whole (a caption
+        generated after a prompt's image; an image after a prompt's shape text)."""
+        ids = self.ids
+        return [tok.decode(ids[s:e])[0] for s, e in segment_spans(ids) if e > len(self.prompt)]
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.new_segments if s.kind == "text"]
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return [s.image for s in self.new_segments if s.kind == "image"]
+
+    def new_windows(self) -> np.ndarray:
+        """(len(new), 3, 3) windows of the generated tokens, built from the real history."""
+        builder = tok.ContextBuilder()
+        builder.feed(self.history)
+        builder.feed(self.prompt)
+        return builder.feed(self.new)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator
+
+
+def _objective(model, objective: str | None) -> str:
+    objective = objective or getattr(getattr(model, "config", None), "objective", None)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES} (from model.config.objective or "
+                         f"the objective argument), got {objective!r}")
+    return objective
+
+
+def _as_ids(prompt) -> list[int]:
+    arr = np.asarray(prompt)
+    if arr.ndim == 3 and arr.shape[1:] == (3, 3):
+        arr = tok.centre_ids(arr)                              # a pixelbyte sequence (L, 3, 3)
+    if arr.ndim > 1:
+        raise ValueError(f"a prompt is a list of token ids or an (L, 3, 3) sequence, got shape {arr.shape}")
+    ids = [int(t) for t in arr.reshape(-1)]
+    bad = [t for t in ids if not 0 <= t < tok.VOCAB_SIZE]
+    if bad:
+        raise ValueError(f"prompt token ids outside 0..{tok.VOCAB_SIZE - 1}: {bad[:5]}")
+    return ids
+
+
+def _as_batch(prompts) -> list[list[int]]:
+    """One prompt (ids or (L, 3, 3) windows) or a list of prompts -> list of id lists.
+    Arrays: (L,) or (L, 3, 3) is one prompt, (B, L) or (B, L, 3, 3) a batch."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.cpu().numpy()
+    if isinstance(prompts, np.ndarray):
+        is_windows = prompts.shape[-2:] == (3, 3) and prompts.ndim >= 3
+        if prompts.ndim == (4 if is_windows else 2):
+            return [_as_ids(p) for p in prompts]
+        return [_as_ids(prompts)]
+    prompts = list(prompts)
+    if all(isinstance(p, (int, np.integer)) for p in prompts):     # a single id list ([] too)
+        return [_as_ids(prompts)]
+    return [_as_ids(p) for p in prompts]
+
+
+def _per_row(value, n: int, name: str) -> list:
+    if value is None or isinstance(value, (int, np.integer)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries for {n} prompts")
+    return value
+
+
+class Generator:
+    """Token-by-token generation for any model that follows the contract.
+
+    ``window``: how many past positions the window re-run feeds (default: the model's
+    ``config.seq_length`` if it has one, else 256, the original training length).
+    ``use_state``: True = ``model.step`` with the recurrent state (causal models only; the
+    default for them), False = re-run ``model.forward`` over the last ``window`` positions for
+    every new token (the only option for bidirectional models, and what the original code did).
+    ``max_side``: the largest image side a generated shape text may declare (constrained mode).
+    """
+
+    def __init__(self, model, window: int | None = None, use_state: bool | None = None,
+                 objective: str | None = None, max_side: int = tok.MAX_IMAGE_SIDE):
+        self.model = model
+        self.objective = _objective(model, objective)
+        self.is_causal = bool(getattr(model, "is_causal", False))
+        self.use_state = self.is_causal if use_state is None else bool(use_state)
+        if self.use_state and not self.is_causal:
+            raise ValueError("use_state=True needs a causal model (model.is_causal is False: a "
+                             "bidirectional model must re-run its window, use_state=False)")
+        if window is None:
+            window = getattr(getattr(model, "config", None), "seq_length", None) or DEFAULT_WINDOW
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive integer, got {window!r}")
+        self.window = window
+        self.max_side = max_side
+        params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        self.device = params.device if params is not None else torch.device("cpu")
+
+    # -- the model call for one step ----------------------------------------------------------
+    def _logits(self, x_t: np.ndarray, fed: np.ndarray | None, t: int, rows: list[int], state):
+        """x_t (B, 3, 3) fed at position t -> (logits (len(rows), V) float32 CPU, state)."""
+        if self.use_state:
+            logits, state = self.model.step(torch.from_numpy(x_t).to(self.device), state)
+            return logits[rows].float().cpu(), state                     # (R, V)
+        if not rows:
+            return None, state
+        lo = max(0, t + 1 - self.window)
+        x = torch.from_numpy(fed[rows, lo:t + 1]).to(self.device)       # (R, t+1-lo, 3, 3)
+        return self.model(x)[:, -1].float().cpu(), state                 # (R, V)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+                rngs: list[torch.Generator]) -> list[int]:
+        """logits (R, V) (already masked) -> one token per row."""
+        if temperature == 0:
+            return logits.argmax(-1).tolist()
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]               # (R, 1)
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        return [int(torch.multinomial(p, 1, generator=g)) for p, g in zip(probs, rngs)]
+
+    def generate(self, prompts, max_new_tokens: int | Sequence[int], *, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | Sequence[int] = 0,
+                 stop_after_segments: int | Sequence[int] | None = None, constrained: bool = False,
+                 histories: Sequence[Sequence[int]] | None = None,
+                 prompt_windows: Sequence[np.ndarray] | None = None,
+                 forced: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+        """Continue each prompt; returns one ``Generation`` per prompt, in order.
+
+        prompts: one prompt or a list; a prompt is a list of ids or an (L, 3, 3) sequence.
+            The ``next`` objective needs at least one prompt token; ``causal`` accepts [].
+        max_new_tokens: per batch or per prompt. temperature: 0 = greedy (argmax), else
+            softmax(logits / temperature) sampling, optionally among the ``top_k`` best.
+        seed: int (row i uses seed + i) or one seed per prompt.
+        stop_after_segments: stop a row once it has generated this many ``\\n`` (per batch or
+            per prompt; None = only max_new_tokens).
+        constrained: mask logits with ``StreamGrammar`` (well-formed shapes, images of exactly
+            the declared size, byte-only text).
+        histories: per prompt, ids that come before it in the stream; they set the
+            ContextBuilder (row above) but are NOT fed to the model.
+        prompt_windows: per prompt, the (len, 3, 3) full windows to feed for its tokens instead
+            of the ones the builder computes (e.g. the dataset's own windows).
+        forced: per prompt, a continuation to teacher-force instead of sampling (scoring:
+            ``Generation.logprobs`` then holds its log-likelihood); overrides max_new_tokens.
+        """
+        prompts = _as_batch(prompts)
+        n = len(prompts)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        stop_segments = _per_row(stop_after_segments, n, "stop_after_segments")
+        if any(s is not None and (not isinstance(s, (int, np.integer)) or s < 1) for s in stop_segments):
+            raise ValueError(f"stop_after_segments must be integers >= 1 or None, "
+                             f"got {stop_after_segments!r}")
+        forced = None if forced is None else [_as_ids(f) for f in _per_row(forced, n, "forced")]
+        budgets = ([len(f) for f in forced] if forced is not None
+                   else _per_row(max_new_tokens, n, "max_new_tokens"))
+        if any(not isinstance(b, (int, np.integer)) or b < 0 for b in budgets):
+            raise ValueError(f"max_new_tokens must be integers >= 0, got {max_new_tokens!r}")
+        shift = 1 if self.objective == "next" else 0
+        if shift and any(len(p) == 0 and b > 0 for p, b in zip(prompts, budgets)):
+            raise ValueError("a model with objective 'next' needs at least one prompt token")
+        histories = [list(map(int, h)) if h is not None else [] for h in _per_row(histories, n, "histories")]
+        prompt_windows = _per_row(prompt_windows, n, "prompt_windows")
+        for p, w in zip(prompts, prompt_windows):
+            if w is not None and (np.shape(w) != (len(p), 3, 3) or (tok.centre_ids(w) != p).any()):
+                raise ValueError("prompt_windows must be (len(prompt), 3, 3) with the prompt as centres")
+        seeds = _per_row(seed, n, "seed")
+        if isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(n)]
+        rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+        builders = [tok.ContextBuilder() for _ in range(n)]
+        for b, h in zip(builders, histories):
+            b.feed(h)
+        grammars = ([StreamGrammar(self.max_side).replay(h + p) for h, p in zip(histories, prompts)]
+                    if constrained else None)
+        ids = [list(p) for p in prompts]
+        new: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        ended = [0] * n
+        stop = ["max_new_tokens"] * n
+        done = [b == 0 for b in budgets]
+        n_steps = max((len(p) + b - shift for p, b in zip(prompts, budgets) if b > 0), default=0)
+        fed = None if self.use_state else np.zeros((n, n_steps, 3, 3), dtype=np.int64)
+
+        was_training = getattr(self.model, "training", False)
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                state = self.model.init_state(n, device=self.device) if self.use_state else None
+                for t in range(n_steps):
+                    if all(done):
+                        break
+                    x_t = np.zeros((n, 3, 3), dtype=np.int64)                 # (B, 3, 3)
+                    rows = []                                                 # rows sampling now
+                    for i in range(n):
+                        if done[i]:
+                            continue
+                        n_prompt = len(prompts[i])
+                        if shift:      # feed token t's full window; it predicts token t + 1
+                            x_t[i] = builders[i].push(ids[i][t])
+                            if t < n_prompt and prompt_windows[i] is not None:
+                                x_t[i] = prompt_windows[i][t]
+                            if t + 1 >= n_prompt:
+                                rows.append(i)
+                        else:          # feed position t's masked window; it predicts token t
+                            x_t[i] = builders[i].context()
+                            if t < n_prompt:
+                                if prompt_windows[i] is not None:
+                                    x_t[i] = prompt_windows[i][t]
+                                    x_t[i, 1, 1] = tok.PAD_ID
+                                builders[i].push(ids[i][t])
+                            else:
+                                rows.append(i)
+                    if fed is not None:
+                        fed[:, t] = x_t
+                    logits, state = self._logits(x_t, fed, t, rows, state)
+                    if not rows:
+                        continue
+                    raw_logp = torch.log_softmax(logits.double(), dim=-1)        # (R, V)
+                    if constrained:
+                        mask = torch.from_numpy(np.stack([~grammars[i].allowed() for i in rows]))
+                        logits = logits.masked_fill(mask, -math.inf)
+                    if forced is not None:
+                        tokens = [forced[i][len(new[i])] for i in rows]
+                    else:
+                        tokens = self._sample(logits, temperature, top_k, [rngs[i] for i in rows])
+                    for r, (i, token) in enumerate(zip(rows, tokens)):
+                        ids[i].append(token)
+                        new[i].append(token)
+                        logprobs[i].append(float(raw_logp[r, token]))
+                        if not shift:
+                            builders[i].push(token)
+                        if constrained:
+                            grammars[i].push(token)
+                        if token == tok.SEG_END_ID:
+                            ended[i] += 1
+                        if stop_segments[i] is not None and ended[i] >= stop_segments[i]:
+                            done[i], stop[i] = True, "segments"
+                        elif len(new[i]) >= budgets[i]:
+                            done[i] = True
+        finally:
+            if was_training and hasattr(self.model, "train"):
+                self.model.train()
+        return [Generation(prompt=list(p), new=nw, stop_reason=s, logprobs=lp, history=h)
+                for p, nw, s, lp, h in zip(prompts, new, stop, logprobs, histories)]
+
+
+def generate(model, prompts, max_new_tokens: int | Sequence[int], *, window: int | None = None,
+             use_state: bool | None = None, max_side: int = tok.MAX_IMAGE_SIDE,
+             **kwargs) -> list[Generation]:
+    """``Generator(model, window, use_state, max_side=max_side).generate(prompts, max_new_tokens,
+    **kwargs)``; see ``Generator.generate`` for the options. Always returns a list."""
+    return Generator(model, window=window, use_state=use_state, max_side=max_side).generate(
+        prompts, max_new_tokens, **kwargs)
+
+
+def log_likelihood(model, prompts, continuations, **kwargs) -> list[float]:
+    """Sum of log p(continuation | prompt) per prompt (natural log), teacher-forced."""
+    gens = generate(model, prompts, 0, forced=continuations, **kwargs)
+    return [float(sum(g.logprobs)) for g in gens]
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt builders (all return token-id lists)
+
+
+def text_ids(text: str) -> list[int]:
+    """Normalised text -> byte token ids (no segment end)."""
+    clean, _ = tok.normalize_text(text)
+    return [int(t) for t in tok.text_to_ids(clean)]
+
+
+def continue_prompt(sequence, n_tokens: int | None = None) -> list[int]:
+    """The first ``n_tokens`` ids of an item ((L, 3, 3) windows or ids): continue a sequence."""
+    ids = _as_ids(sequence)
+    return ids if n_tokens is None else ids[:n_tokens]
+
+
+def shape_prompt(height: int, width: int) -> list[int]:
+    """Shape text -> image: the declared shape segment ``"(h, w)\\n"``; generate the image."""
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return text_ids(str((int(height), int(width)))) + [tok.SEG_END_ID]
+
+
+def caption_to_sprite_prompt(caption: str, shape: tuple[int, int] | None = None,
+                             caption_first: bool = False) -> list[int]:
+    """Caption -> sprite prompt.
+
+    The data's order is shape, image, caption, so a model trained on it generates an image
+    BEFORE it reads any caption. Two designs:
+    (a) ``caption_first=False`` (in distribution): the prompt is the declared shape
+        ``"(h, w)\\n"`` only and the caption does not condition the image; use
+        ``caption_to_sprite`` to sample candidates and keep the one under which the caption is
+        most likely. With ``shape=None`` the prompt is empty (the model writes the shape; only
+        a ``causal``-objective model can start from nothing).
+    (b) ``caption_first=True``: ``caption + "\\n"`` then the shape (if given). This puts the
+        caption before the image, which a model trained on the data order has never seen
+        (its windows stay inside one item): out of distribution, expect worse samples.
+    """
+    shape_ids = [] if shape is None else shape_prompt(*shape)
+    if not caption_first:
+        return shape_ids
+    return text_ids(caption) + [tok.SEG_END_ID] + shape_ids
+
+
+def sprite_to_caption_prompt(image) -> list[int]:
+    """Sprite -> caption: the shape and image segments of the sprite; generate one segment
+    (``stop_after_segments=1``) and read ``Generation.texts``."""
+    return [int(t) for t in tok.centre_ids(tok.encode_item(image, ""))]
+
+
+def caption_to_sprite(model, caption: str, shape: tuple[int, int], n_candidates: int = 8,
+                      temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                      constrained: bool = True, **generator_kwargs) -> tuple[Generation, list[float]]:
+    """Caption -> sprite in the data order: sample ``n_candidates`` images after the declared
+    shape, score log p(caption | shape, image) for each, return (best, all scores)."""
+    prompt = shape_prompt(*shape)
+    gens = generate(model, [prompt] * n_candidates, shape[0] * (shape[1] + 1),
+                    temperature=temperature, top_k=top_k, seed=seed, constrained=constrained,
+                    stop_after_segments=1, **generator_kwargs)
+    caption_ids = text_ids(caption) + [tok.SEG_END_ID]
+    scores = log_likelihood(model, [g.ids for g in gens], [caption_ids] * n_candidates,
+                            **generator_kwargs)
+    return gens[int(np.argmax(scores))], scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Dimension consistency (measured)
+
+
+def _declared_shape(previous: tok.Segment | None) -> tuple[int, int] | None:
+    """The (h, w) a segment declares for the next one, if it is a shape text."""
+    return tok.parse_shape(previous.text) if previous is not None and previous.kind == "text" else None
+
+
+def _stream_images(ids: list[int], first_generated: int) -> list[tuple[tok.Segment, tuple | None]]:
+    """(image segment, declared shape or None) for every image-like segment holding a token at
+    or after ``first_generated``: segments decoded as images, and the segment after a shape
+    text even when it did not decode as an image (a failed image)."""
+    out, previous = [], None
+    for s, e in segment_spans(ids):
+        seg = tok.decode(ids[s:e])[0]
+        declared = _declared_shape(previous)
+        if e > first_generated and (seg.kind == "image" or declared is not None):
+            out.append((seg, declared))
+        previous = seg
+    return out
+
+
+def dimension_consistency(generated, prompt_length: int | None = None) -> dict:
+    """Share of generated images whose row count and every row width match the declared
+    ``(h, w)`` (the shape text segment just before the image).
+
+    ``generated``: a ``Generation`` or list of them (only images holding generated tokens
+    count), flat ids or a list of flat ids (all images count, or those after
+    ``prompt_length``), or a list of ``tokenizer.Segment``. Images cut off by the token budget
+    (no ``\\n``) are left out of the share and counted in ``unterminated``; images without a
+    declared shape count as inconsistent (``undeclared``). ``share`` is nan with no images.
+    """
+    streams: list[tuple[list[int], int]] = []
+    segments_only: list[tok.Segment] | None = None
+    if isinstance(generated, Generation):
+        streams = [(generated.ids, len(generated.prompt))]
+    elif isinstance(generated, np.ndarray) and generated.ndim == 1:
+        streams = [(generated.tolist(), prompt_length or 0)]
+    else:
+        items = list(generated)
+        if items and all(isinstance(x, tok.Segment) for x in items):
+            segments_only = items
+        elif all(isinstance(x, (int, np.integer)) for x in items):
+            streams = [([int(x) for x in items], prompt_length or 0)]
+        else:
+            for x in items:
+                if isinstance(x, Generation):
+                    streams.append((x.ids, len(x.prompt)))
+                else:
+                    streams.append((_as_ids(x), prompt_length or 0))
+    pairs = []
+    if segments_only is not None:
+        previous = None
+        for seg in segments_only:
+            declared = _declared_shape(previous)
+            if seg.kind == "image" or declared is not None:
+                pairs.append((seg, declared))
+            previous = seg
+    else:
+        for ids, first in streams:
+            pairs.extend(_stream_images(ids, first))
+    counts = {"images": 0, "consistent": 0, "undeclared": 0, "unterminated": 0}
+    for seg, declared in pairs:
+        if not seg.terminated:
+            counts["unterminated"] += 1
+            continue
+        counts["images"] += 1
+        if declared is None:
+            counts["undeclared"] += 1
+        elif seg.kind == "image" and seg.row_widths == [declared[1]] * declared[0]:
+            counts["consistent"] += 1
+    counts["share"] = counts["consistent"] / counts["images"] if counts["images"] else float("nan")
+    return counts

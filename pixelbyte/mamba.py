@@ -1,0 +1,483 @@
+"""Mamba mixer (selective state space layer) with two backends and one set of weights.
+
+Follows `mamba_ssm.modules.mamba_simple.Mamba` (state-spaces/mamba): same constructor, same
+parameter names, shapes and init, so a state dict loads with `strict=True` into mamba_ssm's
+`Mamba` and into mambapy's `MambaBlock`, and back.
+
+Backends
+- "cuda": mamba_ssm's fused kernels (`mamba_inner_fn`), fed with this module's own parameters,
+  exactly as `mamba_simple.Mamba.forward` does. Needs the `mamba_ssm` package and CUDA tensors.
+- "torch": pure PyTorch, any device. The selective scan is a custom autograd Function over
+  chunks of `chunk_size` steps that keeps only the chunk-boundary states for backward and
+  recomputes each chunk in backward (see `ChunkedSelectiveScan`). On CPU this is the fastest
+  eager strategy we measured and it needs ~8x less memory than autograd through a time loop.
+- "auto": "cuda" when mamba_ssm imports and the input is on CUDA, "torch" otherwise.
+
+Math (per channel d of d_inner, state size N; B and C are shared across channels):
+    x, z = in_proj(h)                    x = silu(causal_conv1d(x))
+    dt, B, C = split(x_proj(x))          delta = softplus(dt_proj(dt)),  A = -exp(A_log)
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * x_t * B_t
+    y_t = <h_t, C_t> + D * x_t           out = out_proj(y * silu(z))
+
+Shapes: B = batch, L = sequence length, D = d_model, Dn = d_inner (= expand * d_model),
+N = d_state, R = dt_rank, T = chunk size.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+BACKENDS = ("auto", "cuda", "torch")
+SCAN_IMPLS = ("chunked", "compiled", "reference")
+
+
+# --------------------------------------------------------------------------------------------
+# Optional mamba_ssm / causal_conv1d (GPU only). Imported lazily: `import mamba_ssm` fails on a
+# CPU-only machine (its interface module imports the compiled extension unconditionally).
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_ssm_ops():
+    """Returns (ops dict, None) or (None, reason). Cached: a failed import is slow to repeat."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+    except Exception as err:  # ImportError, but also OSError/RuntimeError from a broken .so
+        return None, f"{type(err).__name__}: {err}"
+    ops = {"mamba_inner_fn": mamba_inner_fn, "selective_scan_fn": selective_scan_fn,
+           "causal_conv1d_fn": None, "causal_conv1d_update": None, "selective_state_update": None}
+    try:
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+        ops["causal_conv1d_fn"], ops["causal_conv1d_update"] = causal_conv1d_fn, causal_conv1d_update
+    except Exception:
+        pass
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        ops["selective_state_update"] = selective_state_update
+    except Exception:
+        pass
+    return ops, None
+
+
+def mamba_ssm_available() -> bool:
+    """True if mamba_ssm's selective-scan kernels import (they need a CUDA build)."""
+    return _mamba_ssm_ops()[0] is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Selective scan: slow sequential reference and fast chunked version, same signature/semantics
+# as mamba_ssm's `selective_scan_ref` / `selective_scan_fn`.
+# --------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # fp16/bf16 are scanned in fp32 (like mamba_ssm); fp64 stays fp64 so tests can be tight
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _prepare_delta(delta, delta_bias, delta_softplus):
+    # delta : (B, Dn, L), delta_bias : (Dn)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(delta.dtype)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _skip_and_gate(y, u, D, z):
+    # y, u, z : (B, Dn, L), D : (Dn)
+    if D is not None:
+        y = y + u * D.to(y.dtype)[..., None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """Slow, obviously-correct sequential selective scan (autograd through a loop over time).
+
+    u : (B, Dn, L), delta : (B, Dn, L), A : (Dn, N), B : (B, N, L), C : (B, N, L), D : (Dn),
+    z : (B, Dn, L), delta_bias : (Dn). Returns out (B, Dn, L) [, last_state (B, Dn, N)].
+    Memory grows like B*L*Dn*N (every state is kept for backward): use it for checks only.
+    """
+    dtype_in = u.dtype
+    dtype = _compute_dtype(dtype_in)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
+
+    deltaA = torch.exp(torch.einsum("bdl,dn->lbdn", delta, A))  # (L, B, Dn, N)
+    deltaB_u = torch.einsum("bdl,bnl,bdl->lbdn", delta, B, u)  # (L, B, Dn, N)
+    h = A.new_zeros(batch, dim, dstate)  # (B, Dn, N)
+    ys = []
+    # unbind, not deltaA[t]: indexing makes autograd's backward quadratic in L
+    for dA_t, dBu_t, C_t in zip(deltaA.unbind(0), deltaB_u.unbind(0), C.unbind(2)):
+        h = dA_t * h + dBu_t  # (B, Dn, N)
+        ys.append(torch.einsum("bdn,bn->bd", h, C_t))  # (B, Dn)
+    y = torch.stack(ys, dim=2)  # (B, Dn, L)
+    out = _skip_and_gate(y, u, D, z).to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def _scan_chunk(h, u, delta, A, B, C):
+    """Runs T steps of the recurrence from state h. Plain autograd-friendly ops.
+
+    h : (B, Dn, N), u, delta : (T, B, Dn), A : (Dn, N), B, C : (T, B, N)
+    returns y : (T, B, Dn), h : (B, Dn, N) after the T steps
+    """
+    # Everything of size (B, Dn, N) is made per step, never for the whole chunk at once: one
+    # step's tensors stay in cache, a (T, B, Dn, N) deltaA does not (at B=32, N=64 building it
+    # per chunk made forward + backward ~4x slower on CPU).
+    delta_u = delta * u  # (T, B, Dn)
+    ys = []
+    for delta_t, delta_u_t, B_t, C_t in zip(delta.unbind(0), delta_u.unbind(0), B.unbind(0), C.unbind(0)):
+        deltaA_t = torch.exp(delta_t.unsqueeze(-1) * A)  # (B, Dn, N)
+        h = deltaA_t * h + delta_u_t.unsqueeze(-1) * B_t.unsqueeze(1)  # (B, Dn, N)
+        ys.append((h @ C_t.unsqueeze(-1)).squeeze(-1))  # (B, Dn, N) @ (B, N, 1) -> (B, Dn)
+    return torch.stack(ys), h  # (T, B, Dn), (B, Dn, N)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_scan_chunk():
+    # Compiled lazily and once: a cold compile costs ~50 s and needs a C compiler. Chunks all
+    # have the same shape (L is padded), so it does not recompile per chunk; it does per batch
+    # size, dtype and grad mode (forward runs under no_grad, the backward recompute with grad).
+    return torch.compile(_scan_chunk, dynamic=False)
+
+
+class ChunkedSelectiveScan(torch.autograd.Function):
+    """Selective scan over chunks of T steps; backward recomputes one chunk at a time.
+
+    Forward (no graph) walks the chunks and saves only the state entering each chunk.
+    Backward walks the chunks in reverse: from the saved state it recomputes the chunk with
+    autograd and backprops it with the incoming gradients of the chunk's outputs y and of its
+    outgoing state, which yields the gradient of the incoming state for the previous chunk.
+    Peak memory is one chunk's graph, O(T*B*Dn*N), instead of O(L*B*Dn*N).
+
+    Inputs are time-major so that a chunk is a contiguous slice:
+    u, delta : (L, B, Dn), A : (Dn, N), B, C : (L, B, N), with L a multiple of T.
+    Returns y : (L, B, Dn) (no D skip, no gate) and last_state : (B, Dn, N).
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size, compile_chunk):
+        L, batch, dim = u.shape
+        assert L % chunk_size == 0, "pad L to a multiple of chunk_size (see selective_scan)"
+        scan_chunk = _compiled_scan_chunk() if compile_chunk else _scan_chunk
+        n_chunks = L // chunk_size
+        h = u.new_zeros(batch, dim, A.shape[1])  # (B, Dn, N)
+        states = u.new_empty(n_chunks, batch, dim, A.shape[1])  # state entering each chunk
+        y = u.new_empty(L, batch, dim)
+        for k in range(n_chunks):
+            sl = slice(k * chunk_size, (k + 1) * chunk_size)
+            states[k] = h
+            y[sl], h = scan_chunk(h, u[sl], delta[sl], A, B[sl], C[sl])
+        ctx.save_for_backward(u, delta, A, B, C, states)
+        ctx.chunk_size, ctx.compile_chunk = chunk_size, compile_chunk
+        return y, h
+
+    @staticmethod
+    @once_differentiable  # no double backward: a clear error instead of wrong second derivatives
+    def backward(ctx, grad_y, grad_last_state):
+        # grad_y : (L, B, Dn), grad_last_state : (B, Dn, N) (zeros if last_state was unused)
+        u, delta, A, B, C, states = ctx.saved_tensors
+        T = ctx.chunk_size
+        scan_chunk = _compiled_scan_chunk() if ctx.compile_chunk else _scan_chunk
+        needs = ctx.needs_input_grad[:5]  # u, delta, A, B, C
+        grads = [torch.zeros_like(t) if need else None for t, need in zip((u, delta, A, B, C), needs)]
+        grad_h = grad_last_state.contiguous()
+        for k in reversed(range(states.shape[0])):
+            sl = slice(k * T, (k + 1) * T)
+            with torch.enable_grad():
+                h0 = states[k].detach().requires_grad_(k > 0)  # nothing before chunk 0
+                inputs = [t.detach().requires_grad_(need)
+                          for t, need in zip((u[sl], delta[sl], A, B[sl], C[sl]), needs)]
+                y_c, h_c = scan_chunk(h0, *inputs)
+                wrt = [h0] * (k > 0) + [t for t in inputs if t.requires_grad]
+                if not wrt:  # nothing to differentiate (only possible with a single chunk)
+                    break
+                chunk_grads = list(torch.autograd.grad((y_c, h_c), wrt, (grad_y[sl], grad_h)))
+            if k > 0:
+                grad_h = chunk_grads.pop(0)
+            for i, need in enumerate(needs):
+                if not need:
+                    continue
+                g = chunk_grads.pop(0)
+                if i == 2:  # A is shared by all chunks: accumulate
+                    grads[i] += g
+                else:
+                    grads[i][sl] = g
+        return (*grads, None, None)
+
+
+def _scan_time_major(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
+    """Pads L to a multiple of the chunk with delta = 0 and runs ChunkedSelectiveScan.
+
+    u, delta : (L, B, Dn), A : (Dn, N), B, C : (L, B, N) -> y : (L, B, Dn), h : (B, Dn, N)
+    delta = 0 gives exp(0*A) = 1 and delta*u*B = 0: the state passes through padding unchanged,
+    so the last state is exact and every chunk has the same shape (no torch.compile recompiles).
+    """
+    L = u.shape[0]
+    pad = (-L) % chunk_size
+    if pad:
+        u, delta, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (u, delta, B, C))
+    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    y, h = ChunkedSelectiveScan.apply(u, delta, A.contiguous(), B, C, chunk_size, compile_chunk)
+    return y[:L], h
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, chunk_size=32, compile_chunk=False):
+    """Fast selective scan: same signature and semantics as `selective_scan_ref`.
+
+    u : (B, Dn, L), delta : (B, Dn, L), A : (Dn, N), B : (B, N, L), C : (B, N, L), D : (Dn),
+    z : (B, Dn, L), delta_bias : (Dn). Returns out (B, Dn, L) [, last_state (B, Dn, N)].
+    """
+    dtype_in = u.dtype
+    dtype = _compute_dtype(dtype_in)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    y, last_state = _scan_time_major(u.permute(2, 0, 1), delta.permute(2, 0, 1), A,
+                                     B.permute(2, 0, 1), C.permute(2, 0, 1),
+                                     chunk_size, compile_chunk)
+    y = y.permute(1, 2, 0)  # (L, B, Dn) -> (B, Dn, L)
+    out = _skip_and_gate(y, u, D, z).to(dtype_in)
+    return (out, last_state) if return_last_state else out
+
+
+# --------------------------------------------------------------------------------------------
+# The mixer
+# --------------------------------------------------------------------------------------------
+
+
+class Mamba(nn.Module):
+    """Mamba mixer: (B, L, D) -> (B, L, D), parameters identical to mamba_ssm's `Mamba`.
+
+    backend: "auto" | "cuda" | "torch" (see module docstring).
+    chunk_size: time steps per chunk of the torch scan (memory/speed trade-off; 32 is best).
+    scan_impl: the torch backend's scan: "chunked" (default), "compiled" (the chunk body under
+        torch.compile: ~2-4x faster on CPU after a ~50 s cold compile) or "reference"
+        (sequential `selective_scan_ref`, for checks and benchmarks).
+    """
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
+                 dt_max=0.1, dt_init_floor=1e-4, bias=False, conv_bias=True, backend="auto",
+                 chunk_size=32, device=None, dtype=None, scan_impl="chunked"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"Mamba: backend={backend!r} is not one of {BACKENDS}")
+        if scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"Mamba: scan_impl={scan_impl!r} is not one of {SCAN_IMPLS}")
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"Mamba: chunk_size={chunk_size!r} must be a positive int")
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.backend, self.chunk_size, self.scan_impl = backend, chunk_size, scan_impl
+
+        # x and z branches in one matmul: (B, L, D) -> (B, L, 2*Dn)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory_kwargs)
+        # depthwise causal conv over time: pad both sides by d_conv-1, keep the first L outputs
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory_kwargs)
+        # input-dependent dt (low rank R), B and C: (B, L, Dn) -> (B, L, R + 2N)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory_kwargs)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
+        self._init_dt_proj(dt_min, dt_max, dt_init_floor)
+
+        # S4D-real init A = -(1..N) per channel; stored as log so that A = -exp(A_log) stays < 0.
+        # A_log and D stay fp32 whatever `dtype` is, like upstream (they are tiny and sensitive).
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))  # (Dn, N)
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (Dn) skip connection
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
+
+    def _init_dt_proj(self, dt_min, dt_max, dt_init_floor):
+        # weight ~ U(+-R^-0.5) keeps the variance of dt_proj's output ~1 at init
+        dt_init_std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        # bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]: delta starts in that range
+        dt = torch.exp(
+            torch.rand(self.d_inner, device=self.dt_proj.bias.device)
+            * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        inv_dt = dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_dt)
+        self.dt_proj.bias._no_reinit = True  # a generic "zero all biases" init must skip it
+
+    # ---------------------------------------------------------------------- backend choice
+
+    def _use_cuda_kernels(self, x: torch.Tensor) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "auto":
+            return x.is_cuda and mamba_ssm_available()
+        ops, reason = _mamba_ssm_ops()
+        if ops is None:
+            raise RuntimeError("Mamba(backend='cuda') needs the mamba_ssm package with its CUDA "
+                               f"kernels (pip install mamba-ssm causal-conv1d); import failed: "
+                               f"{reason}. Use backend='torch' or 'auto'.")
+        if not x.is_cuda:
+            raise RuntimeError(f"Mamba(backend='cuda') needs CUDA tensors, got input on "
+                               f"device '{x.device}'. Move the model and input to CUDA or use "
+                               "backend='torch' or 'auto'.")
+        return True
+
+    # ---------------------------------------------------------------------- forward
+
+    def forward(self, hidden_states, inference_cache=None):
+        """hidden_states : (B, L, D) -> (B, L, D).
+
+        inference_cache: optional (conv_state, ssm_state) from `allocate_inference_cache`;
+        if given, they are filled in place with the states after the last token (prefill),
+        ready for `step`.
+        """
+        if self._use_cuda_kernels(hidden_states):
+            return self._forward_cuda(hidden_states, inference_cache)
+        return self._forward_torch(hidden_states, inference_cache)
+
+    def _forward_torch(self, hidden_states, inference_cache=None):
+        batch, seqlen, _ = hidden_states.shape
+        xz = self.in_proj(hidden_states)  # (B, L, 2*Dn)
+        x, z = xz.chunk(2, dim=-1)  # (B, L, Dn), (B, L, Dn)
+        x = x.transpose(1, 2)  # (B, Dn, L): Conv1d wants channels first
+        if inference_cache is not None:
+            # conv state = last d_conv raw conv inputs, zero-padded on the left if L < d_conv
+            inference_cache[0].copy_(F.pad(x, (self.d_conv - seqlen, 0)))
+        x = F.silu(self.conv1d(x)[..., :seqlen]).transpose(1, 2)  # (B, L, Dn)
+
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, Dn); bias is added in _ssm_torch
+        y, last_state = self._ssm_torch(x, dt, B, C)  # (B, L, Dn), (B, Dn, N)
+        if inference_cache is not None:
+            inference_cache[1].copy_(last_state)
+        y = y.to(z.dtype) * F.silu(z)
+        return self.out_proj(y)  # (B, L, D)
+
+    def _ssm_torch(self, x, dt, B, C):
+        # x, dt : (B, L, Dn), B, C : (B, L, N) -> y : (B, L, Dn), last_state : (B, Dn, N)
+        dtype = _compute_dtype(x.dtype)
+        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+        A = -torch.exp(self.A_log.to(dtype))  # (Dn, N)
+        delta = F.softplus(dt + self.dt_proj.bias.to(dtype))  # (B, L, Dn)
+        if self.scan_impl == "reference":
+            y, last_state = selective_scan_ref(x.transpose(1, 2), delta.transpose(1, 2), A,
+                                               B.transpose(1, 2), C.transpose(1, 2),
+                                               return_last_state=True)
+            y = y.transpose(1, 2)
+        else:
+            # the scan runs time-major: (B, L, .) -> (L, B, .)
+            y, last_state = _scan_time_major(x.transpose(0, 1), delta.transpose(0, 1), A,
+                                             B.transpose(0, 1), C.transpose(0, 1), self.chunk_size,
+                                             compile_chunk=self.scan_impl == "compiled")
+            y = y.transpose(0, 1)
+        return y + x * self.D.to(dtype), last_state
+
+    def _forward_cuda(self, hidden_states, inference_cache=None):
+        # As mamba_simple.Mamba.forward: the fused kernels take our own parameters, so both
+        # backends share one set of weights.
+        ops, _ = _mamba_ssm_ops()
+        batch, seqlen, dim = hidden_states.shape
+        # matmul and transpose (B, L, D) -> (B, 2*Dn, L) at once, as upstream
+        xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, dim).t()  # (2Dn, B*L)
+        xz = xz.view(-1, batch, seqlen).transpose(0, 1)  # (B, 2*Dn, L)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
+        A = -torch.exp(self.A_log.float())  # (Dn, N)
+        if ops["causal_conv1d_fn"] is not None and inference_cache is None:
+            return ops["mamba_inner_fn"](
+                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
+                delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        # upstream's unfused path: no causal_conv1d, or the states are wanted (prefill)
+        x, z = xz.chunk(2, dim=1)  # (B, Dn, L)
+        if inference_cache is not None:
+            inference_cache[0].copy_(F.pad(x, (self.d_conv - seqlen, 0)))
+        x = F.silu(self.conv1d(x)[..., :seqlen])  # (B, Dn, L)
+        x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, -1))  # (B*L, R+2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (self.dt_proj.weight @ dt.t()).view(-1, batch, seqlen).transpose(0, 1)  # (B, Dn, L)
+        B = B.view(batch, seqlen, -1).transpose(1, 2).contiguous()  # (B, N, L)
+        C = C.view(batch, seqlen, -1).transpose(1, 2).contiguous()  # (B, N, L)
+        y = ops["selective_scan_fn"](x, dt, A, B, C, self.D.float(), z=z,
+                                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                     return_last_state=inference_cache is not None)
+        if inference_cache is not None:
+            y, last_state = y
+            inference_cache[1].copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))  # (B, L, D)
+
+    # ---------------------------------------------------------------------- decoding
+
+    def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
+        """Zero states for `step`: conv_state (B, Dn, d_conv), ssm_state (B, Dn, N).
+
+        max_seqlen is unused (the state does not grow with length); kept for mamba_ssm's API.
+        """
+        device = self.out_proj.weight.device
+        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        ssm_dtype = self.dt_proj.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype)
+        return conv_state, ssm_state
+
+    def step(self, hidden_states, conv_state, ssm_state):
+        """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state).
+
+        conv_state (B, Dn, d_conv) and ssm_state (B, Dn, N) are updated in place.
+        """
+        if hidden_states.shape[1] != 1:
+            raise ValueError(f"Mamba.step decodes one token at a time: got hidden_states of shape "
+                             f"{tuple(hidden_states.shape)}, expected (B, 1, {self.d_model})")
+        ops = _mamba_ssm_ops()[0] if self._use_cuda_kernels(hidden_states) else None
+        xz = self.in_proj(hidden_states.squeeze(1))  # (B, 2*Dn)
+        x, z = xz.chunk(2, dim=-1)  # (B, Dn)
+        x = self._conv_step(x, conv_state, ops)  # (B, Dn)
+
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, Dn), no bias yet
+        A = -torch.exp(self.A_log.float())  # (Dn, N)
+        if ops is not None and ops["selective_state_update"] is not None:
+            y = ops["selective_state_update"](ssm_state, x, dt, A, B, C, self.D, z=z,
+                                              dt_bias=self.dt_proj.bias, dt_softplus=True)
+        else:
+            y = self._ssm_step_torch(x, dt, B, C, z, ssm_state)
+        out = self.out_proj(y.to(hidden_states.dtype))  # (B, D)
+        return out.unsqueeze(1), conv_state, ssm_state
+
+    def _conv_step(self, x, conv_state, ops):
+        # x : (B, Dn), conv_state : (B, Dn, d_conv) holds the last d_conv raw inputs
+        weight = self.conv1d.weight.squeeze(1)  # (Dn, d_conv)
+        if ops is not None and ops["causal_conv1d_update"] is not None:
+            return ops["causal_conv1d_update"](x, conv_state, weight, self.conv1d.bias, "silu")
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))  # drop the oldest input
+        conv_state[:, :, -1] = x
+        x = (conv_state * weight).sum(-1)  # (B, Dn)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        return F.silu(x)
+
+    def _ssm_step_torch(self, x, dt, B, C, z, ssm_state):
+        # x, dt, z : (B, Dn), B, C : (B, N), ssm_state : (B, Dn, N) updated in place
+        dtype = _compute_dtype(x.dtype)
+        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+        A = -torch.exp(self.A_log.to(dtype))  # (Dn, N)
+        delta = F.softplus(dt + self.dt_proj.bias.to(dtype))  # (B, Dn)
+        deltaA = torch.exp(delta.unsqueeze(-1) * A)  # (B, Dn, N)
+        deltaB_u = (delta * x).unsqueeze(-1) * B.unsqueeze(1)  # (B, Dn, N)
+        h = ssm_state.to(dtype) * deltaA + deltaB_u
+        ssm_state.copy_(h)
+        y = (h @ C.unsqueeze(-1)).squeeze(-1) + x * self.D.to(dtype)  # (B, Dn)
+        return y * F.silu(z.to(dtype))
