@@ -51,6 +51,17 @@ seqs = data.sequences(ds)
 print(f"{len(ds)} items from {dataset!r}; columns {ds.column_names}")
 
 # %% [markdown]
+# The first item, as text and as the token stream the models read (checked in CI).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+first = tok.decode(tok.centre_ids(seqs[0]))
+print(f"caption: {ds[0]['caption']!r}")
+print(f"segments: {[s.kind for s in first]}; declared shape {first[0].text!r}; image {first[1].image.shape}")
+print(f"{len(seqs[0])} tokens: {int(tok.is_colour(tok.centre_ids(seqs[0])).sum())} pixels, "
+      f"{len(seqs[0]) - int(tok.is_colour(tok.centre_ids(seqs[0])).sum())} text/separators")
+
+# %% [markdown]
 # ## Sprites and captions
 # Each item is a small pixel-art image in the NES palette and a lowercase caption.
 

@@ -215,3 +215,115 @@ def training_curves(metrics, title: str = "Training") -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Model comparison (notebook 04)
+
+FAMILY_COLOURS = {"rnn": "Blues", "ssm": "Greens", "att": "Reds"}   # a colour map per family
+OBJECTIVE_STYLES = {"next": "-", "causal": "--"}
+
+
+def _family_colours(runs, families) -> dict:
+    """run -> colour: shades of its family's colour map, one per run of that family."""
+    from matplotlib import colormaps
+
+    colours = {}
+    for family in dict.fromkeys(families):
+        members = [r for r, f in zip(runs, families) if f == family]
+        cmap = colormaps[FAMILY_COLOURS.get(family, "Greys")]
+        for k, run in enumerate(members):
+            colours[run] = cmap(0.45 + 0.5 * k / max(1, len(members) - 1))
+    return colours
+
+
+def validation_curves(histories, title: str = "Validation loss of every run") -> Figure:
+    """Validation loss of all runs on one figure, against optimizer steps and wall time.
+
+    ``histories``: the trainers' metrics.csv rows with columns run, family, objective, split,
+    step, wall_time, loss (``compare.Comparison.histories``). Colour = family (shades per
+    run), solid = ``next`` objective, dashed = ``causal`` (its loss averages every position,
+    so it is not comparable with ``next``'s last-position loss).
+    """
+    val = histories[histories["split"] == "val"]
+    runs = list(dict.fromkeys(val["run"]))
+    families = [val.loc[val["run"] == r, "family"].iloc[0] for r in runs]
+    colours = _family_colours(runs, families)
+    fig = Figure(figsize=(13, 4.8))
+    axes = fig.subplots(1, 2)
+    for run in runs:
+        rows = val[val["run"] == run]
+        style = dict(color=colours[run], ls=OBJECTIVE_STYLES.get(rows["objective"].iloc[0], ":"),
+                     marker=".", lw=1.3, label=run)
+        axes[0].plot(rows["step"], rows["loss"], **style)
+        axes[1].plot(rows["wall_time"], rows["loss"], **style)
+    axes[0].set(title="against optimizer steps", xlabel="optimizer step", ylabel="validation loss (nats per token)")
+    axes[1].set(title="against training wall time", xlabel="wall time (s, validation included)",
+                ylabel="validation loss (nats per token)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(summary, metrics=("hamming", "cosine", "bleu"),
+                title: str = "Paper metrics on held-out items (mean +- std over chunks)") -> Figure:
+    """Horizontal bars of each metric's mean with its std as error bars, one bar per model run
+    (coloured by family) and per trivial baseline (grey, hatched, at the bottom).
+
+    ``summary``: columns method, family ("baseline" for baselines), ``<metric>_mean`` and
+    ``<metric>_std`` (``compare.bar_summary``).
+    """
+    summary = summary.reset_index(drop=True)
+    is_base = (summary["family"] == "baseline").to_numpy()
+    models = summary[~is_base]
+    colours = _family_colours(list(models["method"]), list(models["family"]))
+    order = list(summary.index[~is_base]) + list(summary.index[is_base])
+    y = np.arange(len(order))[::-1]
+    fig = Figure(figsize=(4.2 * len(metrics) + 2.5, 0.28 * len(order) + 1.6))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for yy, i in zip(y, order):
+            row = summary.loc[i]
+            base = row["family"] == "baseline"
+            ax.barh(yy, row[f"{metric}_mean"], xerr=row[f"{metric}_std"], height=0.75,
+                    color="0.8" if base else colours[row["method"]], hatch="//" if base else None,
+                    edgecolor="0.35", linewidth=0.5, error_kw=dict(lw=0.8, capsize=2, ecolor="0.25"))
+        better = "lower is better" if metric.startswith("hamming") else "higher is better"
+        ax.set(title=f"{metric} ({better})", xlabel=metric, xlim=(0, 1.05))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [summary.loc[i, "method"] for i in order], fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def sprite_rows(rows: dict, references=None, captions=None, scale: float = 1.2,
+                title: str | None = None) -> Figure:
+    """A grid with one labelled row of sprites per entry of ``rows`` ({label: [image per
+    column]}), under an optional row of ``references``; ``captions`` (one per column) are
+    written above the first row. Missing images (None) leave an empty cell."""
+    labelled = ([("reference", list(references))] if references is not None else []) + \
+        [(label, list(images)) for label, images in rows.items()]
+    ncols = max(len(images) for _, images in labelled)
+    fig = Figure(figsize=(ncols * scale + 2.2, len(labelled) * scale + (0.9 if captions else 0.2)))
+    axes = fig.subplots(len(labelled), ncols, squeeze=False)
+    for r, (label, images) in enumerate(labelled):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images) and images[c] is not None:
+                ax.imshow(_as_array(images[c]), interpolation="nearest")
+            if r == 0 and captions is not None and c < len(captions):
+                ax.set_title("\n".join(textwrap.wrap(str(captions[c]), 22)[:3]), fontsize=6)
+        lines = [w for part in str(label).split("/") for w in textwrap.wrap(part, 26)]
+        axes[r][0].set_ylabel("\n".join(lines), fontsize=7, rotation=0,
+                              ha="right", va="center", labelpad=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

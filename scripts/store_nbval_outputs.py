@@ -1,0 +1,42 @@
+"""Store the expected outputs of the ``# NBVAL_CHECK_OUTPUT`` cells in notebooks/*.ipynb.
+
+nbval compares those cells' outputs with the ones saved in the notebook, so after changing such
+a cell run (from the repo root):
+
+    .venv/bin/python scripts/store_nbval_outputs.py
+
+It executes every notebook with the CI parameters (notebooks/params_ci.json) like the test
+command does, copies the outputs of the checked cells -- and only those -- into the paired
+.ipynb (all other cells stay output-free), and leaves the .py sources untouched.
+"""
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import tasks  # noqa: E402  (reuses the CI preparation so both run the same parameters)
+
+MARK = "NBVAL_CHECK_OUTPUT"
+
+
+def main():
+    folder = ROOT / "build" / "nbval-store"
+    for prepared in tasks.prepare_notebooks(folder):
+        executed = pm.execute_notebook(str(prepared), str(prepared), cwd=str(folder), progress_bar=False)
+        checked = {c.source: c for c in executed.cells if c.cell_type == "code" and MARK in c.source}
+        source = ROOT / "notebooks" / prepared.name
+        nb = nbformat.read(source, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                ran = checked.get(cell.source)
+                cell.outputs = ran.outputs if ran else []
+                cell.execution_count = ran.execution_count if ran else None   # nbval skips unrun cells
+        nbformat.write(nb, source)
+        print(f"{source.name}: stored outputs of {len(checked)} checked cell(s)")
+
+
+if __name__ == "__main__":
+    main()
