@@ -72,12 +72,13 @@ captions = held_out["caption"]
 
 # %% [markdown]
 # ## Sprite -> caption
-# The prompt is the sprite's shape and image segments; the model writes the next segment.
+# The prompt is the sprite's shape and image segments; the model writes the next segment
+# (sampled at `temperature`: greedy decoding of a small model tends to loop on one word).
 
 # %%
 with torch.no_grad():
     results = gen.generate(model, [gen.sprite_to_caption_prompt(im) for im in images], 120,
-                           stop_after_segments=1)
+                           temperature=temperature, top_k=top_k or None, seed=seed, stop_after_segments=1)
 # an undertrained model may draw pixels instead of writing: show what kind of segment came out
 written = [next((s.text for s in r.new_segments if s.kind == "text"), "<no text segment>") for r in results]
 sprite_to_caption = pd.DataFrame({"reference": captions, "generated": written})
@@ -108,13 +109,15 @@ plots.save_figure(plots.sprite_grid(pairs, labels, ncols=8, scale=1.6, wrap=22,
 # ## Dimension consistency: free vs constrained
 # From a declared shape the model draws the image. Free sampling may put `\t` in the wrong
 # column; the constrained mode masks the logits so rows have exactly the declared width.
+# Free generation gets twice the image's token count; an image not closed by `\n` within
+# that budget is counted as `unterminated` (and is not consistent).
 
 # %%
 shapes = [im.shape[:2] for im in images]
 rows = []
 with torch.no_grad():
     for constrained in (False, True):
-        outs = gen.generate(model, [gen.shape_prompt(*s) for s in shapes], [h * (w + 1) + 8 for h, w in shapes],
+        outs = gen.generate(model, [gen.shape_prompt(*s) for s in shapes], [2 * h * (w + 1) for h, w in shapes],
                             temperature=temperature, seed=seed, constrained=constrained, stop_after_segments=1)
         rows.append({"mode": "constrained" if constrained else "free", **gen.dimension_consistency(outs)})
 consistency = pd.DataFrame(rows)

@@ -600,7 +600,8 @@ def dimension_consistency(generated, prompt_length: int | None = None) -> dict:
     count), flat ids or a list of flat ids (all images count, or those after
     ``prompt_length``), or a list of ``tokenizer.Segment``. Images cut off by the token budget
     (no ``\\n``) are left out of the share and counted in ``unterminated``; images without a
-    declared shape count as inconsistent (``undeclared``). ``share`` is nan with no images.
+    declared shape count as inconsistent (``undeclared``). ``share`` is nan with no images;
+    ``share_of_attempts`` also counts unterminated images, as failures.
     """
     streams: list[tuple[list[int], int]] = []
     segments_only: list[tok.Segment] | None = None
@@ -642,4 +643,6 @@ def dimension_consistency(generated, prompt_length: int | None = None) -> dict:
         elif seg.kind == "image" and seg.row_widths == [declared[1]] * declared[0]:
             counts["consistent"] += 1
     counts["share"] = counts["consistent"] / counts["images"] if counts["images"] else float("nan")
+    attempted = counts["images"] + counts["unterminated"]   # an unfinished image is a failure too
+    counts["share_of_attempts"] = counts["consistent"] / attempted if attempted else float("nan")
     return counts

@@ -440,7 +440,7 @@ def test_caption_to_sprite_reranks_constrained_candidates(trained_causal):
 def test_dimension_consistency_hand_made_cases(items):
     ids = tok.centre_ids(items[0]).tolist()                   # (4, 5) image: consistent
     assert G.dimension_consistency(ids) == {"images": 1, "consistent": 1, "undeclared": 0,
-                                            "unterminated": 0, "share": 1.0}
+                                            "unterminated": 0, "share": 1.0, "share_of_attempts": 1.0}
     shape = G.shape_prompt(2, 3)
     ragged = shape + [60, 60, 60, 1, 60, 60, 2]
     too_many_rows = shape + [60, 60, 60, 1, 60, 60, 60, 1, 60, 60, 60, 2]
@@ -448,7 +448,8 @@ def test_dimension_consistency_hand_made_cases(items):
     failed = shape + G.text_ids("oops") + [2]                  # a text where the image should be
     cut = shape + [60, 60]                                     # unterminated: left out of the share
     result = G.dimension_consistency([ids, ragged, too_many_rows, undeclared, failed, cut])
-    assert result == {"images": 5, "consistent": 1, "undeclared": 1, "unterminated": 1, "share": 0.2}
+    assert result == {"images": 5, "consistent": 1, "undeclared": 1, "unterminated": 1, "share": 0.2,
+                      "share_of_attempts": 1 / 6}
     assert G.dimension_consistency(tok.decode(ragged))["share"] == 0.0
     # only images holding generated tokens count for a Generation
     gen = G.Generation(prompt=ids, new=shape[:-1], stop_reason="max_new_tokens")
