@@ -15,15 +15,6 @@ from pixelbyte.models import ModelConfig, PixelByteModel
 V = tok.VOCAB_SIZE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: torch's 2-thread pool spins against the other processes
-    and made an 80-step LSTM ~1000x slower here; one thread is fastest. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class RepeatLastModel(torch.nn.Module):
     """`next` objective: predicts the centre of the window it is fed (the last token)."""

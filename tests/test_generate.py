@@ -19,15 +19,6 @@ V = tok.VOCAB_SIZE
 FAMILIES = ("lstm", "attention", "bysmamba")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: torch's 2-thread pool spins against the other processes
-    and made an 80-step LSTM ~1000x slower here; one thread is fastest. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------------------------------------
 # Stand-in models (the contract: forward, is_causal, init_state, step, config.objective)

@@ -27,15 +27,6 @@ mambapy = pytest.importorskip("mambapy.mamba")
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tensors here are tiny: a second thread gains nothing, and on a busy 2-core machine
-    # OpenMP threads spin-waiting for each other made this file ~10x slower. Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 D_MODEL, D_STATE, BATCH = 16, 8, 2
 
 

@@ -29,14 +29,6 @@ from pixelbyte.models import (
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: a second thread only adds sync overhead (7 s vs 20-100 s on a busy 2-core box)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 V = 113
 EMBEDDINGS = [("pxby", True), ("pxby", False), ("center", False)]   # center has no conv
