@@ -9,8 +9,10 @@ Backends
   exactly as `mamba_simple.Mamba.forward` does. Needs the `mamba_ssm` package and CUDA tensors.
 - "torch": pure PyTorch, any device. The selective scan is a custom autograd Function over
   chunks of `chunk_size` steps that keeps only the chunk-boundary states for backward and
-  recomputes each chunk in backward (see `ChunkedSelectiveScan`). On CPU this is the fastest
-  eager strategy we measured and it needs ~8x less memory than autograd through a time loop.
+  recomputes each chunk in a hand-written backward (see `ChunkedSelectiveScan`). On CPU this
+  is the fastest eager strategy we measured and it needs ~8x less memory than autograd through
+  a time loop. `scan_impl="compiled"` runs the same chunk functions under torch.compile (one
+  fused C++ loop nest per chunk): ~3x faster again (benchmarks/run.py).
 - "auto": "cuda" when mamba_ssm imports and the input is on CUDA, "torch" otherwise.
 
 Math (per channel d of d_inner, state size N; B and C are shared across channels):
@@ -35,6 +37,8 @@ from torch.autograd.function import once_differentiable
 
 BACKENDS = ("auto", "cuda", "torch")
 SCAN_IMPLS = ("chunked", "compiled", "reference")
+CHUNK_SIZE = 32  # steps per chunk of the eager chunked scan
+COMPILED_CHUNK_SIZE = 4  # steps per chunk of the compiled scan
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,110 +131,146 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def _scan_chunk(h, u, delta, A, B, C):
-    """Runs T steps of the recurrence from state h. Plain autograd-friendly ops.
+    """Runs T steps of the recurrence from state h (forward only: no graph is built).
 
-    h : (B, Dn, N), u, delta : (T, B, Dn), A : (Dn, N), B, C : (T, B, N)
-    returns y : (T, B, Dn), h : (B, Dn, N) after the T steps
+    h : (B, Dn, N), u, delta : (B, T, Dn), A : (Dn, N), B, C : (B, T, N)
+    returns y : (B, T, Dn), h : (B, Dn, N) after the T steps
     """
     # Everything of size (B, Dn, N) is made per step, never for the whole chunk at once: one
-    # step's tensors stay in cache, a (T, B, Dn, N) deltaA does not (at B=32, N=64 building it
-    # per chunk made forward + backward ~4x slower on CPU).
-    delta_u = delta * u  # (T, B, Dn)
+    # step's tensors stay in cache, a (T, B, Dn, N) deltaA does not. Under torch.compile the T
+    # steps become one loop over (b, d) that keeps the chain of states in registers.
+    delta_u = delta * u  # (B, T, Dn)
     ys = []
-    for delta_t, delta_u_t, B_t, C_t in zip(delta.unbind(0), delta_u.unbind(0), B.unbind(0), C.unbind(0)):
-        deltaA_t = torch.exp(delta_t.unsqueeze(-1) * A)  # (B, Dn, N)
-        h = deltaA_t * h + delta_u_t.unsqueeze(-1) * B_t.unsqueeze(1)  # (B, Dn, N)
-        ys.append((h @ C_t.unsqueeze(-1)).squeeze(-1))  # (B, Dn, N) @ (B, N, 1) -> (B, Dn)
-    return torch.stack(ys), h  # (T, B, Dn), (B, Dn, N)
+    for delta_t, delta_u_t, B_t, C_t in zip(delta.unbind(1), delta_u.unbind(1), B.unbind(1), C.unbind(1)):
+        h = torch.exp(delta_t[..., None] * A) * h + delta_u_t[..., None] * B_t[:, None, :]  # (B, Dn, N)
+        ys.append((h * C_t[:, None, :]).sum(-1))  # <h_t, C_t> : (B, Dn)
+    return torch.stack(ys, dim=1), h  # (B, T, Dn), (B, Dn, N)
+
+
+def _scan_chunk_backward(h0, u, delta, A, B, C, grad_y, grad_h, grad_A):
+    """Hand-written backward of `_scan_chunk`: recomputes the chunk's T states from h0, then
+    walks back through them once.
+
+    h0 : (B, Dn, N) state entering the chunk, u, delta : (B, T, Dn), A : (Dn, N),
+    B, C : (B, T, N), grad_y : (B, T, Dn), grad_h : (B, Dn, N) gradient of the state leaving
+    the chunk, grad_A : (B, Dn, N) gradient of A accumulated so far, per batch row.
+    Returns grad_u, grad_delta (B, T, Dn), grad_A + this chunk's share (B, Dn, N),
+    grad_h0 (B, Dn, N), grad_B, grad_C (B, T, N).
+    With g_t = dL/dh_t (through y_t and h_{t+1}) and a_t = exp(delta_t * A):
+        g_t = g_{t+1} * a_{t+1} + grad_y_t * C_t           dL/dC_t = sum_d grad_y_t * h_t
+        dL/d(delta_t u_t) = sum_n g_t * B_t                 dL/dB_t = sum_d g_t * delta_t u_t
+        X_t = g_t * a_t * h_{t-1} (= a_t * dL/da_t)         dL/ddelta_t += sum_n X_t * A
+        dL/dA = sum_{t, b} X_t * delta_t                    dL/dh0 = g_0 * a_0
+    Under torch.compile the sums over the state (n) share one loop nest over (b, d); it writes
+    the chunk's per-step states and gradients once (a few MB: they stay in cache) and a second
+    loop nest over (b, n) reads them back for the sums over channels (d).
+    """
+    delta_u = delta * u  # (B, T, Dn)
+    decays, states = [], [h0]  # a_t, and h_{t-1} at index t: (B, Dn, N) each
+    h = h0
+    for delta_t, delta_u_t, B_t in zip(delta.unbind(1), delta_u.unbind(1), B.unbind(1)):
+        decays.append(torch.exp(delta_t[..., None] * A))
+        h = decays[-1] * h + delta_u_t[..., None] * B_t[:, None, :]
+        states.append(h)
+    g = grad_h
+    grad_u, grad_delta, grad_B, grad_C = [], [], [], []
+    for t in reversed(range(u.shape[1])):
+        grad_y_t = grad_y[:, t, :, None]  # (B, Dn, 1)
+        grad_C.append((states[t + 1] * grad_y_t).sum(1))  # (B, N)
+        g = g + grad_y_t * C[:, t, None, :]  # dL/dh_t : (B, Dn, N)
+        grad_B.append((g * delta_u[:, t, :, None]).sum(1))  # (B, N)
+        grad_delta_u = (g * B[:, t, None, :]).sum(-1)  # (B, Dn)
+        X = g * decays[t] * states[t]  # (B, Dn, N)
+        grad_delta.append((X * A).sum(-1) + u[:, t] * grad_delta_u)
+        grad_u.append(delta[:, t] * grad_delta_u)
+        grad_A = grad_A + X * delta[:, t, :, None]
+        g = g * decays[t]  # dL/dh_{t-1}
+    return (torch.stack(grad_u[::-1], 1), torch.stack(grad_delta[::-1], 1), grad_A, g,
+            torch.stack(grad_B[::-1], 1), torch.stack(grad_C[::-1], 1))
+
+
+# Inductor knobs for the unrolled chunk: fuse without a size limit and recompute cheap values
+# instead of storing every intermediate (B, Dn, N) tensor to memory (backward ~1.5x faster).
+_INDUCTOR_OPTIONS = {"max_fusion_size": 4096, "realize_reads_threshold": 100}
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_scan_chunk():
-    # Compiled lazily and once: a cold compile costs ~50 s and needs a C compiler. Chunks all
-    # have the same shape (L is padded), so it does not recompile per chunk; it does per batch
-    # size, dtype and grad mode (forward runs under no_grad, the backward recompute with grad).
-    return torch.compile(_scan_chunk, dynamic=False)
+def _compiled(fn):
+    # Compiled lazily and once per function: a cold compile costs ~10-30 s and needs a C
+    # compiler. Chunks all have the same shape (L is padded), so it does not recompile per
+    # chunk; it does per batch size and dtype.
+    import torch._inductor.config as inductor_config
+
+    options = {k: v for k, v in _INDUCTOR_OPTIONS.items() if hasattr(inductor_config, k)}
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 class ChunkedSelectiveScan(torch.autograd.Function):
     """Selective scan over chunks of T steps; backward recomputes one chunk at a time.
 
     Forward (no graph) walks the chunks and saves only the state entering each chunk.
-    Backward walks the chunks in reverse: from the saved state it recomputes the chunk with
-    autograd and backprops it with the incoming gradients of the chunk's outputs y and of its
-    outgoing state, which yields the gradient of the incoming state for the previous chunk.
-    Peak memory is one chunk's graph, O(T*B*Dn*N), instead of O(L*B*Dn*N).
+    Backward walks the chunks in reverse: from the saved state it recomputes the chunk and runs
+    the hand-written `_scan_chunk_backward` with the incoming gradients of the chunk's outputs y
+    and of its outgoing state, which yields the gradient of the incoming state for the previous
+    chunk. Peak memory is one chunk's states, O(T*B*Dn*N), instead of O(L*B*Dn*N).
+    With `compile_chunk` the chunk's forward and backward run under torch.compile (fused C++
+    loop nests over (b, d) with the T steps unrolled inside).
 
-    Inputs are time-major so that a chunk is a contiguous slice:
-    u, delta : (L, B, Dn), A : (Dn, N), B, C : (L, B, N), with L a multiple of T.
-    Returns y : (L, B, Dn) (no D skip, no gate) and last_state : (B, Dn, N).
+    Inputs are batch-major, as the mixer makes them (a chunk is a strided view, no copies):
+    u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N), with L a multiple of T.
+    Returns y : (B, L, Dn) (no D skip, no gate) and last_state : (B, Dn, N).
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk_size, compile_chunk):
-        L, batch, dim = u.shape
+        batch, L, dim = u.shape
         assert L % chunk_size == 0, "pad L to a multiple of chunk_size (see selective_scan)"
-        scan_chunk = _compiled_scan_chunk() if compile_chunk else _scan_chunk
-        n_chunks = L // chunk_size
+        scan_chunk = _compiled(_scan_chunk) if compile_chunk else _scan_chunk
         h = u.new_zeros(batch, dim, A.shape[1])  # (B, Dn, N)
-        states = u.new_empty(n_chunks, batch, dim, A.shape[1])  # state entering each chunk
-        y = u.new_empty(L, batch, dim)
-        for k in range(n_chunks):
-            sl = slice(k * chunk_size, (k + 1) * chunk_size)
-            states[k] = h
-            y[sl], h = scan_chunk(h, u[sl], delta[sl], A, B[sl], C[sl])
-        ctx.save_for_backward(u, delta, A, B, C, states)
+        states, ys = [], []  # state entering each chunk (B, Dn, N), outputs (B, T, Dn)
+        for start in range(0, L, chunk_size):
+            sl = slice(start, start + chunk_size)
+            states.append(h)
+            y, h = scan_chunk(h, u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl])
+            ys.append(y)
+        ctx.save_for_backward(u, delta, A, B, C, *states)
         ctx.chunk_size, ctx.compile_chunk = chunk_size, compile_chunk
-        return y, h
+        return torch.cat(ys, dim=1), h
 
     @staticmethod
     @once_differentiable  # no double backward: a clear error instead of wrong second derivatives
     def backward(ctx, grad_y, grad_last_state):
-        # grad_y : (L, B, Dn), grad_last_state : (B, Dn, N) (zeros if last_state was unused)
-        u, delta, A, B, C, states = ctx.saved_tensors
+        # grad_y : (B, L, Dn), grad_last_state : (B, Dn, N) (zeros if last_state was unused)
+        u, delta, A, B, C, *states = ctx.saved_tensors
         T = ctx.chunk_size
-        scan_chunk = _compiled_scan_chunk() if ctx.compile_chunk else _scan_chunk
-        needs = ctx.needs_input_grad[:5]  # u, delta, A, B, C
-        grads = [torch.zeros_like(t) if need else None for t, need in zip((u, delta, A, B, C), needs)]
-        grad_h = grad_last_state.contiguous()
-        for k in reversed(range(states.shape[0])):
+        grad_u, grad_delta, grad_B, grad_C = (torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                                              for t in (u, delta, B, C))
+        grad_A = torch.zeros_like(states[0])  # (B, Dn, N), summed over the batch at the end
+        grad_y, grad_h = grad_y.contiguous(), grad_last_state.contiguous()
+        scan_chunk_backward = _compiled(_scan_chunk_backward) if ctx.compile_chunk else _scan_chunk_backward
+        for k in reversed(range(len(states))):
             sl = slice(k * T, (k + 1) * T)
-            with torch.enable_grad():
-                h0 = states[k].detach().requires_grad_(k > 0)  # nothing before chunk 0
-                inputs = [t.detach().requires_grad_(need)
-                          for t, need in zip((u[sl], delta[sl], A, B[sl], C[sl]), needs)]
-                y_c, h_c = scan_chunk(h0, *inputs)
-                wrt = [h0] * (k > 0) + [t for t in inputs if t.requires_grad]
-                if not wrt:  # nothing to differentiate (only possible with a single chunk)
-                    break
-                chunk_grads = list(torch.autograd.grad((y_c, h_c), wrt, (grad_y[sl], grad_h)))
-            if k > 0:
-                grad_h = chunk_grads.pop(0)
-            for i, need in enumerate(needs):
-                if not need:
-                    continue
-                g = chunk_grads.pop(0)
-                if i == 2:  # A is shared by all chunks: accumulate
-                    grads[i] += g
-                else:
-                    grads[i][sl] = g
-        return (*grads, None, None)
+            args = (states[k], u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl], grad_y[:, sl], grad_h, grad_A)
+            (grad_u[:, sl], grad_delta[:, sl], grad_A, grad_h,
+             grad_B[:, sl], grad_C[:, sl]) = scan_chunk_backward(*args)
+        grads = (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
 
 
-def _scan_time_major(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
+@torch.compiler.disable  # torch.compile(model) runs the scan as it is (its chunks compile on their own)
+def _scan_chunked(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
     """Pads L to a multiple of the chunk with delta = 0 and runs ChunkedSelectiveScan.
 
-    u, delta : (L, B, Dn), A : (Dn, N), B, C : (L, B, N) -> y : (L, B, Dn), h : (B, Dn, N)
+    u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N) -> y : (B, L, Dn), h : (B, Dn, N)
     delta = 0 gives exp(0*A) = 1 and delta*u*B = 0: the state passes through padding unchanged,
     so the last state is exact and every chunk has the same shape (no torch.compile recompiles).
     """
-    L = u.shape[0]
+    L = u.shape[1]
     pad = (-L) % chunk_size
     if pad:
-        u, delta, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (u, delta, B, C))
-    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+        u, delta, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B, C))
     y, h = ChunkedSelectiveScan.apply(u, delta, A.contiguous(), B, C, chunk_size, compile_chunk)
-    return y[:L], h
+    return y[:, :L], h
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -244,10 +284,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     dtype = _compute_dtype(dtype_in)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    y, last_state = _scan_time_major(u.permute(2, 0, 1), delta.permute(2, 0, 1), A,
-                                     B.permute(2, 0, 1), C.permute(2, 0, 1),
-                                     chunk_size, compile_chunk)
-    y = y.permute(1, 2, 0)  # (L, B, Dn) -> (B, Dn, L)
+    # (B, ., L) -> (B, L, .), the layout of the scan's chunks
+    u_, delta_, B_, C_ = (t.transpose(1, 2).contiguous() for t in (u, delta, B, C))
+    y, last_state = _scan_chunked(u_, delta_, A, B_, C_, chunk_size, compile_chunk)
+    y = y.transpose(1, 2)  # (B, L, Dn) -> (B, Dn, L)
     out = _skip_and_gate(y, u, D, z).to(dtype_in)
     return (out, last_state) if return_last_state else out
 
@@ -261,22 +301,26 @@ class Mamba(nn.Module):
     """Mamba mixer: (B, L, D) -> (B, L, D), parameters identical to mamba_ssm's `Mamba`.
 
     backend: "auto" | "cuda" | "torch" (see module docstring).
-    chunk_size: time steps per chunk of the torch scan (memory/speed trade-off; 32 is best).
-    scan_impl: the torch backend's scan: "chunked" (default), "compiled" (the chunk body under
-        torch.compile: ~2-4x faster on CPU after a ~50 s cold compile) or "reference"
-        (sequential `selective_scan_ref`, for checks and benchmarks).
+    chunk_size: time steps per chunk of the torch scan (memory/speed trade-off); None picks
+        32 for "chunked" and 4 for "compiled" (its chunk is unrolled into one C++ loop nest,
+        longer chunks spill registers and compile for longer).
+    scan_impl: the torch backend's scan: "chunked" (default), "compiled" (the chunk forward and
+        backward under torch.compile: ~3x faster on CPU after a ~30 s cold compile, needs a C
+        compiler) or "reference" (sequential `selective_scan_ref`, for checks and benchmarks).
     """
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
                  dt_max=0.1, dt_init_floor=1e-4, bias=False, conv_bias=True, backend="auto",
-                 chunk_size=32, device=None, dtype=None, scan_impl="chunked"):
+                 chunk_size=None, device=None, dtype=None, scan_impl="chunked"):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"Mamba: backend={backend!r} is not one of {BACKENDS}")
         if scan_impl not in SCAN_IMPLS:
             raise ValueError(f"Mamba: scan_impl={scan_impl!r} is not one of {SCAN_IMPLS}")
+        if chunk_size is None:
+            chunk_size = COMPILED_CHUNK_SIZE if scan_impl == "compiled" else CHUNK_SIZE
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"Mamba: chunk_size={chunk_size!r} must be a positive int")
+            raise ValueError(f"Mamba: chunk_size={chunk_size!r} must be a positive int or None")
         factory_kwargs = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
@@ -352,11 +396,10 @@ class Mamba(nn.Module):
         batch, seqlen, _ = hidden_states.shape
         xz = self.in_proj(hidden_states)  # (B, L, 2*Dn)
         x, z = xz.chunk(2, dim=-1)  # (B, L, Dn), (B, L, Dn)
-        x = x.transpose(1, 2)  # (B, Dn, L): Conv1d wants channels first
         if inference_cache is not None:
             # conv state = last d_conv raw conv inputs, zero-padded on the left if L < d_conv
-            inference_cache[0].copy_(F.pad(x, (self.d_conv - seqlen, 0)))
-        x = F.silu(self.conv1d(x)[..., :seqlen]).transpose(1, 2)  # (B, L, Dn)
+            inference_cache[0].copy_(F.pad(x, (0, 0, self.d_conv - seqlen, 0)).transpose(1, 2))
+        x = F.silu(self._causal_conv(x))  # (B, L, Dn)
 
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, Dn); bias is added in _ssm_torch
@@ -365,6 +408,18 @@ class Mamba(nn.Module):
             inference_cache[1].copy_(last_state)
         y = y.to(z.dtype) * F.silu(z)
         return self.out_proj(y)  # (B, L, D)
+
+    def _causal_conv(self, x):
+        # x : (B, L, Dn) -> (B, L, Dn): conv1d's depthwise causal conv as d_conv shifted
+        # multiply-adds over time, in this layout (no transposes to channels-first and back:
+        # forward + backward ~1.4x faster on CPU than nn.Conv1d here)
+        seqlen = x.shape[1]
+        x = F.pad(x, (0, 0, self.d_conv - 1, 0))  # (B, d_conv - 1 + L, Dn), zeros before t = 0
+        weight = self.conv1d.weight[:, 0]  # (Dn, d_conv); tap d_conv - 1 multiplies x_t
+        out = x[:, :seqlen] * weight[:, 0]
+        for k in range(1, self.d_conv):
+            out = torch.addcmul(out, x[:, k:k + seqlen], weight[:, k])
+        return out if self.conv1d.bias is None else out + self.conv1d.bias
 
     def _ssm_torch(self, x, dt, B, C):
         # x, dt : (B, L, Dn), B, C : (B, L, N) -> y : (B, L, Dn), last_state : (B, Dn, N)
@@ -378,11 +433,8 @@ class Mamba(nn.Module):
                                                return_last_state=True)
             y = y.transpose(1, 2)
         else:
-            # the scan runs time-major: (B, L, .) -> (L, B, .)
-            y, last_state = _scan_time_major(x.transpose(0, 1), delta.transpose(0, 1), A,
-                                             B.transpose(0, 1), C.transpose(0, 1), self.chunk_size,
-                                             compile_chunk=self.scan_impl == "compiled")
-            y = y.transpose(0, 1)
+            y, last_state = _scan_chunked(x, delta, A, B, C, self.chunk_size,
+                                          compile_chunk=self.scan_impl == "compiled")
         return y + x * self.D.to(dtype), last_state
 
     def _forward_cuda(self, hidden_states, inference_cache=None):

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 
-from .mamba import BACKENDS, Mamba
+from .mamba import BACKENDS, SCAN_IMPLS, Mamba
 from .tokenizer import VOCAB_SIZE
 
 MODELS = ("lstm", "attention", "bysmamba")
@@ -74,6 +74,7 @@ class ModelConfig:
     vocab_size: int = VOCAB_SIZE  # 113 tokens
     dropout: float = 0.0          # after the embedding, between LSTM layers, on residual branches
     backend: str = "auto"         # bysmamba: Mamba backend, auto | cuda | torch
+    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile) | reference
     objective: str = "next"       # next | causal (what the model is trained for; see module doc)
 
     def __post_init__(self):
@@ -93,6 +94,8 @@ class ModelConfig:
             fail("objective", f"allowed values are {list(OBJECTIVES)}")
         if self.backend not in BACKENDS:
             fail("backend", f"allowed values are {list(BACKENDS)}")
+        if self.scan_impl not in SCAN_IMPLS:
+            fail("scan_impl", f"allowed values are {list(SCAN_IMPLS)}")
         for name in ("bidirectional", "conv"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "expected True or False")
@@ -376,7 +379,7 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
         self.mixer = Mamba(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
-                           backend=cfg.backend)
+                           backend=cfg.backend, scan_impl=cfg.scan_impl)
         with torch.no_grad():  # residual branches scaled by 1/sqrt(depth), as mamba_ssm's init
             self.mixer.out_proj.weight /= math.sqrt(cfg.depth)
         self.bi_norm = nn.LayerNorm(cfg.dim) if bidirectional else None
@@ -633,6 +636,17 @@ PAPER_BEST = (
     "ssm_uni_pxby_conv_81_64_2",
     "att_uni_pxby_conv_81_64_2",
 )
+# ... their published generation metrics, (mean, std) over all chunks (64-token prompt, 16
+# greedy tokens, 144 window ids; Hamming lower is better) ...
+PAPER_RESULTS_SOURCE = "PixelBytes-Pokemon, Kaggle T4, 200 epochs"
+PAPER_RESULTS = {
+    "rnn_bi_pxby_conv_81_32_2": {"hamming": (0.149, 0.062), "cosine": (0.899, 0.095), "bleu": (0.785, 0.082)},
+    "rnn_bi_pxby_conv_81_64_3": {"hamming": (0.153, 0.063), "cosine": (0.906, 0.087), "bleu": (0.776, 0.086)},
+    "rnn_bi_center_noconv_81_64_2": {"hamming": (0.185, 0.074), "cosine": (0.888, 0.083), "bleu": (0.750, 0.093)},
+    "ssm_bi_pxby_conv_81_64_2": {"hamming": (0.158, 0.074), "cosine": (0.896, 0.095), "bleu": (0.771, 0.097)},
+    "ssm_uni_pxby_conv_81_64_2": {"hamming": (0.166, 0.081), "cosine": (0.886, 0.102), "bleu": (0.760, 0.106)},
+    "att_uni_pxby_conv_81_64_2": {"hamming": (0.159, 0.066), "cosine": (0.887, 0.103), "bleu": (0.760, 0.092)},
+}
 # ... and nine more: one change at a time along each stated axis (direction, embedding, conv,
 # input embedding 36/81/162, hidden state 32/64/128, depth 1/2/3), five per family.
 PAPER_ABLATIONS = (

@@ -271,7 +271,8 @@ def validation_curves(histories, title: str = "Validation loss of every run") ->
 def metric_bars(summary, metrics=("hamming", "cosine", "bleu"),
                 title: str = "Paper metrics on held-out items (mean +- std over chunks)") -> Figure:
     """Horizontal bars of each metric's mean with its std as error bars, one bar per model run
-    (coloured by family) and per trivial baseline (grey, hatched, at the bottom).
+    (coloured by family) and per trivial baseline (grey, hatched, at the bottom); a dashed
+    line marks the best baseline.
 
     ``summary``: columns method, family ("baseline" for baselines), ``<metric>_mean`` and
     ``<metric>_std`` (``compare.bar_summary``).
@@ -291,8 +292,14 @@ def metric_bars(summary, metrics=("hamming", "cosine", "bleu"),
             ax.barh(yy, row[f"{metric}_mean"], xerr=row[f"{metric}_std"], height=0.75,
                     color="0.8" if base else colours[row["method"]], hatch="//" if base else None,
                     edgecolor="0.35", linewidth=0.5, error_kw=dict(lw=0.8, capsize=2, ecolor="0.25"))
-        better = "lower is better" if metric.startswith("hamming") else "higher is better"
-        ax.set(title=f"{metric} ({better})", xlabel=metric, xlim=(0, 1.05))
+        lower = metric.startswith("hamming")
+        if is_base.any():                                  # the line a model has to beat
+            values = summary.loc[is_base, f"{metric}_mean"]
+            i = values.idxmin() if lower else values.idxmax()
+            ax.axvline(values[i], color="0.3", ls="--", lw=1, label=f"best baseline ({summary.loc[i, 'method']})")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set(title=f"{metric} ({'lower' if lower else 'higher'} is better)", xlabel=metric)
+        ax.set_xlim(left=0)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [summary.loc[i, "method"] for i in order], fontsize=7)
     fig.suptitle(title)
@@ -320,7 +327,7 @@ def sprite_rows(rows: dict, references=None, captions=None, scale: float = 1.2,
                 ax.imshow(_as_array(images[c]), interpolation="nearest")
             if r == 0 and captions is not None and c < len(captions):
                 ax.set_title("\n".join(textwrap.wrap(str(captions[c]), 22)[:3]), fontsize=6)
-        lines = [w for part in str(label).split("/") for w in textwrap.wrap(part, 26)]
+        lines = [w for part in str(label).replace("/", "\n").splitlines() for w in textwrap.wrap(part, 34)]
         axes[r][0].set_ylabel("\n".join(lines), fontsize=7, rotation=0,
                               ha="right", va="center", labelpad=6)
     if title:

@@ -28,19 +28,18 @@ from pixelbyte import kaggle_cli as kc
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT / "kaggle"
 USER = "alice-test"
-# Notebook parameters of docs/CONTRACTS.md (plus out_dir/run_dir, which the pipeline passes).
-CONTRACT_PARAMS = {
-    "01_data_exploration": {"dataset", "limit", "n_sprites", "seed"},
-    "02_training": {"dataset", "limit", "model", "bidirectional", "embedding", "conv", "dim", "hidden",
-                    "depth", "d_conv", "expand", "objective", "seq_length", "stride", "test_size",
-                    "batch_size", "lr", "epochs", "max_steps", "eval_every", "seed", "device", "amp",
-                    "nproc"},
-    "03_generation": {"checkpoint", "dataset", "limit", "n_examples", "max_chunks", "temperature",
-                      "top_k", "seed", "device"},
-    "04_model_comparison": {"dataset", "limit", "configs", "objectives", "epochs", "max_steps",
-                            "budget_s", "seq_length", "stride", "batch_size", "lr", "max_chunks",
-                            "seed", "device"},
-}
+
+def _notebook_parameters(source: Path) -> set[str]:
+    """Names assigned in a notebook's tagged parameters cell (the source of truth)."""
+    import jupytext
+
+    cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
+    return {line.split("=")[0].strip() for line in cell.source.splitlines()
+            if "=" in line and not line.lstrip().startswith("#")} - {"out_dir", "run_dir"}
+
+
+# Notebook parameters (plus out_dir/run_dir, which the pipeline passes).
+CONTRACT_PARAMS = {p.stem: _notebook_parameters(p) for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))}
 
 
 def load_runner(path: Path = KAGGLE / "runner.py"):

@@ -1,0 +1,641 @@
+"""Speed and memory of pixelbyte against the original PixelBytes approach, side by side.
+
+    python benchmarks/run.py                        # full run, ~5 min on 2 cores
+    python benchmarks/run.py --quick                # tiny sizes, seconds: checks that it all runs
+    python benchmarks/run.py --only training --threads 2 --repeats 7
+
+The original system (see /work/shared/reference/README.md) is re-implemented here as the anchor:
+- data: the seed's windowing materialises every window as its own int64 (L+1, 3, 3) tensor,
+  72 * (L+1) bytes per window, versus ``WindowDataset`` (one shared uint8 array, 9 bytes per
+  token, a sample is a view);
+- training: the seed's last-token objective (``next``: the loss reads the last position only)
+  versus ``causal`` (every position is a target), same model, same batch -> supervised targets/s;
+- generation: re-running the model over the whole window for every new token versus the
+  stateful generator (``model.step``).
+Sections (``--only``): data, training, generation; then the targets, each met / missed with its
+measured ratio (and why, when missed). Every figure is a median over ``--repeats`` runs after
+warm-up; each measurement runs in its own subprocess, so its peak RSS (getrusage) is its own
+(``--quick`` runs them in-process: RSS figures are then the whole run's). The machine (cores,
+load average at start and end, torch, device, threads) is in the output.
+Prints a markdown table per section; writes everything to ``--out`` as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- defaults
+SEQ_LENGTH = 256             # tokens per training window (the seed's seq_length)
+BATCH = 32                   # training batch (the seed's)
+STRIDES = [1, 32]            # windowing strides for the data section (the seed used 32)
+CONTEXTS = [64, 256, 1024]   # tokens of context before the timed generated tokens
+NEW_TOKENS = 16              # generated (timed) tokens per generation run
+REPEATS = 5                  # timed runs per figure (median reported)
+WARMUP = 2                   # untimed runs first (the first one is timed apart: compile)
+THREADS = 1                  # torch intra-op threads (1: the machine is shared; tiny models)
+SEED_PREFIX_WINDOWS = 20_000  # the seed's stride-1 windows would need ~11 GB: time a prefix
+OUT = Path(__file__).parent / "results" / "benchmark.json"
+# The paper's main size (dim 81, hidden/state 64, depth 2) per family, as in PAPER_CONFIGS, plus
+# the LSTM with the parameter count of the BysMamba (hidden 66: 90,983 vs 91,868 parameters).
+MODELS = {"lstm": "rnn_uni_pxby_conv_81_64_2", "attention": "att_uni_pxby_conv_81_64_2",
+          "bysmamba": "ssm_uni_pxby_conv_81_64_2", "lstm_same_params": "rnn_uni_pxby_conv_81_66_2"}
+QUICK = dict(seq_length=32, batch=4, strides=[1, 8], contexts=[8, 16, 32], new_tokens=4,
+             repeats=2, warmup=1, items=24, seed_prefix_windows=200,
+             model_overrides=dict(dim=18, hidden=8))
+# Targets (ratios measured in one run on one machine)
+STORAGE_BYTES_PER_TOKEN = 9  # uint8 3x3 window, shared by every sample that contains it
+TARGETS_PER_S_RATIO = 100    # causal supervised targets/s >= 100x the last-token objective
+GENERATION_SPEEDUP = 50      # stateful >= 50x faster than window re-runs at the longest context
+GENERATION_GROWTH = 1.3      # stateful cost at the longest context <= 1.3x its cost at the shortest
+BYSMAMBA_VS_LSTM = 3.0       # BysMamba training within 3x of the LSTM of the same parameter count
+# --------------------------------------------------------------------------------------
+
+SECTIONS = ("data", "training", "generation")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def load_sequences(items):
+    """The embedded dataset as one (L_i, 3, 3) uint8 array per item (first ``items`` if given)."""
+    from pixelbyte import data
+
+    return data.sequences(data.load_pixelbytes("embedded", limit=items))
+
+
+def sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def setup_torch(job):
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    if job["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_fields(job, base_rss):
+    out = {"peak_rss_mb": peak_rss_mb(), "base_rss_mb": base_rss}
+    if job["device"] == "cuda":
+        import torch
+
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def seed_windows(seqs, seq_length, stride, limit=None):
+    """The original windowing: each window, input (L, 3, 3) plus the token after it, copied into
+    its own int64 tensor of shape (L+1, 3, 3) -- 72 * (L+1) bytes, whatever the stride.
+    Same windows as WindowDataset(objective="next"); stops after ``limit`` windows."""
+    import torch
+
+    windows = []
+    for seq in seqs:
+        seq = torch.as_tensor(seq, dtype=torch.int64)                  # (L_i, 3, 3)
+        for start in range(0, len(seq) - seq_length, stride):
+            windows.append(seq[start:start + seq_length + 1].clone())  # (L+1, 3, 3) int64
+            if limit is not None and len(windows) >= limit:
+                return windows
+    return windows
+
+
+def n_next_windows(seqs, seq_length, stride):
+    return sum(len(range(0, len(s) - seq_length, stride)) for s in seqs)
+
+
+def data_job(job):
+    """One windowing (``job["windowing"]`` seed | ours) at one stride: build time, bytes, RSS."""
+    from pixelbyte import data
+
+    seqs = load_sequences(job["items"])
+    n_tokens = sum(len(s) for s in seqs)
+    L, stride = job["seq_length"], job["stride"]
+    n_windows = n_next_windows(seqs, L, stride)
+    base_rss = peak_rss_mb()
+    result = dict(job, n_tokens=n_tokens, n_windows=n_windows)
+    if job["windowing"] == "seed":
+        bytes_per_window = (L + 1) * 9 * 8                             # int64 (L+1, 3, 3)
+        limit = job["prefix_windows"] if stride == 1 else None
+
+        def build():
+            return seed_windows(seqs, L, stride, limit)
+    else:
+        def build():
+            return data.WindowDataset(seqs, data.WindowConfig(seq_length=L, stride=stride,
+                                                              objective="next"))
+    times = []
+    for i in range(1 + job["repeats"]):                                # the first one: warm-up
+        start = time.perf_counter()
+        built = build()
+        times.append(time.perf_counter() - start)
+        if i < job["repeats"]:
+            del built
+    build_s = statistics.median(times[1:])
+    if job["windowing"] == "seed":
+        n_built = len(built)
+        assert sum(w.numel() * w.element_size() for w in built) == n_built * bytes_per_window
+        result.update(windows_built=n_built, build_s=build_s * n_windows / max(1, n_built),
+                      measured_build_s=build_s, extrapolated=n_built < n_windows,
+                      storage_bytes=n_windows * bytes_per_window, index_bytes=0,
+                      bytes_per_window=bytes_per_window)
+    else:
+        assert len(built) == n_windows, (len(built), n_windows)
+        result.update(windows_built=len(built), build_s=build_s, measured_build_s=build_s,
+                      extrapolated=False, storage_bytes=built.tokens.nbytes,
+                      index_bytes=built.starts.nbytes, bytes_per_window=None)
+    del built
+    result["storage_bytes_per_token"] = result["storage_bytes"] / n_tokens
+    result["total_bytes_per_token"] = (result["storage_bytes"] + result["index_bytes"]) / n_tokens
+    result.update(memory_fields(job, base_rss))
+    return result
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def model_config(name, overrides, **fields):
+    from pixelbyte.models import paper_config
+
+    return paper_config(name, **{**overrides, **fields})
+
+
+def training_batch(seqs, seq_length, batch, objective, seed=0):
+    """``batch`` real samples of the objective's WindowDataset: x (B, L, 3, 3), y (B,) | (B, L)."""
+    import numpy as np
+    import torch
+    from pixelbyte import data
+
+    ds = data.WindowDataset(seqs, data.WindowConfig(seq_length=seq_length, stride=1, objective=objective))
+    picks = np.random.default_rng(seed).choice(len(ds), batch, replace=len(ds) < batch)
+    xs, ys = zip(*(ds[int(i)] for i in picks))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def training_job(job):
+    """Training steps (forward + backward + AdamW) of one model on one objective."""
+    import torch
+    import torch.nn.functional as F
+    from pixelbyte.models import PixelByteModel
+
+    setup_torch(job)
+    if job.get("inductor_cache"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job["inductor_cache"]
+    seqs = load_sequences(job["items"])
+    x, y = training_batch(seqs, job["seq_length"], job["batch"], job["objective"])
+    device = job["device"]
+    x, y = x.to(device), y.to(device)
+    torch.manual_seed(0)
+    cfg = model_config(job["config"], job["model_overrides"], objective=job["objective"],
+                       scan_impl=job["scan_impl"])
+    model = PixelByteModel(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    V = cfg.vocab_size
+
+    def step():
+        logits = model(x)                                              # (B, L, V)
+        if job["objective"] == "next":                                 # the seed: last position only
+            loss = F.cross_entropy(logits[:, -1], y)
+        else:                                                          # every position
+            loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed():
+        sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        sync(device)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    base_rss = peak_rss_mb()
+    first_step_s = timed()[0]                                          # includes any compile
+    for _ in range(job["warmup"] - 1):
+        timed()
+    times = [timed() for _ in range(job["repeats"])]
+    step_s = statistics.median(t[0] for t in times)
+    cpu_s = statistics.median(t[1] for t in times)
+    tokens = x.shape[0] * x.shape[1]
+    targets = tokens if job["objective"] == "causal" else x.shape[0]
+    return dict(job, parameters=model.num_parameters(), step_ms=1e3 * step_s, cpu_ms=1e3 * cpu_s,
+                step_ms_all=[1e3 * t[0] for t in times], first_step_s=first_step_s,
+                tokens_per_s=tokens / step_s, targets_per_s=targets / step_s,
+                **memory_fields(job, base_rss))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def step_only_ms(model, windows, contexts, new_tokens, device):
+    """ms per ``model.step`` (no generator around it) right after each context length."""
+    import numpy as np
+    import torch
+
+    per_step = []
+    with torch.inference_mode():
+        state = model.init_state(1, device=device)
+        for t in range(max(contexts) + new_tokens):
+            x_t = torch.from_numpy(windows[t:t + 1]).long().to(device)  # (1, 3, 3)
+            sync(device)
+            start = time.perf_counter()
+            _, state = model.step(x_t, state)
+            sync(device)
+            per_step.append(1e3 * (time.perf_counter() - start))
+    return {c: float(np.median(per_step[c:c + new_tokens])) for c in contexts}
+
+
+def generation_job(job):
+    """ms per generated token, stateful vs window re-run, at each context length."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from generation_latency import context_ids, per_token_ms  # benchmarks/generation_latency.py
+    from pixelbyte import tokenizer as tok
+    from pixelbyte.models import PixelByteModel
+
+    setup_torch(job)
+    contexts, new_tokens = job["contexts"], job["new_tokens"]
+    ids = context_ids(max(contexts) + new_tokens)
+    windows = tok.windows_from_ids(ids).astype(np.int64)             # (n, 3, 3)
+    torch.manual_seed(0)
+    cfg = model_config(job["config"], job["model_overrides"])
+    model = PixelByteModel(cfg).to(job["device"]).eval()
+    base_rss = peak_rss_mb()
+    ms = {}
+    for mode, use_state in (("stateful", True), ("window re-run", False)):
+        per_token_ms(model, ids[:min(contexts)], 2, use_state)       # warm-up
+        ms[mode] = {}
+        for ctx in contexts:
+            samples = []
+            for _ in range(job["repeats"]):
+                samples += per_token_ms(model, ids[:ctx], new_tokens, use_state)
+            ms[mode][ctx] = statistics.median(samples)
+    step_ms = step_only_ms(model, windows, contexts, new_tokens, job["device"])
+    return dict(job, parameters=model.num_parameters(), ms_per_token=ms, step_only_ms=step_ms,
+                **memory_fields(job, base_rss))
+
+
+JOBS = {"data": data_job, "training": training_job, "generation": generation_job}
+
+
+def run_job(job, isolate):
+    """Runs one job in a fresh subprocess (clean peak RSS) or in this process."""
+    if not isolate:
+        return JOBS[job["section"]](job)
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        return dict(job, error=last)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def plan(args, sizes, device, inductor_cache):
+    common = dict(threads=args.threads, device=device, items=sizes["items"],
+                  model_overrides=sizes["model_overrides"])
+    jobs = []
+    if "data" in args.only:
+        for stride in sizes["strides"]:
+            for windowing in ("seed", "ours"):
+                jobs.append(dict(common, section="data", windowing=windowing, stride=stride,
+                                 seq_length=sizes["seq_length"], repeats=args.repeats,
+                                 prefix_windows=sizes["seed_prefix_windows"]))
+    if "training" in args.only:
+        train = dict(common, section="training", seq_length=sizes["seq_length"], batch=sizes["batch"],
+                     repeats=args.repeats, warmup=sizes["warmup"], inductor_cache=inductor_cache)
+        runs = [(family, "chunked") for family in ("lstm", "attention", "bysmamba")]
+        if args.compile:
+            runs.append(("bysmamba", "compiled"))
+        runs.append(("lstm_same_params", "chunked"))
+        for family, scan_impl in runs:
+            for objective in ("next", "causal"):
+                jobs.append(dict(train, family=family, config=MODELS[family], scan_impl=scan_impl,
+                                 objective=objective))
+    if "generation" in args.only:
+        for family in ("lstm", "attention", "bysmamba"):
+            jobs.append(dict(common, section="generation", family=family, config=MODELS[family],
+                             contexts=sizes["contexts"], new_tokens=sizes["new_tokens"],
+                             repeats=max(1, args.repeats // 2)))
+    return jobs
+
+
+def machine_info(args, device):
+    import torch
+
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    info = dict(cpu_count=os.cpu_count(), cpu_model=cpu_model or platform.processor(),
+                platform=platform.platform(), python=platform.python_version(),
+                torch=torch.__version__, device=device, threads=args.threads,
+                load_average_start=list(os.getloadavg()),
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["memory_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _find(results, **fields):
+    return next((r for r in results if all(r.get(k) == v for k, v in fields.items()) and "error" not in r), None)
+
+
+def targets(results, sizes, threads):
+    """Verdicts: one dict per target with the measured value, met (True/False/None) and why."""
+    out = []
+
+    def add(name, target, measured, met, detail, why=None):
+        out.append(dict(name=name, target=target, measured=measured, met=met, detail=detail,
+                        why=None if met or met is None else why))
+
+    # data: storage per token
+    data = [r for r in results if r["section"] == "data" and "error" not in r]
+    ours = [r for r in data if r["windowing"] == "ours"]
+    if ours:
+        worst = max(r["storage_bytes_per_token"] for r in ours)
+        detail = "; ".join(
+            f"stride {r['stride']}: seed {s['storage_bytes_per_token']:,.0f} B/token "
+            f"({s['bytes_per_window']:,} B/window) vs ours {r['storage_bytes_per_token']:.1f} B/token "
+            f"(+ {r['index_bytes'] / r['n_tokens']:.2f} B/token of int64 window starts): "
+            f"{s['storage_bytes_per_token'] / r['storage_bytes_per_token']:,.0f}x less"
+            for r in ours for s in [_find(data, windowing="seed", stride=r["stride"])] if s)
+        add("window storage (bytes per token)", f"<= {STORAGE_BYTES_PER_TOKEN} B/token, uint8 shared",
+            worst, worst <= STORAGE_BYTES_PER_TOKEN, detail,
+            why="the token array is not stored as uint8 (3x3 windows of 1 byte per cell)")
+    else:
+        add("window storage (bytes per token)", f"<= {STORAGE_BYTES_PER_TOKEN} B/token", None, None,
+            "data section not run")
+
+    # training: supervised targets/s, causal vs the seed's last-token objective
+    train = [r for r in results if r["section"] == "training"]
+    for family in ("lstm", "attention", "bysmamba"):
+        nxt = _find(train, family=family, objective="next", scan_impl="chunked")
+        cau = _find(train, family=family, objective="causal", scan_impl="chunked")
+        name = f"supervised targets/s, {family}: causal / last-token"
+        if not (nxt and cau):
+            add(name, f">= {TARGETS_PER_S_RATIO}x", None, None, "training section not run (or failed)")
+            continue
+        ratio = cau["targets_per_s"] / nxt["targets_per_s"]
+        step_ratio = cau["step_ms"] / nxt["step_ms"]
+        add(name, f">= {TARGETS_PER_S_RATIO}x", ratio, ratio >= TARGETS_PER_S_RATIO,
+            f"{cau['targets_per_s']:,.0f} vs {nxt['targets_per_s']:,.0f} targets/s; a causal step "
+            f"costs {step_ratio:.2f}x a last-token step and supervises L={cau['seq_length']} "
+            f"targets per window instead of 1",
+            why=f"with L={cau['seq_length']} the ratio can be at most ~{cau['seq_length']}x "
+                f"(--quick uses short windows)" if cau["seq_length"] < TARGETS_PER_S_RATIO * 1.2 else
+                f"a causal step costs {step_ratio:.2f}x a last-token step (loss over every position)")
+
+    # training: BysMamba vs the LSTM of the same parameter count
+    lstm = _find(train, family="lstm_same_params", objective="causal")
+    for scan_impl in ("compiled", "chunked"):
+        mamba = _find(train, family="bysmamba", objective="causal", scan_impl=scan_impl)
+        name = f"BysMamba ({scan_impl} scan) training vs LSTM of the same parameter count"
+        if not (lstm and mamba):
+            add(name, f"<= {BYSMAMBA_VS_LSTM}x slower", None, None,
+                "not run" + (" (--no-compile)" if scan_impl == "compiled" else ""))
+            continue
+        ratio = lstm["tokens_per_s"] / mamba["tokens_per_s"]
+        cpu_ratio = mamba["cpu_ms"] / lstm["cpu_ms"]
+        cfg = model_config(mamba["config"], mamba["model_overrides"])
+        tokens, d_inner = mamba["batch"] * mamba["seq_length"], cfg.expand * cfg.dim
+        add(name, f"<= {BYSMAMBA_VS_LSTM}x slower", ratio, ratio <= BYSMAMBA_VS_LSTM,
+            f"{mamba['tokens_per_s']:,.0f} vs {lstm['tokens_per_s']:,.0f} tokens/s "
+            f"({mamba['parameters']:,} vs {lstm['parameters']:,} parameters; "
+            f"CPU-time ratio {cpu_ratio:.2f}x, {threads} thread(s))",
+            why=f"the selective scan updates B*L*Dn*N = {tokens:,} x {d_inner} x {cfg.hidden} = "
+                f"{tokens * d_inner * cfg.hidden / 1e6:.0f}M states per layer, each with an exp, in the "
+                "forward pass and again in the backward pass (each chunk is recomputed to keep memory "
+                "flat), all elementwise vector work; nn.LSTM's work is GEMMs in one fused native op." + (" The eager scan also issues ~10 small PyTorch ops per time "
+                                       "step and per direction of the pass; scan_impl='compiled' "
+                                       "fuses each chunk into one C++ loop nest."
+                                       if scan_impl == "chunked" else ""))
+
+    # generation
+    gen = [r for r in results if r["section"] == "generation"]
+    for family in ("lstm", "attention", "bysmamba"):
+        r = _find(gen, family=family)
+        if r is None:
+            for what in ("speed-up", "growth"):
+                add(f"generation {what}, {family}", "", None, None, "generation section not run (or failed)")
+            continue
+        ms = {mode: {int(c): v for c, v in row.items()} for mode, row in r["ms_per_token"].items()}
+        lo, hi = min(ms["stateful"]), max(ms["stateful"])
+        stateful, rerun = ms["stateful"], ms["window re-run"]
+        step = {int(c): v for c, v in r["step_only_ms"].items()}
+        speedup = rerun[hi] / stateful[hi]
+        add(f"generation speed-up at {hi} tokens, {family}: re-run / stateful",
+            f">= {GENERATION_SPEEDUP}x", speedup, speedup >= GENERATION_SPEEDUP,
+            f"{rerun[hi]:.2f} vs {stateful[hi]:.2f} ms/token",
+            why=f"re-running {family} over {hi} tokens costs only {rerun[hi]:.1f} ms "
+                f"({1e3 * rerun[hi] / hi:.0f} us per window token, all in a few batched ops), while "
+                f"a stateful token costs {stateful[hi]:.2f} ms of which model.step is "
+                f"{step[hi]:.2f} ms: batch-1 per-call overhead (embedding, {r['config'].split('_')[-1]} "
+                f"layer steps, head, each a few small ops) plus the generator's own work per token "
+                f"({max(0.0, stateful[hi] - step[hi]):.2f} ms)")
+        growth = stateful[hi] / stateful[lo]
+        add(f"generation cost growth {lo} -> {hi} tokens, {family} (stateful)",
+            f"<= {GENERATION_GROWTH}x", growth, growth <= GENERATION_GROWTH,
+            f"{stateful[lo]:.2f} -> {stateful[hi]:.2f} ms/token (re-run: {rerun[lo]:.2f} -> "
+            f"{rerun[hi]:.2f}, {rerun[hi] / rerun[lo]:.1f}x)",
+            why="attention attends over its whole KV cache at every step: O(context) per token"
+                if family == "attention" else "per-token cost should not depend on the context here; "
+                "a large growth means the run was disturbed (see the load average)")
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value, spec=",.0f"):
+    return "" if value is None else format(value, spec)
+
+
+def data_table(results):
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["windowing"], r["stride"], "error: " + r["error"]] + [""] * 6)
+            continue
+        note = (f"time and RSS of the first {r['windows_built']:,} windows; build time extrapolated, "
+                f"bytes computed" if r["extrapolated"] else "")
+        what = "seed: int64 copy per window" if r["windowing"] == "seed" else "ours: WindowDataset (uint8 + views)"
+        rows.append([what, r["stride"], f"{r['n_windows']:,}", fmt(1e3 * r["build_s"], ",.1f"),
+                     fmt(r["storage_bytes"] / 2**20, ",.1f"), fmt(r["storage_bytes_per_token"], ",.1f"),
+                     fmt(r["index_bytes"] / r["n_tokens"], ",.2f"), fmt(r["peak_rss_mb"], ",.0f"), note])
+    return table(["windowing", "stride", "windows", "build ms", "window storage MB", "storage B/token",
+                  "index B/token", "peak RSS MB", "note"], rows)
+
+
+def training_table(results):
+    rows = []
+    for r in results:
+        name = f"{r['family']} ({r['config']})" + (" compiled scan" if r["scan_impl"] == "compiled" else "")
+        if "error" in r:
+            rows.append([name, r["objective"], "error: " + r["error"]] + [""] * 6)
+            continue
+        rows.append([name, f"{r['parameters']:,}", "last token (seed)" if r["objective"] == "next" else "causal",
+                     fmt(r["step_ms"]), fmt(r["tokens_per_s"]), fmt(r["targets_per_s"]),
+                     fmt(r["first_step_s"], ".1f"), fmt(r["peak_rss_mb"])])
+    return table(["model", "params", "objective", "step ms", "tokens/s", "targets/s",
+                  "first step s", "peak RSS MB"], rows)
+
+
+def generation_table(results):
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return table(["model", "error"], [[r["family"], r["error"]] for r in results])
+    contexts = ok[0]["contexts"]
+    rows = []
+    for r in ok:
+        for mode in ("stateful", "window re-run"):
+            row = {int(c): v for c, v in r["ms_per_token"][mode].items()}
+            rows.append([r["family"], mode] + [fmt(row[c], ".2f") for c in contexts]
+                        + [fmt(row[max(contexts)] / row[min(contexts)], ".1f") + "x"])
+        step = {int(c): v for c, v in r["step_only_ms"].items()}
+        rows.append([r["family"], "model.step only"] + [fmt(step[c], ".2f") for c in contexts]
+                    + [fmt(step[max(contexts)] / step[min(contexts)], ".1f") + "x"])
+    return table(["model", "mode"] + [f"ctx {c}" for c in contexts]
+                 + [f"{max(contexts)} / {min(contexts)}"], rows)
+
+
+def targets_table(verdicts):
+    rows = []
+    for v in verdicts:
+        met = {True: "met", False: "**missed**", None: "not measured"}[v["met"]]
+        measured = "" if v["measured"] is None else (
+            f"{v['measured']:.1f} B/token" if "storage" in v["name"] else f"{v['measured']:,.2f}x")
+        rows.append([v["name"], v["target"], measured, met, v["detail"] + (f" -- why: {v['why']}" if v["why"] else "")])
+    return table(["target", "wanted", "measured", "verdict", "details"], rows)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed runs per figure ({REPEATS})")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also train BysMamba with scan_impl='compiled' (default: on, off with --quick)")
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                        help="one subprocess per measurement (default: on, off with --quick)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)          # internal: one job as JSON
+    args = parser.parse_args(argv)
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(JOBS[job["section"]](job)))
+        return None
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    sizes = dict(seq_length=SEQ_LENGTH, batch=BATCH, strides=STRIDES, contexts=CONTEXTS,
+                 new_tokens=NEW_TOKENS, repeats=REPEATS, warmup=WARMUP, items=None,
+                 seed_prefix_windows=SEED_PREFIX_WINDOWS, model_overrides={})
+    if args.quick:
+        sizes.update(QUICK)
+    args.repeats = sizes["repeats"] if args.repeats is None else args.repeats
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    args.compile = (not args.quick) if args.compile is None else args.compile
+    args.isolate = (not args.quick) if args.isolate is None else args.isolate
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if not args.isolate:
+        torch.set_num_threads(args.threads)
+    machine = machine_info(args, device)
+    print(f"# Benchmarks: {machine['cpu_count']} CPUs ({machine['cpu_model']}), device {device}, "
+          f"{args.threads} thread(s), torch {machine['torch']}, load average "
+          f"{', '.join(f'{x:.2f}' for x in machine['load_average_start'])}", flush=True)
+
+    # a fresh inductor cache: the compiled scan's first step shows a cold compile
+    with tempfile.TemporaryDirectory(prefix="pixelbyte-inductor-") as inductor_cache:
+        results = []
+        for job in plan(args, sizes, device, inductor_cache if args.isolate else None):
+            start = time.perf_counter()
+            result = run_job(job, args.isolate)
+            results.append(result)
+            label = " ".join(str(job[k]) for k in ("section", "family", "windowing", "stride", "objective",
+                                                   "scan_impl") if k in job)
+            print(f"  {label}: {'error: ' + result['error'] if 'error' in result else 'done'} "
+                  f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+    machine["load_average_end"] = list(os.getloadavg())
+
+    report = {"machine": machine, "settings": dict(sizes, repeats=args.repeats, quick=args.quick,
+                                                   compile=args.compile, isolate=args.isolate,
+                                                   only=args.only)}
+    tables = {}
+    by_section = {s: [r for r in results if r["section"] == s] for s in SECTIONS}
+    if "data" in args.only:
+        tables["data"] = data_table(by_section["data"])
+    if "training" in args.only:
+        tables["training"] = training_table(by_section["training"])
+    if "generation" in args.only:
+        tables["generation"] = generation_table(by_section["generation"])
+    verdicts = targets(results, sizes, args.threads)
+    tables["targets"] = targets_table(verdicts)
+    for section in SECTIONS:
+        report[section] = by_section[section]
+    report["targets"] = verdicts
+    report["tables"] = tables
+
+    titles = {
+        "data": f"Data: windowing the embedded dataset (L={sizes['seq_length']}, next-token windows)",
+        "training": f"Training: forward + backward + AdamW, B={sizes['batch']}, L={sizes['seq_length']}, "
+                    f"median step of {args.repeats}",
+        "generation": "Generation: ms per generated token (median), batch 1, greedy",
+        "targets": "Targets (ratios from this run)",
+    }
+    for name, text in tables.items():
+        print(f"\n## {titles[name]}\n\n{text}")
+    print(f"\nload average at end: {', '.join(f'{x:.2f}' for x in machine['load_average_end'])}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

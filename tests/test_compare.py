@@ -1,0 +1,105 @@
+"""compare: the run plan, one table per comparison (deterministic for a seed), the budget cap,
+the paper's published numbers, and the comparison plots. Tiny: 2 configs, 3 steps, 12 items."""
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from pixelbyte import compare, data, plots
+from pixelbyte.models import PAPER_BEST, PAPER_CONFIGS, PAPER_RESULTS, PixelByteModel
+
+CONFIGS = "rnn_bi_pxby_conv_81_32_2,att_uni_pxby_conv_36_32_1"
+TINY = dict(seq_length=16, stride=8, batch_size=8, max_steps=3, max_chunks=2, metric_batches=2,
+            eval_batches=2, n_samples=1, copy_items=4, copy_steps=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    return data.sequences(data.load_pixelbytes("embedded", limit=12))
+
+
+@pytest.fixture(scope="module")
+def result(seqs, tmp_path_factory):
+    return compare.compare(seqs, CONFIGS, "next,causal", compare.CompareConfig(**TINY),
+                           out_dir=tmp_path_factory.mktemp("first"), log=lambda *_: None)
+
+
+def test_plan_expands_sets_and_skips_impossible_causal_runs():
+    runs, skipped = compare.plan("paper", "next")
+    assert [name for name, _ in runs] == list(PAPER_CONFIGS) and skipped.empty
+    assert [name for name, _ in compare.plan("best", "next")[0]] == list(PAPER_BEST)
+    runs, skipped = compare.plan("paper", "next,causal")
+    causal = [name for name, objective in runs if objective == "causal"]
+    assert len(runs) == 15 + len(causal) and len(causal) + len(skipped) == 15
+    assert all(not PAPER_CONFIGS[n].bidirectional and PAPER_CONFIGS[n].embedding == "pxby" for n in causal)
+    assert set(skipped["reason"].str.split(":").str[0]) == {"bidirectional", "centre-only embedding"}
+    with pytest.raises(ValueError, match="configs"):
+        compare.plan("rnn_bi_pxby_conv_81_32", "next")
+    with pytest.raises(ValueError, match="objectives='last'"):
+        compare.plan("best", "last")
+    with pytest.raises(ValueError, match="CompareConfig.max_steps"):
+        compare.CompareConfig(max_steps=-1)
+
+
+def test_compare_gives_one_row_per_run_with_every_column(result):
+    table = result.table
+    assert list(table.columns) == list(compare.COLUMNS)
+    assert list(table["run"]) == ["rnn_bi_pxby_conv_81_32_2/next", "att_uni_pxby_conv_36_32_1/next",
+                                  "att_uni_pxby_conv_36_32_1/causal"]
+    assert list(result.skipped["config"]) == ["rnn_bi_pxby_conv_81_32_2"]
+    assert (table["steps"] == 3).all() and (table["train_tokens"] == 3 * 8 * 16).all()
+    for run, params in zip(table["run"], table["params"]):
+        assert params == PixelByteModel(PAPER_CONFIGS[run.split("/")[0]]).num_parameters()
+    numeric = table.drop(columns=["run", "config", "family", "objective"]).astype(float)
+    assert np.isfinite(numeric.to_numpy()).all()
+    assert ((table["hamming_mean"] >= 0) & (table["hamming_mean"] <= 1)).all()
+    for column in ("dim_consistency", "dim_image", "copy_text_acc", "copy_image_acc"):
+        assert table[column].between(0, 1).all(), column
+    val = result.histories[result.histories["split"] == "val"]
+    assert set(val["run"]) == set(table["run"]) and (val.groupby("run")["step"].max() == 3).all()
+    assert list(result.baselines["method"]) == ["repeat_last", "most_frequent_train",
+                                                "most_frequent_prompt", "random"]
+    assert set(result.models) == set(table["run"])
+
+
+def test_same_seed_gives_the_same_table(result, seqs, tmp_path):
+    again = compare.compare(seqs, CONFIGS, "next,causal", compare.CompareConfig(**TINY), out_dir=tmp_path,
+                            log=lambda *_: None)
+    timing = list(compare.TIMING_COLUMNS)
+    pd.testing.assert_frame_equal(result.table.drop(columns=timing), again.table.drop(columns=timing))
+
+
+def test_budget_caps_the_steps_from_a_timing_probe(seqs, tmp_path):
+    cheap = dict(TINY, n_samples=0, copy_items=0, max_chunks=1, max_steps=5)
+    for budget, steps in ((1e-6, 1), (1e6, 5)):
+        splits = compare.Splits.make(seqs, compare.CompareConfig(**cheap, budget_s=budget))
+        row, _, _ = compare.run_config("att_uni_pxby_conv_36_32_1", "next", splits, tmp_path / str(steps),
+                                       log=lambda *_: None)
+        assert row["steps"] == steps
+        assert np.isnan(row["copy_text_acc"]) and np.isnan(row["dim_consistency"])
+
+
+def test_paper_results_are_the_six_best_rows_and_are_labelled(result):
+    assert list(PAPER_RESULTS) == list(PAPER_BEST)
+    assert PAPER_RESULTS["rnn_bi_pxby_conv_81_32_2"]["hamming"] == (0.149, 0.062)
+    table = compare.paper_comparison(result.table, "embedded")
+    assert list(table.index) == list(PAPER_BEST)
+    assert any("a different dataset" in c for c in table.columns)
+    assert table.loc["rnn_bi_pxby_conv_81_32_2"].str.contains(r"\+-").all()
+    assert (table.loc["ssm_bi_pxby_conv_81_64_2"].str.contains("not run")).sum() == 3
+    same = compare.paper_comparison(result.table, "ffurfaro/PixelBytes-Pokemon")
+    assert not any("a different dataset" in c for c in same.columns)
+
+
+def test_views_and_plots(result):
+    shown = compare.display_table(result.table)
+    assert shown.loc["att_uni_pxby_conv_36_32_1/next", "hamming"].count("+-") == 1
+    best = compare.winners(result.table)
+    assert set(best["objective"]) == {"next", "causal"}
+    assert set(best["family"].str.split(", ").sum()) <= {"rnn", "att"}
+    assert set(compare.best_per_family(result.table)) == {"rnn", "att"}
+    assert isinstance(plots.validation_curves(result.histories), Figure)
+    assert isinstance(plots.metric_bars(compare.bar_summary(result)), Figure)
+    sprites = compare.family_sprites(result, ["a small red square"], [(3, 4)])
+    assert [im.shape for images in sprites.values() for im in images] == [(3, 4, 3)] * 2
+    assert isinstance(plots.sprite_rows(sprites, [np.zeros((3, 4, 3), np.uint8)], ["caption"]), Figure)
