@@ -1,10 +1,10 @@
 """Speed and memory of pixelbyte against the original PixelBytes approach, side by side.
 
-    python benchmarks/run.py                        # full run, ~5 min on 2 cores
+    python benchmarks/run.py                        # full run, ~3 min on 2 cores
     python benchmarks/run.py --quick                # tiny sizes, seconds: checks that it all runs
     python benchmarks/run.py --only training --threads 2 --repeats 7
 
-The original system (see /work/shared/reference/README.md) is re-implemented here as the anchor:
+The original system, as its code worked, is re-implemented here as the anchor:
 - data: the seed's windowing materialises every window as its own int64 (L+1, 3, 3) tensor,
   72 * (L+1) bytes per window, versus ``WindowDataset`` (one shared uint8 array, 9 bytes per
   token, a sample is a view);
@@ -16,7 +16,10 @@ Sections (``--only``): data, training, generation; then the targets, each met / 
 measured ratio (and why, when missed). Every figure is a median over ``--repeats`` runs after
 warm-up; each measurement runs in its own subprocess, so its peak RSS (getrusage) is its own
 (``--quick`` runs them in-process: RSS figures are then the whole run's). The machine (cores,
-load average at start and end, torch, device, threads) is in the output.
+load average at start and end, torch, device, threads) is in the output. Threads: on a machine
+shared with other jobs keep ``--threads 1``; more threads than free cores make every op wait.
+BysMamba trains twice: eager chunked scan and ``scan_impl="compiled"``; the compiled one starts
+from an empty inductor cache, so its first step shows the cold compile.
 Prints a markdown table per section; writes everything to ``--out`` as JSON.
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ BATCH = 32                   # training batch (the seed's)
 STRIDES = [1, 32]            # windowing strides for the data section (the seed used 32)
 CONTEXTS = [64, 256, 1024]   # tokens of context before the timed generated tokens
 NEW_TOKENS = 16              # generated (timed) tokens per generation run
+STEP_ONLY_TOKENS = 64        # model.step calls timed after each context (no generator around them)
 REPEATS = 5                  # timed runs per figure (median reported)
 WARMUP = 2                   # untimed runs first (the first one is timed apart: compile)
 THREADS = 1                  # torch intra-op threads (1: the machine is shared; tiny models)
@@ -234,31 +238,96 @@ def training_job(job):
     cpu_s = statistics.median(t[1] for t in times)
     tokens = x.shape[0] * x.shape[1]
     targets = tokens if job["objective"] == "causal" else x.shape[0]
+    memory = memory_fields(job, base_rss)                              # before the profiled step
+    scan_share = scan_time_share(step, device) if cfg.model == "bysmamba" and device == "cpu" else None
     return dict(job, parameters=model.num_parameters(), step_ms=1e3 * step_s, cpu_ms=1e3 * cpu_s,
                 step_ms_all=[1e3 * t[0] for t in times], first_step_s=first_step_s,
                 tokens_per_s=tokens / step_s, targets_per_s=targets / step_s,
-                **memory_fields(job, base_rss))
+                scan_share=scan_share, **memory)
+
+
+def pair_job(job):
+    """The BysMamba / LSTM ratio with both models in one process, their steps interleaved
+    (LSTM, BysMamba eager, BysMamba compiled, LSTM, ...): load from other jobs hits them alike."""
+    import torch
+    import torch.nn.functional as F
+    from pixelbyte.models import PixelByteModel
+
+    setup_torch(job)
+    if job.get("inductor_cache"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job["inductor_cache"]
+    seqs = load_sequences(job["items"])
+    x, y = training_batch(seqs, job["seq_length"], job["batch"], "causal")
+    device = job["device"]
+    x, y = x.to(device), y.to(device)
+    steps = {}
+    for name, family, scan_impl in job["runs"]:
+        torch.manual_seed(0)
+        cfg = model_config(MODELS[family], job["model_overrides"], objective="causal", scan_impl=scan_impl)
+        model = PixelByteModel(cfg).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step(model=model, optimizer=optimizer, V=cfg.vocab_size):
+            sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            loss = F.cross_entropy(model(x).reshape(-1, V), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync(device)
+            return time.perf_counter() - wall, time.process_time() - cpu
+
+        for _ in range(job["warmup"]):
+            step()
+        steps[name] = step
+    times = {name: [] for name in steps}
+    for _ in range(job["repeats"]):
+        for name, step in steps.items():
+            times[name].append(step())
+    tokens = x.shape[0] * x.shape[1]
+    return dict(job, step_ms={n: 1e3 * statistics.median(t[0] for t in v) for n, v in times.items()},
+                cpu_ms={n: 1e3 * statistics.median(t[1] for t in v) for n, v in times.items()},
+                tokens_per_s={n: tokens / statistics.median(t[0] for t in v) for n, v in times.items()})
+
+
+def scan_time_share(step, device):
+    """Share of one (profiled, untimed) training step spent in the selective scan, forward and
+    backward (``ChunkedSelectiveScan`` and its backward, the chunk kernels included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        step()
+        total_us = 1e6 * (time.perf_counter() - start)
+    scan_us = sum(e.cpu_time_total for e in prof.key_averages()
+                  if e.key in ("ChunkedSelectiveScan", "ChunkedSelectiveScanBackward"))
+    return scan_us / total_us
 
 
 # ----------------------------------------------------------------------------- generation
 
 
-def step_only_ms(model, windows, contexts, new_tokens, device):
-    """ms per ``model.step`` (no generator around it) right after each context length."""
+def step_only_ms(model, windows, contexts, new_tokens, device, repeats):
+    """ms per ``model.step`` (no generator around it) right after each context length: median
+    over ``new_tokens`` steps of ``repeats`` passes."""
     import numpy as np
     import torch
 
-    per_step = []
+    samples = {c: [] for c in contexts}
     with torch.inference_mode():
-        state = model.init_state(1, device=device)
-        for t in range(max(contexts) + new_tokens):
-            x_t = torch.from_numpy(windows[t:t + 1]).long().to(device)  # (1, 3, 3)
-            sync(device)
-            start = time.perf_counter()
-            _, state = model.step(x_t, state)
-            sync(device)
-            per_step.append(1e3 * (time.perf_counter() - start))
-    return {c: float(np.median(per_step[c:c + new_tokens])) for c in contexts}
+        for _ in range(repeats):
+            state = model.init_state(1, device=device)
+            per_step = []
+            for t in range(max(contexts) + new_tokens):
+                x_t = torch.from_numpy(windows[t:t + 1]).long().to(device)  # (1, 3, 3)
+                sync(device)
+                start = time.perf_counter()
+                _, state = model.step(x_t, state)
+                sync(device)
+                per_step.append(1e3 * (time.perf_counter() - start))
+            for c in contexts:
+                samples[c] += per_step[c:c + new_tokens]
+    return {c: float(np.median(samples[c])) for c in contexts}
 
 
 def generation_job(job):
@@ -273,27 +342,28 @@ def generation_job(job):
 
     setup_torch(job)
     contexts, new_tokens = job["contexts"], job["new_tokens"]
-    ids = context_ids(max(contexts) + new_tokens)
+    ids = context_ids(max(contexts) + max(new_tokens, STEP_ONLY_TOKENS))
     windows = tok.windows_from_ids(ids).astype(np.int64)             # (n, 3, 3)
     torch.manual_seed(0)
     cfg = model_config(job["config"], job["model_overrides"])
     model = PixelByteModel(cfg).to(job["device"]).eval()
     base_rss = peak_rss_mb()
-    ms = {}
-    for mode, use_state in (("stateful", True), ("window re-run", False)):
+    modes = {"stateful": True, "window re-run": False}
+    for use_state in modes.values():
         per_token_ms(model, ids[:min(contexts)], 2, use_state)       # warm-up
-        ms[mode] = {}
-        for ctx in contexts:
-            samples = []
-            for _ in range(job["repeats"]):
-                samples += per_token_ms(model, ids[:ctx], new_tokens, use_state)
-            ms[mode][ctx] = statistics.median(samples)
-    step_ms = step_only_ms(model, windows, contexts, new_tokens, job["device"])
+    samples = {mode: {ctx: [] for ctx in contexts} for mode in modes}
+    for _ in range(job["repeats"]):      # interleaved: a burst of load hits every figure alike
+        for mode, use_state in modes.items():
+            for ctx in contexts:
+                samples[mode][ctx] += per_token_ms(model, ids[:ctx], new_tokens, use_state)
+    ms = {mode: {ctx: statistics.median(v) for ctx, v in row.items()} for mode, row in samples.items()}
+    step_ms = step_only_ms(model, windows, contexts, max(new_tokens, STEP_ONLY_TOKENS), job["device"],
+                           job["repeats"])
     return dict(job, parameters=model.num_parameters(), ms_per_token=ms, step_only_ms=step_ms,
                 **memory_fields(job, base_rss))
 
 
-JOBS = {"data": data_job, "training": training_job, "generation": generation_job}
+JOBS = {"data": data_job, "training": training_job, "pair": pair_job, "generation": generation_job}
 
 
 def run_job(job, isolate):
@@ -332,6 +402,10 @@ def plan(args, sizes, device, inductor_cache):
             for objective in ("next", "causal"):
                 jobs.append(dict(train, family=family, config=MODELS[family], scan_impl=scan_impl,
                                  objective=objective))
+        pair = [("lstm_same_params", "lstm_same_params", "chunked"), ("bysmamba", "bysmamba", "chunked")]
+        if args.compile:
+            pair.append(("bysmamba compiled", "bysmamba", "compiled"))
+        jobs.append(dict(train, section="pair", runs=pair))
     if "generation" in args.only:
         for family in ("lstm", "attention", "bysmamba"):
             jobs.append(dict(common, section="generation", family=family, config=MODELS[family],
@@ -415,30 +489,46 @@ def targets(results, sizes, threads):
                 f"(--quick uses short windows)" if cau["seq_length"] < TARGETS_PER_S_RATIO * 1.2 else
                 f"a causal step costs {step_ratio:.2f}x a last-token step (loss over every position)")
 
-    # training: BysMamba vs the LSTM of the same parameter count
+    # training: BysMamba vs the LSTM of the same parameter count. The verdict reads the
+    # interleaved pair (both models in one process, steps alternating); isolated runs beside it.
     lstm = _find(train, family="lstm_same_params", objective="causal")
-    for scan_impl in ("compiled", "chunked"):
+    pair = next((r for r in results if r["section"] == "pair" and "error" not in r), None)
+    for scan_impl, pair_name in (("compiled", "bysmamba compiled"), ("chunked", "bysmamba")):
         mamba = _find(train, family="bysmamba", objective="causal", scan_impl=scan_impl)
         name = f"BysMamba ({scan_impl} scan) training vs LSTM of the same parameter count"
-        if not (lstm and mamba):
+        isolated = lstm["tokens_per_s"] / mamba["tokens_per_s"] if lstm and mamba else None
+        if pair and pair_name in pair["step_ms"]:
+            ratio = pair["step_ms"][pair_name] / pair["step_ms"]["lstm_same_params"]
+            cpu_ratio = pair["cpu_ms"][pair_name] / pair["cpu_ms"]["lstm_same_params"]
+            detail = (f"steps interleaved in one process: {pair['tokens_per_s'][pair_name]:,.0f} vs "
+                      f"{pair['tokens_per_s']['lstm_same_params']:,.0f} tokens/s, CPU-time ratio "
+                      f"{cpu_ratio:.2f}x" + (f"; isolated runs (table above): {isolated:.2f}x"
+                                             if isolated else ""))
+        elif isolated:
+            ratio = isolated
+            detail = (f"isolated runs: {mamba['tokens_per_s']:,.0f} vs {lstm['tokens_per_s']:,.0f} "
+                      f"tokens/s, CPU-time ratio {mamba['cpu_ms'] / lstm['cpu_ms']:.2f}x")
+        else:
             add(name, f"<= {BYSMAMBA_VS_LSTM}x slower", None, None,
                 "not run" + (" (--no-compile)" if scan_impl == "compiled" else ""))
             continue
-        ratio = lstm["tokens_per_s"] / mamba["tokens_per_s"]
-        cpu_ratio = mamba["cpu_ms"] / lstm["cpu_ms"]
-        cfg = model_config(mamba["config"], mamba["model_overrides"])
-        tokens, d_inner = mamba["batch"] * mamba["seq_length"], cfg.expand * cfg.dim
-        add(name, f"<= {BYSMAMBA_VS_LSTM}x slower", ratio, ratio <= BYSMAMBA_VS_LSTM,
-            f"{mamba['tokens_per_s']:,.0f} vs {lstm['tokens_per_s']:,.0f} tokens/s "
-            f"({mamba['parameters']:,} vs {lstm['parameters']:,} parameters; "
-            f"CPU-time ratio {cpu_ratio:.2f}x, {threads} thread(s))",
+        detail += f"; {threads} thread(s)"
+        if mamba and lstm:
+            detail += f"; {mamba['parameters']:,} vs {lstm['parameters']:,} parameters"
+        cfg = model_config(MODELS["bysmamba"], (mamba or pair)["model_overrides"])
+        tokens, d_inner = (mamba or pair)["batch"] * (mamba or pair)["seq_length"], cfg.expand * cfg.dim
+        share = mamba.get("scan_share") if mamba else None
+        add(name, f"<= {BYSMAMBA_VS_LSTM}x slower", ratio, ratio <= BYSMAMBA_VS_LSTM, detail,
             why=f"the selective scan updates B*L*Dn*N = {tokens:,} x {d_inner} x {cfg.hidden} = "
-                f"{tokens * d_inner * cfg.hidden / 1e6:.0f}M states per layer, each with an exp, in the "
+                f"{tokens * d_inner * cfg.hidden:,} states per layer, each with an exp, in the "
                 "forward pass and again in the backward pass (each chunk is recomputed to keep memory "
-                "flat), all elementwise vector work; nn.LSTM's work is GEMMs in one fused native op." + (" The eager scan also issues ~10 small PyTorch ops per time "
-                                       "step and per direction of the pass; scan_impl='compiled' "
-                                       "fuses each chunk into one C++ loop nest."
-                                       if scan_impl == "chunked" else ""))
+                "flat, then walked back), all elementwise vector work"
+                + (f": {100 * share:.0f}% of the step" if share else "")
+                + "; the rest of the step (in_proj, x_proj and out_proj matmuls, norms) is about as "
+                "much work as the whole LSTM step, whose recurrence is GEMMs in one fused oneDNN op."
+                + (" The eager scan also issues ~10 small PyTorch ops per time step in each "
+                   "direction; scan_impl='compiled' fuses each chunk into one C++ loop nest."
+                   if scan_impl == "chunked" else ""))
 
     # generation
     gen = [r for r in results if r["section"] == "generation"]
@@ -458,10 +548,9 @@ def targets(results, sizes, threads):
             f"{rerun[hi]:.2f} vs {stateful[hi]:.2f} ms/token",
             why=f"re-running {family} over {hi} tokens costs only {rerun[hi]:.1f} ms "
                 f"({1e3 * rerun[hi] / hi:.0f} us per window token, all in a few batched ops), while "
-                f"a stateful token costs {stateful[hi]:.2f} ms of which model.step is "
-                f"{step[hi]:.2f} ms: batch-1 per-call overhead (embedding, {r['config'].split('_')[-1]} "
-                f"layer steps, head, each a few small ops) plus the generator's own work per token "
-                f"({max(0.0, stateful[hi] - step[hi]):.2f} ms)")
+                f"a stateful token costs {stateful[hi]:.2f} ms (model.step alone: {step[hi]:.2f} ms), "
+                f"almost all fixed per-call overhead at batch 1: the embedding, "
+                f"{r['config'].split('_')[-1]} layer steps and the head are each a few tiny ops")
         growth = stateful[hi] / stateful[lo]
         add(f"generation cost growth {lo} -> {hi} tokens, {family} (stateful)",
             f"<= {GENERATION_GROWTH}x", growth, growth <= GENERATION_GROWTH,
@@ -514,6 +603,18 @@ def training_table(results):
                      fmt(r["first_step_s"], ".1f"), fmt(r["peak_rss_mb"])])
     return table(["model", "params", "objective", "step ms", "tokens/s", "targets/s",
                   "first step s", "peak RSS MB"], rows)
+
+
+def pair_table(results):
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(["error: " + r["error"], "", "", ""])
+            continue
+        base = r["step_ms"]["lstm_same_params"]
+        for name, ms in r["step_ms"].items():
+            rows.append([name, fmt(ms), fmt(r["tokens_per_s"][name]), fmt(ms / base, ".2f") + "x"])
+    return table(["model (causal)", "step ms", "tokens/s", "vs lstm_same_params"], rows)
 
 
 def generation_table(results):
@@ -612,12 +713,14 @@ def main(argv=None):
         tables["data"] = data_table(by_section["data"])
     if "training" in args.only:
         tables["training"] = training_table(by_section["training"])
+        tables["pair"] = pair_table([r for r in results if r["section"] == "pair"])
     if "generation" in args.only:
         tables["generation"] = generation_table(by_section["generation"])
     verdicts = targets(results, sizes, args.threads)
     tables["targets"] = targets_table(verdicts)
     for section in SECTIONS:
         report[section] = by_section[section]
+    report["training_pair"] = [r for r in results if r["section"] == "pair"]
     report["targets"] = verdicts
     report["tables"] = tables
 
@@ -625,6 +728,7 @@ def main(argv=None):
         "data": f"Data: windowing the embedded dataset (L={sizes['seq_length']}, next-token windows)",
         "training": f"Training: forward + backward + AdamW, B={sizes['batch']}, L={sizes['seq_length']}, "
                     f"median step of {args.repeats}",
+        "pair": "Training, the ratio target: causal steps interleaved in one process",
         "generation": "Generation: ms per generated token (median), batch 1, greedy",
         "targets": "Targets (ratios from this run)",
     }

@@ -205,16 +205,6 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False, options=options)
 
 
-_BLOCK_BYTES = 3 * 2**20  # per-step states of one block of rows in the compiled backward
-
-
-def _block_rows(batch, bytes_per_row):
-    """The largest divisor of batch whose rows take at most _BLOCK_BYTES (at least 1 row).
-    A divisor: every block has the same shape, so torch.compile compiles once."""
-    fit = max(1, _BLOCK_BYTES // bytes_per_row)
-    return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= fit)
-
-
 class ChunkedSelectiveScan(torch.autograd.Function):
     """Selective scan over chunks of T steps; backward recomputes one chunk at a time.
 
@@ -256,25 +246,13 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         grad_u, grad_delta, grad_B, grad_C = (torch.empty(t.shape, dtype=t.dtype, device=t.device)
                                               for t in (u, delta, B, C))
         grad_A = torch.zeros_like(states[0])  # (B, Dn, N), summed over the batch at the end
-        grad_y = grad_y.contiguous()
-        grad_h = grad_last_state.clone(memory_format=torch.contiguous_format)  # written per block
-        batch = u.shape[0]
-        if ctx.compile_chunk:
-            # Batch rows are independent: the compiled backward runs on blocks of rows whose
-            # per-step states fit in cache (with the whole batch they spill to L3/memory and
-            # the pass is ~2-4x slower on a busy machine).
-            scan_chunk_backward = _compiled(_scan_chunk_backward)
-            rows = _block_rows(batch, T * 2 * A.numel() * u.element_size())
-        else:
-            scan_chunk_backward, rows = _scan_chunk_backward, batch
+        grad_y, grad_h = grad_y.contiguous(), grad_last_state.contiguous()
+        scan_chunk_backward = _compiled(_scan_chunk_backward) if ctx.compile_chunk else _scan_chunk_backward
         for k in reversed(range(len(states))):
             sl = slice(k * T, (k + 1) * T)
-            for b in range(0, batch, rows):
-                r = slice(b, b + rows)
-                args = (states[k][r], u[r, sl], delta[r, sl], A, B[r, sl], C[r, sl],
-                        grad_y[r, sl], grad_h[r], grad_A[r])
-                (grad_u[r, sl], grad_delta[r, sl], grad_A[r], grad_h[r],
-                 grad_B[r, sl], grad_C[r, sl]) = scan_chunk_backward(*args)
+            args = (states[k], u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl], grad_y[:, sl], grad_h, grad_A)
+            (grad_u[:, sl], grad_delta[:, sl], grad_A, grad_h,
+             grad_B[:, sl], grad_C[:, sl]) = scan_chunk_backward(*args)
         grads = (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C)
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
 

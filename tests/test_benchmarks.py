@@ -48,6 +48,10 @@ def test_quick_run_writes_every_section_and_target(tmp_path):
     for r in training:
         assert "error" not in r, r
         assert r["tokens_per_s"] > 0 and r["targets_per_s"] > 0 and r["peak_rss_mb"] > 0
+    # the ratio target's pair: LSTM and BysMamba steps interleaved in one process
+    (pair,) = report["training_pair"]
+    assert "error" not in pair, pair
+    assert {"lstm_same_params", "bysmamba"} <= set(pair["step_ms"]) and min(pair["step_ms"].values()) > 0
     # generation: both modes at every context, per family
     generation = report["generation"]
     assert {r["family"] for r in generation} == {"lstm", "attention", "bysmamba"}
@@ -73,7 +77,7 @@ def test_quick_run_writes_every_section_and_target(tmp_path):
     assert storage["met"] is True and storage["measured"] <= 9
 
     # markdown tables, printed and stored
-    assert set(report["tables"]) == {"data", "training", "generation", "targets"}
+    assert set(report["tables"]) == {"data", "training", "pair", "generation", "targets"}
     assert "| target |" in proc.stdout and "| windowing |" in proc.stdout
 
 
