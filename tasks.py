@@ -11,6 +11,7 @@ changed since the last successful install. Kaggle does not use this: it keeps it
 """
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,30 +48,14 @@ def run():
     sh(PY, "-m", "pixelbyte.pipeline")
 
 
-def prepare_notebooks(folder: Path) -> list[Path]:
-    """papermill --prepare-only: the notebooks with the CI parameters injected, into ``folder``;
-    nbval then executes them in order (03 reads the checkpoint 02 leaves in ``folder``)."""
-    import json
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    params = json.loads((ROOT / "notebooks" / "params_ci.json").read_text())
-    prepared = []
-    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        values = {**params.get("*", {}), **params.get(nb.stem, {}),
-                  "out_dir": str(folder / nb.stem), "run_dir": str(folder)}
-        sh(BIN / "papermill", "--prepare-only", nb, folder / nb.name, "-y", json.dumps(values),
-           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        prepared.append(folder / nb.name)
-    return prepared
-
-
 def test():
     """Unit tests, then the notebooks under nbval (CI parameters), in one pytest run."""
     setup()
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
-    notebooks = prepare_notebooks(ROOT / "build" / "nbval")
+    folder = ROOT / "build" / "nbval"      # the notebooks with the CI parameters injected, unexecuted
+    shutil.rmtree(folder, ignore_errors=True)
+    sh(PY, "-m", "pixelbyte.pipeline", "--prepare-only", "--out", folder, "--params", ROOT / "notebooks" / "params_ci.json")
+    notebooks = sorted(folder.glob("*.ipynb"))   # nbval runs them in order: 03 reads what 02 left
     sh(PY, "-m", "pytest", "-q", "tests", *notebooks, "--nbval-lax", "--nbval-current-env",
        "--nbval-sanitize-with", ROOT / "notebooks" / "nbval_sanitize.cfg", env=env)
 

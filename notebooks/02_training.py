@@ -17,34 +17,46 @@
 
 # %% [markdown]
 # # 02 · Training
-# Train one PixelByte model on token windows and watch it learn. Every knob of the paper's
-# design space is a parameter; the defaults are CPU-sized (a couple of minutes), the Kaggle
-# runner passes the paper's (seq 256, stride 32, batch 32, 200 epochs, 2 GPUs).
+# Train one PixelByte model and watch it learn. The defaults are the main job's recipe: whole
+# items as samples (a sample holds a declared shape with its whole image and caption), both
+# segment orders (shape -> image -> caption and caption -> shape -> image), position inputs
+# (row, column, declared size), trained for a wall-clock budget. Every field of the run is a
+# parameter; `unit="window"` with `objective="next"` is the paper's setup (Kaggle runner:
+# seq 256, stride 32, batch 32, 2 GPUs).
 
 # %% tags=["parameters"]
 dataset = "embedded"      # "embedded", "ffurfaro/PixelBytes-Pokemon" or a parquet path
 limit = 0                 # first N items only, 0 keeps all
-model = "lstm"            # lstm | attention | bysmamba
+test_size = 0.1           # share of items held out (by item)
+split_seed = 0            # seed of the item split
+unit = "item"             # item: whole items | window: seq_length-token windows inside items (the paper's)
+orders = "both"           # item samples: data | caption_first | both (every item in both orders)
+seq_length = 128          # window samples: tokens per window
+stride = 64               # window samples: tokens between window starts
+model = "attention"       # lstm | attention | bysmamba
 bidirectional = False     # bidirectional first (and last, bysmamba) layer; needs objective "next"
 embedding = "pxby"        # pxby: the 3x3 window | center: the centre token only
 conv = True               # 3x3 conv mix inside the PxBy embedding
-dim = 81                  # embedding width
-hidden = 64               # LSTM hidden size / Mamba state size / attention MLP width
-depth = 2                 # layers
+dim = 96                  # embedding width
+hidden = 384              # LSTM hidden size / Mamba state size / attention MLP width
+depth = 4                 # layers
 d_conv = 4                # Mamba causal conv width
 expand = 2                # Mamba inner expansion
 objective = "causal"      # causal: every position predicts its token | next: the token after the window
-seq_length = 128          # tokens per training window
-stride = 64               # tokens between window starts
-test_size = 0.1           # share of items held out
-batch_size = 32           # global batch (all GPUs together)
+positions = True          # position inputs: segment, row, column, declared (h, w); needs unit "item"
+batch_size = 16           # global batch (all GPUs together)
 lr = 3e-3                 # AdamW peak learning rate
-epochs = 1                # passes over the training windows...
-max_steps = 300           # ...or this many optimizer steps, 0 means use epochs
-eval_every = 100          # validate + checkpoint every N steps, 0 means each epoch end
+min_lr = 3e-4             # end of the cosine decay
+warmup_steps = 30         # linear warmup steps
+epochs = 1000             # passes over the training samples (the budget or max_steps usually ends first)
+max_steps = 0             # optimizer steps, 0 means use epochs
+budget_s = 300            # wall-clock seconds of training, 0 means no cap
+eval_every = 200          # validate + checkpoint every N steps, 0 means each epoch end
+eval_batches = 8          # validation batches per evaluation, 0 means all
 seed = 0
 device = "auto"           # auto | cpu | cuda
 amp = False               # fp16 mixed precision (CUDA only)
+threads = 0               # torch CPU threads, 0 keeps torch's default
 nproc = 1                 # processes; above 1 the notebook launches torchrun (Kaggle T4 x2: 2)
 out_dir = "outputs/02_training"
 run_dir = "outputs"
@@ -52,6 +64,7 @@ run_dir = "outputs"
 # %%
 # %matplotlib inline
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -60,61 +73,71 @@ import pandas as pd
 import torch
 
 from pixelbyte import data, plots
-from pixelbyte.models import ModelConfig, PixelByteModel
+from pixelbyte.config import RunConfig
+from pixelbyte.models import PixelByteModel
 from pixelbyte.params import check
-from pixelbyte.train import TrainConfig, Trainer, cli_args
+from pixelbyte.train import train
 
-check("dataset", dataset, str)
-check("limit", limit, int, minimum=0)
+logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
 check("nproc", nproc, int, minimum=1)
-check("test_size", test_size, float)
-model_cfg = ModelConfig(model=model, bidirectional=bidirectional, embedding=embedding, conv=conv, dim=dim,
-                        hidden=hidden, depth=depth, d_conv=d_conv, expand=expand, objective=objective)
-train_cfg = TrainConfig(objective=objective, epochs=epochs, max_steps=max_steps or None, batch_size=batch_size,
-                        lr=lr, min_lr=lr / 10, warmup_steps=min(50, (max_steps or 1000) // 10),
-                        eval_every=eval_every, seed=seed, device=device, amp=amp, out_dir=out_dir)
-window_cfg = data.WindowConfig(seq_length=seq_length, stride=stride, objective=objective)
+check("threads", threads, int, minimum=0)
+run = RunConfig.from_flat(
+    source=dataset, limit=limit or None, test_size=test_size, split_seed=split_seed,
+    unit=unit, orders=orders, seq_length=seq_length, stride=stride,
+    model=model, bidirectional=bidirectional, embedding=embedding, conv=conv, dim=dim, hidden=hidden,
+    depth=depth, d_conv=d_conv, expand=expand, objective=objective, positions=positions,
+    batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, epochs=epochs,
+    max_steps=max_steps or None, budget_s=budget_s, eval_every=eval_every, eval_batches=eval_batches or None,
+    seed=seed, device=device, amp=amp, out_dir=out_dir)
+if threads:
+    torch.set_num_threads(threads)
 out = Path(out_dir)
-torch.manual_seed(seed)
-net = PixelByteModel(model_cfg)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{model_cfg.name} ({model_cfg.model}, objective {objective!r}): {net.num_parameters():,} parameters")
+with torch.device("meta"):
+    n_parameters = PixelByteModel(run.model).num_parameters()
+print(f"{run.model.name} ({run.model.model}, objective {objective!r}, positions {positions}): "
+      f"{n_parameters:,} parameters")
 
 # %% [markdown]
 # ## Data
-# Items are split before windowing, so no window of a validation item is ever trained on.
+# Items are split before any sample is cut, so nothing of a held-out item is ever trained on.
+# Whole-item batches are padded to their longest item (padding is not in the loss) and drawn
+# from groups sorted by length, so little of each batch is padding.
 
 # %%
-items = data.load_pixelbytes(dataset, limit=limit or None)
-train_ds, val_ds = data.make_datasets(data.sequences(items), window_cfg, test_size, seed)
-print(f"{len(items)} items -> {len(train_ds):,} training windows ({train_ds.n_items} items), "
-      f"{len(val_ds):,} validation windows ({val_ds.n_items} items), {seq_length} tokens each")
+seqs = data.load(run.data)
+train_ds, val_ds = data.make_datasets(seqs, run)
+info = train_ds.describe(batch_size)
+print(f"{len(seqs)} items -> {len(train_ds):,} training samples ({train_ds.n_items} items), "
+      f"{len(val_ds):,} validation samples ({val_ds.n_items} items)")
+pd.Series(info)
 
 # %% [markdown]
 # ## Train
-# One process trains in this kernel; several are launched with `torchrun` (DDP), which
-# writes the same files.
+# One process trains in this kernel; several are launched with `torchrun` (DDP) on the same
+# run description (`run.json`), and write the same files.
 
 # %%
 if nproc == 1:
-    final = Trainer(net, train_ds, val_ds, train_cfg).fit()
+    net, final = train(run, seqs=seqs, overwrite=True)
 else:
-    flags = cli_args(model_cfg, train_cfg, source=dataset, limit=limit or None, seq_length=seq_length,
-                     stride=stride, test_size=test_size)
+    out.mkdir(parents=True, exist_ok=True)
+    config = run.save(out / "requested_run.json")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                    "-m", "pixelbyte.train", *flags], check=True)
+                    "-m", "pixelbyte.train", "--config", str(config), "--overwrite"], check=True)
     final = json.loads((out / "run.json").read_text())["final"]
 print(json.dumps(final, indent=1))
 
 # %% [markdown]
 # ## Learning curves
-# Validation rows come every `eval_every` steps; accuracy is split into text bytes and pixels.
+# Validation rows come every `eval_every` steps; accuracy and bits per token are split into
+# text bytes, pixels and structure tokens (`\t`, `\n`).
 
 # %%
 metrics = pd.read_csv(out / "metrics.csv")
-plots.save_figure(plots.training_curves(metrics, title=f"{model_cfg.name} on {dataset}"), out / "curves.png")
+plots.save_figure(plots.training_curves(metrics, title=f"{run.model.name} on {dataset}"), out / "curves.png")
 
 # %%
 val = metrics[metrics["split"] == "val"]

@@ -16,24 +16,25 @@
 # ---
 
 # %% [markdown]
-# # 03 · Generation
-# A trained model writes captions for held-out sprites and draws sprites for captions, token
-# by token, in one stream. We measure how often free generation keeps the declared image
-# dimensions, compare with the constrained mode (100% by construction), and score the paper's
-# generation metrics beside trivial baselines.
+# # 03 · Generation and skills
+# A trained model writes captions for held-out sprites and draws sprites for held-out
+# captions, token by token, in one stream. The skills report scores what PixelByte exists for
+# -- keeping the declared image size, captioning a sprite, drawing a sprite for a caption,
+# modelling both modalities -- each beside its baseline. Then the free vs constrained
+# dimension check and the paper's generation metrics.
 
 # %% tags=["parameters"]
-checkpoint = ""          # a save_pretrained folder or hub id; "" uses <run_dir>/02_training/best_model
-dataset = "embedded"     # must be the dataset the model was trained on, for the held-out split
-limit = 0                # first N items only, 0 keeps all
-test_size = 0.1          # the training split (same seed): examples come from held-out items
+checkpoint = ""          # "" = <run_dir>/02_training/best_model; "pretrained" = the shipped model; or a folder / hub id
+dataset = ""             # "" = the dataset the model was trained on (from its run); else must be that one
+skill_items = 32         # held-out items scored by the skills report
 n_examples = 8           # sprites / captions shown
-n_candidates = 4         # caption -> sprite: sampled images ranked by p(caption | image)
-temperature = 0.8        # sampling temperature for caption -> sprite
+n_candidates = 4         # caption -> sprite by ranking: sampled images ranked by p(caption | image), 0 skips
+temperature = 0.8        # sampling temperature
 top_k = 0                # 0 keeps all tokens
 max_chunks = 200         # paper metrics: chunks scored, 0 scores all
 seed = 0
 device = "cpu"
+threads = 0              # torch CPU threads, 0 keeps torch's default
 out_dir = "outputs/03_generation"
 run_dir = "outputs"
 
@@ -45,82 +46,121 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pixelbyte import data, evaluate, generate as gen, plots, tokenizer as tok
+from pixelbyte import data, evaluate, generate as gen, plots, skills
 from pixelbyte.models import PixelByteModel
 from pixelbyte.params import check, check_local_or_hub
 
 checkpoint = checkpoint or str(Path(run_dir) / "02_training" / "best_model")
 check_local_or_hub("checkpoint", checkpoint)
-for name, value, minimum in (("n_examples", n_examples, 1), ("n_candidates", n_candidates, 1),
-                             ("max_chunks", max_chunks, 0), ("top_k", top_k, 0), ("limit", limit, 0)):
+for name, value, minimum in (("skill_items", skill_items, 1), ("n_examples", n_examples, 1),
+                             ("n_candidates", n_candidates, 0), ("max_chunks", max_chunks, 0),
+                             ("top_k", top_k, 0), ("threads", threads, 0), ("seed", seed, 0)):
     check(name, value, int, minimum=minimum)
 check("temperature", temperature, float, minimum=0.0)
 check("device", device, str, choices=("cpu", "cuda"))
+check("dataset", dataset, str)
+if threads:
+    torch.set_num_threads(threads)
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
 
 model = PixelByteModel.from_pretrained(checkpoint).to(device).eval()
-print(f"{model.config.name} ({model.num_parameters():,} parameters, objective {model.config.objective!r}) "
-      f"from {checkpoint}")
+run = model.run
+if run is None or run.data is None:
+    raise ValueError(f"{checkpoint} does not record its run (no run.json with its data): the held-out "
+                     f"items cannot be told apart from the training items")
+if dataset and dataset != run.data.source:
+    raise ValueError(f"parameter dataset={dataset!r}, but {checkpoint} was trained on {run.data.source!r}: "
+                     f"its held-out split is only defined on that dataset (use dataset='')")
+print(f"{model.config.name} ({model.num_parameters():,} parameters, {model.config.model}, objective "
+      f"{model.config.objective!r}, positions {model.config.positions}) from {checkpoint}")
+print(f"trained on {run.data.source!r}: {run.samples.unit} samples, orders {run.samples.orders!r}; "
+      f"held-out share {run.data.test_size}, split seed {run.data.split_seed}")
 
-items = data.load_pixelbytes(dataset, limit=limit or None)
-train_idx, test_idx = data.split_items(len(items), test_size, seed)
-seqs = data.sequences(items)
-held_out = items.select(test_idx[:n_examples])
-images = [np.asarray(im.convert("RGB")) for im in held_out["image"]]
-captions = held_out["caption"]
+# %% [markdown]
+# ## The held-out items
+# The split comes from the model's own run description, so these items were never trained on.
+
+# %%
+seqs = data.load(run.data)
+train_idx, test_idx = data.split(seqs, run.data)
+train_seqs, test_seqs = [seqs[i] for i in train_idx], [seqs[i] for i in test_idx]
+print(f"{len(seqs)} items: {len(train_seqs)} trained on, {len(test_seqs)} held out")
+
+# %% [markdown]
+# ## The skills report
+# Every number beside its baseline (`baseline_is` says what the baseline is). Dimensions: the
+# share of freely sampled images with exactly the declared rows and columns (an unfinished image
+# counts as a failure). Sprite -> caption: is the caption's group right, how close is its name.
+# Caption -> sprite: a classifier trained on the training sprites names the group of each
+# drawing; its accuracy on the real held-out sprites is the ceiling. Bits per token: whole
+# held-out items, by modality, in both orders.
+
+# %%
+report = skills.measure(model, train_seqs, test_seqs,
+                        skills.SkillsConfig(items=skill_items, temperature=temperature, top_k=top_k or None, seed=seed))
+report.table.to_csv(out / "skills.csv", index=False)
+report.table
 
 # %% [markdown]
 # ## Sprite -> caption
-# The prompt is the sprite's shape and image segments; the model writes the next segment
-# (sampled at `temperature`: greedy decoding of a small model tends to loop on one word).
+# The prompt is the sprite's shape and image segments; the model writes the next segment.
 
 # %%
-with torch.no_grad():
-    results = gen.generate(model, [gen.sprite_to_caption_prompt(im) for im in images], 120,
-                           temperature=temperature, top_k=top_k or None, seed=seed, stop_after_segments=1)
-# an undertrained model may draw pixels instead of writing: show what kind of segment came out
-written = [next((s.text for s in r.new_segments if s.kind == "text"), "<no text segment>") for r in results]
-sprite_to_caption = pd.DataFrame({"reference": captions, "generated": written})
-sprite_to_caption.to_csv(out / "sprite_to_caption.csv", index=False)
-plots.save_figure(plots.sprite_grid(images, [f"ref: {c}\ngen: {w}" for c, w in zip(captions, written)],
-                                    ncols=4, scale=2.0, wrap=28, max_lines=8,
+ex = report.examples
+k = min(n_examples, len(ex["references"]))
+labels = [f"ref: {r}\ngen: {g}" for r, g in zip(ex["reference_captions"][:k], ex["captions"][:k])]
+pd.DataFrame({"reference": ex["reference_captions"], "generated": ex["captions"]}).to_csv(
+    out / "sprite_to_caption.csv", index=False)
+plots.save_figure(plots.sprite_grid(ex["references"][:k], labels, ncols=4, scale=2.0, wrap=28, max_lines=8,
                                     title="Sprite -> caption on held-out sprites"), out / "sprite_to_caption.png")
 
 # %% [markdown]
 # ## Caption -> sprite
-# In the data order a caption comes after its image, so we declare the shape, sample
-# `n_candidates` images and keep the one under which the caption is most likely.
+# Caption-first order: the prompt is the caption, then the declared shape; the model draws the
+# image (rows kept to the declared shape, so the drawing is judged on content). The row below
+# samples images freely from the shape alone (data order): what the model draws unconditioned.
 
 # %%
-drawn = []
-with torch.no_grad():
-    for i, (image, caption) in enumerate(zip(images, captions)):
-        best, _ = gen.caption_to_sprite(model, caption, image.shape[:2], n_candidates=n_candidates,
-                                        temperature=temperature, top_k=top_k or None, seed=seed + i)
-        drawn.append(best.images[-1])
-pairs = [x for pair in zip(images, drawn) for x in pair]
-labels = [x for c in captions for x in (f"reference: {c}", "generated")]
-plots.save_figure(plots.sprite_grid(pairs, labels, ncols=8, scale=1.6, wrap=22,
-                                    title="Caption -> sprite: reference (left) and generated (right)"),
+rows = {"caption first (constrained shape)": ex["drawn"][:k], "shape only (free)": ex["free_data"][:k]}
+plots.save_figure(plots.sprite_rows(rows, ex["references"][:k], ex["reference_captions"][:k],
+                                    title="Caption -> sprite: held-out reference, then generated"),
                   out / "caption_to_sprite.png")
 
 # %% [markdown]
-# ## Dimension consistency: free vs constrained
-# From a declared shape the model draws the image. Free sampling may put `\t` in the wrong
-# column; the constrained mode masks the logits so rows have exactly the declared width.
-# Free generation gets twice the image's token count; an image not closed by `\n` within
-# that budget is counted as `unterminated` (and is not consistent).
+# The older route, kept as an option: sample `n_candidates` images after the shape (data order)
+# and keep the one under which the caption is most likely, p(caption | shape, image).
 
 # %%
-shapes = [im.shape[:2] for im in images]
-rows = []
+if n_candidates:
+    ranked = []
+    with torch.no_grad():
+        for i, (caption, shape) in enumerate(zip(ex["reference_captions"][:k], ex["shapes"][:k])):
+            best, _ = gen.caption_to_sprite(model, caption, shape, n_candidates=n_candidates,
+                                            temperature=temperature, top_k=top_k or None, seed=seed + i)
+            ranked.append(best.images[-1])
+    figure = plots.save_figure(plots.sprite_rows({"ranked by p(caption)": ranked}, ex["references"][:k],
+                                                 ex["reference_captions"][:k],
+                                                 title="Caption -> sprite by ranking sampled images"),
+                               out / "caption_to_sprite_ranked.png")
+else:
+    figure = "n_candidates = 0: ranking skipped"
+figure
+
+# %% [markdown]
+# ## Dimension consistency: free vs constrained
+# The constrained mode masks the logits with the stream grammar, so images have exactly the
+# declared size by construction; free sampling shows what the model itself learned.
+
+# %%
+shapes = ex["shapes"]
+consistency = []
 with torch.no_grad():
     for constrained in (False, True):
         outs = gen.generate(model, [gen.shape_prompt(*s) for s in shapes], [2 * h * (w + 1) for h, w in shapes],
                             temperature=temperature, seed=seed, constrained=constrained, stop_after_segments=1)
-        rows.append({"mode": "constrained" if constrained else "free", **gen.dimension_consistency(outs)})
-consistency = pd.DataFrame(rows)
+        consistency.append({"mode": "constrained" if constrained else "free", **gen.dimension_consistency(outs)})
+consistency = pd.DataFrame(consistency)
 consistency.to_csv(out / "dimension_consistency.csv", index=False)
 consistency
 
@@ -136,8 +176,7 @@ print(f"constrained mode: {consistency.loc[1, 'share']:.0%} of the images have t
 
 # %%
 with torch.no_grad():
-    scored = evaluate.paper_metrics(model, [seqs[i] for i in test_idx], max_chunks=max_chunks or None,
-                                    train_seqs=[seqs[i] for i in train_idx], seed=seed)
+    scored = evaluate.paper_metrics(model, test_seqs, max_chunks=max_chunks or None, train_seqs=train_seqs, seed=seed)
 scored["summary"].to_csv(out / "paper_metrics.csv")
 table = evaluate.format_summary(scored["summary"])
 table.to_csv(out / "paper_metrics_formatted.csv")

@@ -22,29 +22,32 @@
 # parameters), each trained the same way and scored on held-out items with
 # - bits per token by modality (text bytes vs pixels),
 # - the paper's Hamming / cosine / BLEU, beside trivial baselines on the same prompts,
-# - free dimension consistency (does a sampled image have the declared size?),
+# - the skills report of notebook 03 (free dimension consistency in both orders, sprite ->
+#   caption group, caption -> sprite group by a sprite classifier), beside its baselines,
 # - a copy task (repeated phrase, repeated half-sprite) after a brief fine-tuning,
 # - training speed (tokens/s).
 #
-# The defaults are CPU-sized (a few minutes for all 15 configs, far from converged); the
-# Kaggle runner passes the paper's sizes (seq 256, stride 32, batch 32, 200 epochs, capped by
-# `budget_s` per config).
+# `next` runs train on windows inside items, as the paper did; `causal` runs train on whole
+# items in both segment orders with position inputs (`unit="item"`), the recipe that teaches
+# the skills. The defaults are CPU-sized (a few minutes in all, far from converged); the
+# Kaggle runner passes the paper's sizes, capped by `budget_s` per config.
 
 # %% tags=["parameters"]
 dataset = "embedded"      # "embedded", "ffurfaro/PixelBytes-Pokemon" or a parquet path
 limit = 200               # first N items only, 0 keeps all
 configs = "paper"         # "paper" (all 15) | "best" (the paper's 6 best rows) | comma-separated names
 objectives = "next"       # "next" | "causal" | "next,causal" (causal skips bidirectional / centre-only configs)
-epochs = 1                # passes over the training windows...
+unit = "item"             # causal runs' samples: item (whole items, both orders, positions) | window
+epochs = 1                # passes over the training samples...
 max_steps = 40            # ...or this many optimizer steps per config, 0 means use epochs
 budget_s = 0              # wall-clock seconds of training per config (timing probe), 0 means no cap
-seq_length = 64           # tokens per training window
-stride = 32               # tokens between window starts
+seq_length = 64           # window samples: tokens per training window
+stride = 32               # window samples: tokens between window starts
 test_size = 0.1           # share of items held out for every evaluation
-batch_size = 16           # windows per optimizer step
+batch_size = 16           # samples per optimizer step
 lr = 3e-3                 # AdamW peak learning rate (cosine decay to lr / 10)
 max_chunks = 16           # paper metrics: 80-token chunks of held-out items scored, 0 scores all
-n_samples = 3             # held-out shapes for dimension consistency and captions for the sprite grid
+skill_items = 8           # held-out items of the skills report per config, 0 skips it
 copy_items = 32           # copy task: fine-tuning items per kind (text, image), 0 skips the task
 copy_steps = 20           # copy task: fine-tuning steps per config
 seed = 0
@@ -62,28 +65,20 @@ import pandas as pd
 import torch
 
 from pixelbyte import compare, data, plots
+from pixelbyte.config import DataConfig
 from pixelbyte.models import PAPER_RESULTS_SOURCE, parameter_table, paper_config
 from pixelbyte.params import check
 
-check("dataset", dataset, str)
 check("configs", configs, str)
 check("objectives", objectives, str)
-for name, value, minimum in (("limit", limit, 0), ("epochs", epochs, 1), ("max_steps", max_steps, 0),
-                             ("seq_length", seq_length, 1), ("stride", stride, 1), ("batch_size", batch_size, 1),
-                             ("max_chunks", max_chunks, 0), ("n_samples", n_samples, 0),
-                             ("copy_items", copy_items, 0), ("copy_steps", copy_steps, 0), ("seed", seed, 0),
-                             ("threads", threads, 0)):
-    check(name, value, int, minimum=minimum)
-check("budget_s", budget_s, float, minimum=0)
-check("lr", lr, float)
-check("test_size", test_size, float)
-check("device", device, str, choices=("auto", "cpu", "cuda"))
+check("threads", threads, int, minimum=0)
+data_cfg = DataConfig(source=dataset, limit=limit or None, test_size=test_size)
+cfg = compare.CompareConfig(unit=unit, seq_length=seq_length, stride=stride, batch_size=batch_size, lr=lr,
+                            epochs=epochs, max_steps=max_steps, budget_s=budget_s, max_chunks=max_chunks,
+                            skill_items=skill_items, copy_items=copy_items, copy_steps=copy_steps, seed=seed,
+                            device=device)
 if threads:
     torch.set_num_threads(threads)
-cfg = compare.CompareConfig(seq_length=seq_length, stride=stride, batch_size=batch_size, lr=lr, epochs=epochs,
-                            max_steps=max_steps, budget_s=float(budget_s), test_size=test_size,
-                            max_chunks=max_chunks, n_samples=n_samples, copy_items=copy_items,
-                            copy_steps=copy_steps, seed=seed, device=device)
 runs, skipped = compare.plan(configs, objectives)
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
@@ -108,29 +103,34 @@ parameter_table({name: paper_config(name) for name in dict.fromkeys(n for n, _ i
 # split).
 
 # %%
-items = data.load_pixelbytes(dataset, limit=limit or None)
-seqs = data.sequences(items)
+seqs = data.load(data_cfg)
 stats = data.token_stats(seqs)
-print(f"{len(items)} items from {dataset!r}: {stats['tokens']:,} tokens, {stats['pixel_share']:.0%} pixels")
+print(f"{len(seqs)} items from {dataset!r}: {stats['tokens']:,} tokens, {stats['pixel_share']:.0%} pixels")
 
 # %% [markdown]
 # ## Train and evaluate every configuration
 # Every run starts from the same seed and trains for the same number of steps (`max_steps`,
-# else `epochs`) unless `budget_s` caps it: then a short timing probe sets the step count, so
-# each configuration gets about the same training wall-clock and the learning-rate schedule
-# still ends where training ends. With `budget_s = 0` the table is the same for the same seed.
+# else `epochs`) unless `budget_s` caps it: then the first steps are timed and fix the step
+# count, so each configuration gets about the same training wall-clock and the learning-rate
+# schedule still ends where training ends. With `budget_s = 0` the table is the same for the
+# same seed. The skills columns come from `skills.measure` on `skill_items` held-out items
+# (their baselines are below the table).
 # The copy scores come from a copy of each trained model fine-tuned `copy_steps` steps on
 # `copy_items` synthetic copy items per kind (text: a phrase repeated; image: a 6x6 sprite
 # whose bottom half repeats its top half), scored greedily on held-out items of those kinds.
 
 # %%
-result = compare.compare(seqs, configs, objectives, cfg, out_dir=out)
+result = compare.compare(seqs, configs, objectives, cfg, out_dir=out, data_cfg=data_cfg)
 table = result.table
 table.to_csv(out / "comparison.csv", index=False)
 result.histories.to_csv(out / "histories.csv", index=False, float_format="%.6g")
 result.baselines.to_csv(out / "baselines.csv", index=False)
 result.skipped.to_csv(out / "skipped.csv", index=False)
 compare.display_table(table)
+
+# %%
+result.skill_baselines.to_csv(out / "skill_baselines.csv", index=False)
+result.skill_baselines
 
 # %% [markdown]
 # What each column is:
@@ -188,19 +188,16 @@ result.baselines.set_index("method")[[f"{m}_{s}" for m in ("hamming", "cosine", 
 
 # %% [markdown]
 # ## Caption -> sprite, best run of each family
-# For held-out captions and their declared shapes, the best run (lowest Hamming) of each family
-# samples a few images in constrained mode (rows exactly as declared) and keeps the one under
-# which the caption is most likely (`generate.caption_to_sprite`).
+# For held-out captions and their declared shapes, the best run of each family (highest skills)
+# draws the sprite after the caption (caption-first order, rows kept to the declared shape).
 
 # %%
-if n_samples:
-    held_out = items.select(result.splits.test_idx[:n_samples])
-    references = [np.asarray(im.convert("RGB")) for im in held_out["image"]]
-    sprites = compare.family_sprites(result, held_out["caption"], [im.shape[:2] for im in references], seed=seed)
-    figure = plots.save_figure(plots.sprite_rows(sprites, references, held_out["caption"],
+references, captions, sprites = compare.family_sprites(result)
+if sprites:
+    figure = plots.save_figure(plots.sprite_rows(sprites, references, captions,
                                                  title="Caption -> sprite: held-out reference, then the "
                                                        "best run of each family"),
                                out / "family_sprites.png")
 else:
-    figure = "n_samples = 0: no sprites drawn"
+    figure = "skill_items = 0: no sprites drawn"
 figure

@@ -1,2 +1,21 @@
 """PixelByte: text and pixel images in one token stream."""
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+try:
+    __version__ = version("pixelbyte")      # one source: pyproject.toml, through the installed metadata
+except PackageNotFoundError:                # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -13,7 +13,6 @@ costs one int64 start offset per window, not a copy of the window.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from . import tokenizer as tok
+from .config import EMBEDDED, HUB_DATASET, OBJECTIVES, DataConfig, RunConfig, SampleConfig  # noqa: F401
 
-EMBEDDED = "embedded"
 EMBEDDED_PATH = Path(__file__).parent / "data" / "emoji_sprites.parquet"
-HUB_DATASET = "ffurfaro/PixelBytes-Pokemon"
-OBJECTIVES = ("next", "causal")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,22 +153,13 @@ def split_items(n_items: int, test_size: float = 0.1, seed: int = 0) -> tuple[np
 
 
 # ---------------------------------------------------------------------------------------------
-# Windows
+# Training samples: windows inside items (the paper's) or whole items
 
 
-@dataclass
-class WindowConfig:
-    seq_length: int = 256
-    stride: int = 32
-    objective: str = "next"
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        for name in ("seq_length", "stride"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _check_positive(**values):
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class WindowDataset(Dataset):
@@ -187,18 +175,23 @@ class WindowDataset(Dataset):
     ``x`` is int64 (L, 3, 3); ``y`` is int64 () for next, (L,) for causal.
     """
 
-    def __init__(self, seqs: list[np.ndarray], cfg: WindowConfig):
+    def __init__(self, seqs: list[np.ndarray], seq_length: int = 256, stride: int = 32,
+                 objective: str = "next"):
         if not seqs:
             raise ValueError("no sequences given: the dataset is empty")
-        self.cfg = cfg
-        L, need = cfg.seq_length, cfg.seq_length + (1 if cfg.objective == "next" else 0)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        _check_positive(seq_length=seq_length, stride=stride)
+        self.seq_length, self.stride, self.objective = seq_length, stride, objective
+        L, need = seq_length, seq_length + (1 if objective == "next" else 0)
         lengths = np.array([len(s) for s in seqs])
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        starts = [off + np.arange(0, n - need + 1, cfg.stride) for off, n in zip(offsets, lengths) if n >= need]
+        starts = [off + np.arange(0, n - need + 1, stride) for off, n in zip(offsets, lengths) if n >= need]
         if not starts:
             raise ValueError(
-                f"seq_length={L} (objective {cfg.objective!r} needs {need} tokens) is longer than "
-                f"every item (longest: {lengths.max()} tokens); lower seq_length")
+                f"seq_length={L} (objective {objective!r} needs {need} tokens) is longer than "
+                f"every item (longest: {lengths.max()} tokens); lower seq_length or use whole-item "
+                f"samples (unit='item')")
         self.tokens = np.concatenate(seqs).astype(np.uint8, copy=False)   # (N, 3, 3), 9 B/token
         self.starts = np.concatenate(starts).astype(np.int64)            # (n_samples,)
         self.n_items = int((lengths >= need).sum())
@@ -207,31 +200,153 @@ class WindowDataset(Dataset):
         return len(self.starts)
 
     def __getitem__(self, i: int):
-        s, L = int(self.starts[i]), self.cfg.seq_length
+        s, L = int(self.starts[i]), self.seq_length
         x = torch.from_numpy(self.tokens[s:s + L]).long()              # (L, 3, 3)
-        if self.cfg.objective == "next":
+        if self.objective == "next":
             return x, torch.tensor(int(self.tokens[s + L, 1, 1]))
         y = x[:, 1, 1].clone()                                         # (L,)
         x[:, 1, 1] = 0
         return x, y
 
+    def epoch_order(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        """The order of one epoch's samples: a plain shuffle."""
+        return torch.randperm(len(self), generator=generator)
+
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
 
+    def describe(self, batch_size: int | None = None) -> dict:
+        """What the samples are (``batch_size`` as for ``ItemDataset``; windows are never padded)."""
+        return {"unit": "window", "samples": len(self), "items": self.n_items, "tokens": self.n_tokens,
+                "seq_length": self.seq_length, "stride": self.stride, "objective": self.objective}
 
-def make_datasets(seqs: list[np.ndarray], cfg: WindowConfig, test_size: float = 0.1,
-                  seed: int = 0) -> tuple[WindowDataset, WindowDataset]:
-    """Split items deterministically, then window each side."""
-    train_idx, test_idx = split_items(len(seqs), test_size, seed)
-    return (WindowDataset([seqs[i] for i in train_idx], cfg),
-            WindowDataset([seqs[i] for i in test_idx], cfg))
+
+ITEM_ORDERS = {"data": ("data",), "caption_first": ("caption_first",), "both": ("data", "caption_first")}
+
+
+class ItemDataset(Dataset):
+    """Whole items as ``causal`` samples: ``x`` = the item's windows with centres zeroed
+    (L_i, 3, 3), ``y`` = its tokens (L_i,). So a sample always holds a declared shape with its
+    whole image and its caption: the model sees where an image ends (shared/reference/whole_items.md).
+
+    ``orders``: "data" (shape, image, caption), "caption_first" (caption, shape, image: drawing
+    conditioned on a caption), or "both" (every item once in each order). Batches are padded
+    to their longest item (``collate``; padding is id 0, which the loss ignores) and cut from
+    groups of ``bucket`` batches sorted by length, so little of a batch is padding
+    (``padding_share``). Samples are stored sorted by length: evaluation in index order pads
+    little too; ``source_index[i]`` is the position in ``seqs`` of sample i.
+    """
+
+    objective = "causal"
+
+    def __init__(self, seqs: list[np.ndarray], orders: str = "data", bucket: int = 16):
+        if not seqs:
+            raise ValueError("no sequences given: the dataset is empty")
+        if orders not in ITEM_ORDERS:
+            raise ValueError(f"orders must be one of {list(ITEM_ORDERS)}, got {orders!r}")
+        _check_positive(bucket=bucket)
+        samples = [(i, tok.reorder(s, order)) for i, s in enumerate(seqs) for order in ITEM_ORDERS[orders]]
+        samples.sort(key=lambda pair: len(pair[1]))                      # stable: ties keep their order
+        self.source_index = np.array([i for i, _ in samples], dtype=np.int64)
+        self.items = [s for _, s in samples]                              # (L_i, 3, 3) uint8 each
+        self.lengths = np.array([len(s) for s in self.items], dtype=np.int64)
+        self.orders, self.bucket, self.n_items = orders, bucket, len(seqs)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.items[i]).long()                       # (L_i, 3, 3)
+        y = x[:, 1, 1].clone()                                            # (L_i,)
+        x[:, 1, 1] = 0
+        return x, y
+
+    @staticmethod
+    def collate(batch):
+        """[(x (L_i, 3, 3), y (L_i,))] -> x (B, L_max, 3, 3), y (B, L_max), zero-padded at the end."""
+        longest = max(len(y) for _, y in batch)
+        x = torch.zeros(len(batch), longest, 3, 3, dtype=torch.long)
+        y = torch.zeros(len(batch), longest, dtype=torch.long)
+        for b, (xi, yi) in enumerate(batch):
+            x[b, :len(yi)], y[b, :len(yi)] = xi, yi
+        return x, y
+
+    def epoch_order(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        """One epoch's order whose consecutive ``batch_size`` blocks are batches of similar
+        lengths: shuffle, sort each group of ``bucket`` batches by length, shuffle the batches."""
+        order = torch.randperm(len(self), generator=generator)
+        group = batch_size * self.bucket
+        chunks = [order[g:g + group] for g in range(0, len(order), group)]
+        order = torch.cat([c[torch.from_numpy(np.argsort(self.lengths[c.numpy()], kind="stable"))]
+                           for c in chunks])
+        n_batches = len(order) // batch_size
+        batches = order[:n_batches * batch_size].view(n_batches, batch_size)
+        shuffled = batches[torch.randperm(n_batches, generator=generator)].reshape(-1)
+        return torch.cat([shuffled, order[n_batches * batch_size:]])
+
+    def padding_share(self, batch_size: int, seed: int = 0) -> float:
+        """Share of the padded batch tensor that is padding, over one epoch of ``epoch_order``."""
+        order = self.epoch_order(torch.Generator().manual_seed(seed), batch_size).numpy()
+        n = len(order) // batch_size * batch_size
+        lengths = self.lengths[order[:n]].reshape(-1, batch_size)
+        padded = lengths.max(1).sum() * batch_size
+        return float(1 - lengths.sum() / padded) if padded else 0.0
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def describe(self, batch_size: int | None = None) -> dict:
+        info = {"unit": "item", "samples": len(self), "items": self.n_items, "tokens": self.n_tokens,
+                "orders": self.orders, "bucket": self.bucket,
+                "length_min": int(self.lengths.min()), "length_max": int(self.lengths.max())}
+        if batch_size:
+            info["padding_share"] = self.padding_share(batch_size)
+        return info
+
+
+def evenly_spaced(n_total: int, n: int | None) -> np.ndarray:
+    """``n`` indices spread evenly over ``range(n_total)`` (all of them when n is None or larger):
+    a subset for quick evaluation that is not biased to one end of a sorted dataset (items
+    sorted by length, emoji sorted by category)."""
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(np.int64))
+
+
+def make_samples(seqs: list[np.ndarray], samples: SampleConfig, objective: str):
+    """The training samples ``samples`` describes, for a model trained with ``objective``."""
+    if samples.unit == "item":
+        if objective != "causal":
+            raise ValueError("whole-item samples (unit='item') need objective='causal'")
+        return ItemDataset(seqs, samples.orders, samples.bucket)
+    return WindowDataset(seqs, samples.seq_length, samples.stride, objective)
+
+
+def split(seqs: list, data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) item indices of a run's data (``split_items`` with its settings)."""
+    return split_items(len(seqs), data_cfg.test_size, data_cfg.split_seed)
+
+
+def make_datasets(seqs: list[np.ndarray], run: RunConfig):
+    """Split the items as ``run.data`` says, then cut each side into ``run.samples``."""
+    train_idx, test_idx = split(seqs, run.data)
+    return (make_samples([seqs[i] for i in train_idx], run.samples, run.model.objective),
+            make_samples([seqs[i] for i in test_idx], run.samples, run.model.objective))
+
+
+def load(data_cfg: DataConfig) -> list[np.ndarray]:
+    """A run's items as pixelbyte sequences: ``load_pixelbytes(source, limit)``."""
+    return sequences(load_pixelbytes(data_cfg.source, limit=data_cfg.limit))
 
 
 def token_stats(seqs: list[np.ndarray]) -> dict:
-    """Token counts by modality (pixels vs text bytes) over a list of sequences."""
+    """Token counts by modality (``tokenizer.MODALITIES``) over a list of sequences."""
     centres = np.concatenate([tok.centre_ids(s) for s in seqs])
-    pixels = int(tok.is_colour(centres).sum())
-    return {"items": len(seqs), "tokens": len(centres), "pixel_tokens": pixels,
-            "text_tokens": len(centres) - pixels, "pixel_share": pixels / max(1, len(centres)),
+    counts = np.bincount(tok.modality(centres.astype(np.int64)), minlength=len(tok.MODALITIES))
+    n = max(1, len(centres))
+    return {"items": len(seqs), "tokens": len(centres),
+            **{f"{name}_tokens": int(c) for name, c in zip(tok.MODALITIES, counts)},
+            **{f"{name}_share": float(c / n) for name, c in zip(tok.MODALITIES, counts)},
             "mean_length": float(np.mean([len(s) for s in seqs]))}

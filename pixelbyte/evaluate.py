@@ -19,8 +19,8 @@ dicts of numbers; ``df.to_csv(path)`` saves them. No plotting here.
    (everything before the chunk, then the prompt), so its "row above" comes from the real image
    rows even when they lie before the chunk. The model itself is fed only the 64 prompt
    windows (the dataset's own windows) and its generated tokens.
-2. ``token_metrics``: next-token accuracy and bits per token over a ``WindowDataset``, split by
-   modality of the target token (pixel = colour ids, text = byte ids, separator = pad/\\t/\\n).
+2. ``token_metrics``: accuracy and bits per token of the model's objective over a dataset, split
+   by modality of the target token (``tokenizer.MODALITIES``), the same numbers as training's.
 3. Copy tasks in the PixelBytes format (image rows repeated, caption repeated, selective copy)
    with ``copy_task_dataset`` for training and ``score_copy`` for greedy exact-copy accuracy.
 """
@@ -36,7 +36,9 @@ import torch
 from scipy.spatial import distance
 
 from . import tokenizer as tok
+from .data import evenly_spaced
 from .generate import Generator
+from .models import loss_sums, metrics_from_sums
 
 CHUNK, PROMPT, GENERATED = 80, 64, 16
 METRICS = ("hamming", "cosine", "bleu")
@@ -201,54 +203,38 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Token-level metrics
 
-MODALITIES = ("all", "text", "pixel", "separator")
-
-
-def modality(token_ids) -> np.ndarray:
-    """'pixel' (colour ids), 'text' (byte ids 3..57) or 'separator' (pad, \\t, \\n) per token."""
-    ids = np.asarray(token_ids)
-    return np.where(tok.is_colour(ids), "pixel", np.where(ids >= tok.SPACE_ID, "text", "separator"))
-
 
 def token_metrics(model, dataset, batch_size: int = 64, max_batches: int | None = None) -> pd.DataFrame:
-    """Accuracy (argmax) and bits per token over a ``data.WindowDataset``, by modality of the
-    target token. ``next``: one target per window (the token after it), from the last
-    position's logits; ``causal``: every position's own token (overlapping windows count a
-    token once per window that holds it). The model's objective must match the dataset's."""
-    objective = dataset.cfg.objective
-    model_objective = getattr(getattr(model, "config", None), "objective", objective)
-    if model_objective != objective:
+    """Accuracy (argmax) and bits per token of the model's objective over a dataset
+    (``data.WindowDataset`` or ``ItemDataset``), overall and by modality of the target token
+    (``tokenizer.MODALITIES``: text bytes, pixels, structure = pad / \t / \n). The numbers come
+    from ``models.loss_sums``, as the Trainer's, so the two agree on the same model and data.
+    ``next``: one target per window; ``causal``: every position's own token, padding excluded."""
+    model_objective = getattr(getattr(model, "config", None), "objective", None)
+    data_objective = getattr(dataset, "objective", model_objective)
+    if model_objective != data_objective:
         raise ValueError(f"model objective {model_objective!r} does not match the dataset's "
-                         f"{objective!r}: build the WindowDataset with objective={model_objective!r}")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+                         f"{data_objective!r}: build the samples with objective={model_objective!r}")
+    chosen = evenly_spaced(len(dataset), None if max_batches is None else max_batches * batch_size)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, chosen.tolist()), batch_size=batch_size,
+                                         shuffle=False, collate_fn=getattr(dataset, "collate", None))
     params = next(iter(model.parameters()), None)
     device = params.device if params is not None else torch.device("cpu")
-    targets, losses, correct = [], [], []
+    sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for b, (x, y) in enumerate(loader):
-                if max_batches is not None and b >= max_batches:
-                    break
-                logits = model(x.to(device)).float()                       # (B, L, V)
-                if objective == "next":
-                    logits = logits[:, -1]                                 # (B, V)
-                logits, y = logits.reshape(-1, logits.shape[-1]).cpu(), y.reshape(-1)
-                losses.append(torch.nn.functional.cross_entropy(logits.double(), y, reduction="none").numpy())
-                correct.append((logits.argmax(-1) == y).numpy())
-                targets.append(y.numpy())
+            for x, y in loader:
+                logits, _ = model(x.to(device))                           # (B, L, V)
+                sums += loss_sums(*model.select(logits, y.to(device))).cpu()
     finally:
         model.train(was_training)
-    targets, losses, correct = map(np.concatenate, (targets, losses, correct))
-    kinds = modality(targets)
-    rows = []
-    for kind in MODALITIES:
-        sel = np.ones(len(targets), bool) if kind == "all" else kinds == kind
-        n = int(sel.sum())
-        rows.append({"modality": kind, "tokens": n,
-                     "accuracy": float(correct[sel].mean()) if n else float("nan"),
-                     "bits_per_token": float(losses[sel].mean() / np.log(2)) if n else float("nan")})
+    metrics = metrics_from_sums(sums)
+    rows = [{"modality": "all", "tokens": int(sums[:, 0].sum()), "accuracy": metrics["accuracy"],
+             "bits_per_token": metrics["bits_per_token"]}]
+    rows += [{"modality": name, "tokens": int(sums[k, 0]), "accuracy": metrics[f"acc_{name}"],
+              "bits_per_token": metrics[f"bpt_{name}"]} for k, name in enumerate(tok.MODALITIES)]
     return pd.DataFrame(rows)
 
 

@@ -281,7 +281,8 @@ def _as_ids(prompt) -> list[int]:
 
 def _as_batch(prompts) -> list[list[int]]:
     """One prompt (ids or (L, 3, 3) windows) or a list of prompts -> list of id lists.
-    Arrays: (L,) or (L, 3, 3) is one prompt, (B, L) or (B, L, 3, 3) a batch."""
+    Arrays: (L,) or (L, 3, 3) is one prompt, (B, L) or (B, L, 3, 3) a batch. An empty list is
+    refused: it could mean no prompt or one empty prompt (write ``[[]]`` for that)."""
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.cpu().numpy()
     if isinstance(prompts, np.ndarray):
@@ -289,15 +290,24 @@ def _as_batch(prompts) -> list[list[int]]:
         if prompts.ndim == (4 if is_windows else 2):
             return [_as_ids(p) for p in prompts]
         return [_as_ids(prompts)]
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("a prompt is token ids, not text: build it with text_ids(), shape_prompt(), ...")
     prompts = list(prompts)
-    if all(isinstance(p, (int, np.integer)) for p in prompts):     # a single id list ([] too)
+    if not prompts:
+        raise ValueError("prompts is empty: pass [[]] for one empty prompt (a causal model can start "
+                         "from nothing), or at least one prompt")
+    if all(isinstance(p, (int, np.integer)) for p in prompts):     # a single id list
         return [_as_ids(prompts)]
     return [_as_ids(p) for p in prompts]
 
 
 def _per_row(value, n: int, name: str) -> list:
+    """A per-batch value (int, None) or one value per prompt -> a list of n values."""
     if value is None or isinstance(value, (int, np.integer)):
         return [value] * n
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise TypeError(f"{name}={value!r}: expected an integer (for every prompt) or one value per "
+                        f"prompt, got {type(value).__name__}")
     value = list(value)
     if len(value) != n:
         raise ValueError(f"{name} has {len(value)} entries for {n} prompts")
@@ -307,8 +317,9 @@ def _per_row(value, n: int, name: str) -> list:
 class Generator:
     """Token-by-token generation for any model that follows the contract.
 
-    ``window``: how many past positions the window re-run feeds (default: the model's
-    ``config.seq_length`` if it has one, else 256, the original training length).
+    ``window``: how many past positions the window re-run feeds (default: what the model's run
+    was trained to see, ``run.context_length``; the whole stream for models with positions or
+    trained on whole items; else 256, the original training length).
     ``use_state``: True = ``model.step`` with the recurrent state (causal models only; the
     default for them), False = re-run ``model.forward`` over the last ``window`` positions for
     every new token (the only option for bidirectional models, and what the original code did).
@@ -324,11 +335,17 @@ class Generator:
         if self.use_state and not self.is_causal:
             raise ValueError("use_state=True needs a causal model (model.is_causal is False: a "
                              "bidirectional model must re-run its window, use_state=False)")
-        if window is None:
-            window = getattr(getattr(model, "config", None), "seq_length", None) or DEFAULT_WINDOW
-        if not isinstance(window, int) or window < 1:
+        # models that read positions from the stream must be fed it from its start
+        self.feeds_history = bool(getattr(getattr(model, "config", None), "positions", False))
+        if window is None and not self.feeds_history:   # what the model was trained to see (its
+            run = getattr(model, "run", None)           # run), else the paper's 256
+            window = run.context_length if run is not None and run.samples is not None else DEFAULT_WINDOW
+        if window is not None and (not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be a positive integer, got {window!r}")
-        self.window = window
+        if window is not None and self.feeds_history and not self.use_state:
+            raise ValueError("window: a model with positions reads them from the whole stream; a window "
+                             "that cuts the stream would give it wrong positions (leave window=None)")
+        self.window = window      # None: the whole history (models trained on whole items)
         self.max_side = max_side
         params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
@@ -341,9 +358,9 @@ class Generator:
             return logits[rows].float().cpu(), state                     # (R, V)
         if not rows:
             return None, state
-        lo = max(0, t + 1 - self.window)
+        lo = 0 if self.window is None else max(0, t + 1 - self.window)
         x = torch.from_numpy(fed[rows, lo:t + 1]).to(self.device)       # (R, t+1-lo, 3, 3)
-        return self.model(x)[:, -1].float().cpu(), state                 # (R, V)
+        return self.model(x)[0][:, -1].float().cpu(), state              # (R, V)
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -384,8 +401,9 @@ class Generator:
         """
         prompts = _as_batch(prompts)
         n = len(prompts)
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         stop_segments = _per_row(stop_after_segments, n, "stop_after_segments")
@@ -409,6 +427,11 @@ class Generator:
         if isinstance(seed, (int, np.integer)):
             seeds = [int(seed) + i for i in range(n)]
         rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        user_prompts, user_histories = prompts, histories
+        if self.feeds_history:   # the history becomes part of what is fed (not of the output)
+            prompt_windows = [None if w is None else np.concatenate([tok.windows_from_ids(h), w])
+                              for h, w in zip(histories, prompt_windows)]
+            prompts, histories = [h + p for h, p in zip(histories, prompts)], [[] for _ in range(n)]
 
         builders = [tok.ContextBuilder() for _ in range(n)]
         for b, h in zip(builders, histories):
@@ -485,7 +508,7 @@ class Generator:
             if was_training and hasattr(self.model, "train"):
                 self.model.train()
         return [Generation(prompt=list(p), new=nw, stop_reason=s, logprobs=lp, history=h)
-                for p, nw, s, lp, h in zip(prompts, new, stop, logprobs, histories)]
+                for p, nw, s, lp, h in zip(user_prompts, new, stop, logprobs, user_histories)]
 
 
 def generate(model, prompts, max_new_tokens: int | Sequence[int], *, window: int | None = None,

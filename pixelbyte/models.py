@@ -1,19 +1,25 @@
 """Models over pixelbyte windows: LSTM (PixelRNN-like), attention (Image-Transformer-like) and
-BysMamba, behind one class, ``PixelByteModel(ModelConfig)``.
+BysMamba, behind one class, ``PixelByteModel(ModelConfig)``, which owns its objective's loss.
 
-    model = PixelByteModel(ModelConfig(model="bysmamba", dim=81, hidden=64, depth=2))
-    logits = model(x)                       # x : (B, L, 3, 3) long -> logits : (B, L, V)
+    model = PixelByteModel(ModelConfig(model="bysmamba", dim=81, hidden=64, depth=2, objective="causal"))
+    logits, loss = model(x, targets)        # x : (B, L, 3, 3) long -> logits (B, L, V), loss ()
     state = model.init_state(batch_size=1)  # causal models only: decode token by token
     logits_t, state = model.step(x_t, state)                  # x_t : (B, 3, 3) -> (B, V)
-    model.save_pretrained("ckpt"); PixelByteModel.from_pretrained("ckpt")
+    model.save_pretrained("ckpt"); PixelByteModel.from_pretrained("ckpt", backend="torch")
 
-Every model is  embedding -> backbone -> LayerNorm -> linear head  with logits at every position.
-What the logits at position t mean is the objective's business (see docs/CONTRACTS.md): ``next``
-feeds full windows and reads the last logits as the next token; ``causal`` feeds windows whose
-centre is zeroed and reads the logits at t as token t.
+Every model is  embedding [+ positions] -> backbone -> LayerNorm -> linear head  with logits at
+every position. What they mean is the objective's (``select``):
+- ``next`` (the paper's): feed full windows; the last position's logits predict the token after
+  the window, ``targets`` (B,);
+- ``causal``: feed windows whose centre is zeroed; the logits at t predict token t itself,
+  ``targets`` (B, L), padding (id 0) ignored -- whole items of different lengths share a batch.
 
 Embeddings (``embedding``): ``pxby`` embeds the 9 cells of the 3x3 window (optionally mixed with a
-3x3 conv, ``conv``), ``center`` embeds the centre token only.
+3x3 conv, ``conv``), ``center`` embeds the centre token only. ``positions`` adds learned
+embeddings of where the predicted token sits -- segment, row and column inside it, the declared
+(h, w) of the image and the rows / columns left -- read from the causal windows of the stream
+(``tokenizer.previous_ids`` + ``stream_positions``), so they depend on the past only. Counting
+rows is what a model finds hardest in this format (shared/reference/whole_items.md).
 Backbones (``model``):
 - ``lstm``: a stack of ``depth`` LSTM layers of ``hidden`` cells; the first one may be
   bidirectional (its two directions get hidden // 2 cells each, concatenated back to one width).
@@ -36,146 +42,27 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+import warnings
+from dataclasses import asdict, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 
-from .mamba import BACKENDS, SCAN_IMPLS, Mamba
-from .tokenizer import VOCAB_SIZE
+from . import tokenizer as tok
+from .config import EMBEDDINGS, MODELS, OBJECTIVES, RUNTIME_FIELDS, ModelConfig, RunConfig  # noqa: F401
+from .mamba import Mamba
 
-MODELS = ("lstm", "attention", "bysmamba")
-EMBEDDINGS = ("pxby", "center")
-OBJECTIVES = ("next", "causal")
-MAX_AUTO_HEADS = 4
 PARAMETER_BUDGET = 100_000  # the paper: "all models under 100k parameters"
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass
-class ModelConfig:
-    model: str = "lstm"           # lstm | attention | bysmamba
-    bidirectional: bool = False   # lstm: first layer; bysmamba: first and last layers; attention: no mask
-    embedding: str = "pxby"       # pxby: the 3x3 window | center: the centre token only
-    conv: bool = True             # pxby only: mix each cell with a 3x3 conv of the window
-    dim: int = 81                 # embedding / model width
-    hidden: int = 64              # lstm: cells per layer | bysmamba: Mamba d_state | attention: FFN width
-    depth: int = 2                # layers (LSTM layers, Mamba blocks, transformer blocks)
-    d_conv: int = 4               # bysmamba: causal conv width
-    expand: int = 2               # bysmamba: d_inner = expand * dim
-    n_heads: int | str = 4        # attention: heads, or "auto" = the largest count <= 4 dividing dim
-    proj_size: int = 0            # lstm: project each layer's output h_t to this size (0 = off)
-    vocab_size: int = VOCAB_SIZE  # 113 tokens
-    dropout: float = 0.0          # after the embedding, between LSTM layers, on residual branches
-    backend: str = "auto"         # bysmamba: Mamba backend, auto | cuda | torch
-    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile) | reference
-    objective: str = "next"       # next | causal (what the model is trained for; see module doc)
-
-    def __post_init__(self):
-        def fail(name, allowed):
-            raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
-
-        def positive_int(name, minimum=1):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                fail(name, f"expected an integer >= {minimum}")
-
-        if self.model not in MODELS:
-            fail("model", f"allowed values are {list(MODELS)}")
-        if self.embedding not in EMBEDDINGS:
-            fail("embedding", f"allowed values are {list(EMBEDDINGS)}")
-        if self.objective not in OBJECTIVES:
-            fail("objective", f"allowed values are {list(OBJECTIVES)}")
-        if self.backend not in BACKENDS:
-            fail("backend", f"allowed values are {list(BACKENDS)}")
-        if self.scan_impl not in SCAN_IMPLS:
-            fail("scan_impl", f"allowed values are {list(SCAN_IMPLS)}")
-        for name in ("bidirectional", "conv"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "expected True or False")
-        for name in ("dim", "hidden", "depth", "d_conv", "expand"):
-            positive_int(name)
-        positive_int("vocab_size", minimum=2)
-        positive_int("proj_size", minimum=0)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
-            fail("dropout", "expected a number in [0, 1)")
-        if self.n_heads != "auto" and (isinstance(self.n_heads, bool) or not isinstance(self.n_heads, int)
-                                       or self.n_heads < 1):
-            fail("n_heads", "expected a positive integer or 'auto'")
-
-        # combinations
-        if self.bidirectional and self.objective == "causal":
-            raise ValueError(
-                "ModelConfig: bidirectional=True with objective='causal' is not allowed: a "
-                "bidirectional model sees the future of every position, so its logits at t would "
-                "read token t itself. Bidirectional models are only legal with objective='next' "
-                "(predict the token after the window).")
-        if self.embedding == "center" and self.conv:
-            raise ValueError("ModelConfig: conv=True needs embedding='pxby' (the conv mixes the "
-                             "cells of the 3x3 window; embedding='center' has one cell). "
-                             "Use conv=False with embedding='center'.")
-        if self.embedding == "center" and self.objective == "causal":
-            raise ValueError("ModelConfig: embedding='center' with objective='causal' sees nothing: "
-                             "causal inputs have their centre zeroed, so every input would be 0. "
-                             "Use embedding='pxby' or objective='next'.")
-        if self.proj_size and self.model != "lstm":
-            fail("proj_size", f"it is an LSTM option; use 0 with model={self.model!r}")
-        if self.proj_size and self.proj_size >= self.hidden:
-            fail("proj_size", f"must be 0 (off) or smaller than hidden={self.hidden}")
-        if self.model == "lstm" and self.bidirectional:
-            for name in ("hidden", "proj_size"):
-                if getattr(self, name) % 2:
-                    fail(name, "a bidirectional LSTM layer splits it between its two directions: "
-                               "use an even number")
-        if self.model == "attention" and self.head_dim < 2:
-            fail("n_heads", f"dim={self.dim} / n_heads gives head_dim={self.head_dim}; rotary "
-                            f"positions need head_dim >= 2")
-
-    # --- derived
-    @property
-    def heads(self) -> int:
-        """Attention heads: n_heads, or for "auto" the largest count <= 4 that divides dim."""
-        if self.n_heads == "auto":
-            return max(h for h in range(1, MAX_AUTO_HEADS + 1) if self.dim % h == 0)
-        return self.n_heads
-
-    @property
-    def head_dim(self) -> int:
-        """ceil(dim / heads): when heads does not divide dim (dim 81, 4 heads) the attention works
-        at width heads * head_dim (84) inside and projects back to dim."""
-        return -(-self.dim // self.heads)
-
-    @property
-    def is_causal(self) -> bool:
-        return not self.bidirectional
-
-    @property
-    def name(self) -> str:
-        """Short name in the paper's axes, e.g. 'rnn_bi_pxby_conv_81_32_2' (other fields not shown)."""
-        family = {model: prefix for prefix, model in FAMILIES.items()}[self.model]
-        return "_".join([family, "bi" if self.bidirectional else "uni", self.embedding,
-                         "conv" if self.conv else "noconv", str(self.dim), str(self.hidden), str(self.depth)])
-
-    # --- (de)serialisation
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        if not isinstance(data, dict):
-            raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
-        return cls(**data)
+# Models shipped inside the package, loadable by name: PixelByteModel.from_pretrained("pretrained")
+PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
+PRETRAINED = {"pretrained": os.path.join(PRETRAINED_DIR, "emoji"),
+              "pixelbyte-emoji": os.path.join(PRETRAINED_DIR, "emoji")}
+RUN_NAME = "run.json"       # the RunConfig saved beside config.json and the weights
+METADATA_KEY = "pixelbyte_model_config"   # the ModelConfig inside the safetensors header
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +108,43 @@ class CenterEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.token(x[:, :, 1, 1]))            # (B, L, dim)
+
+
+class PositionEmbed(nn.Module):
+    """Learned embeddings of where each predicted token sits, summed: segment index, row and
+    column inside the segment, the declared image height and width, and the rows and columns
+    left to draw (0 when nothing is declared). Read from masked windows of a stream that starts
+    at position 0 (``tokenizer.previous_ids``), so position t depends on tokens < t only."""
+
+    MAX_SEGMENT = 7
+    MAX_SIDE = tok.MAX_IMAGE_SIDE + 2       # rows, columns (row end included), sides
+
+    def __init__(self, dim: int):
+        super().__init__()
+        sizes = [self.MAX_SEGMENT + 1] + [self.MAX_SIDE + 1] * 6
+        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in sizes)
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=0.02)
+
+    @classmethod
+    def features(cls, positions: np.ndarray) -> np.ndarray:
+        """(..., 5) stream positions -> (..., 7) clipped indices of the 7 tables."""
+        segment, row, column, height, width = np.moveaxis(positions, -1, 0)
+        declared = height > 0
+        rows_left = np.where(declared, height - row + 1, 0)         # 1 = the last row / past it
+        cols_left = np.where(declared, width - column + 1, 0)
+        out = np.stack([segment, row, column, height, width, rows_left, cols_left], axis=-1)
+        return np.clip(out, 0, [cls.MAX_SEGMENT] + [cls.MAX_SIDE] * 6)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:   # (B, L, 7) long -> (B, L, dim)
+        return sum(table(positions[..., i]) for i, table in enumerate(self.tables))
+
+    @classmethod
+    def of_windows(cls, x: torch.Tensor) -> torch.Tensor:
+        """Causal windows (B, L, 3, 3) of streams from their start -> features (B, L, 7)."""
+        prev = tok.previous_ids(x.cpu().numpy())                          # (B, L)
+        feats = np.stack([cls.features(tok.stream_positions(row[1:])) for row in prev])
+        return torch.from_numpy(feats).to(x.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,28 +351,69 @@ BACKBONES = {"lstm": LSTMBackbone, "attention": AttentionBackbone, "bysmamba": B
 
 
 class CheckpointError(ValueError):
-    """A saved model that cannot be loaded: corrupt file, or weights of another configuration."""
+    """A saved model or training checkpoint that cannot be used: corrupt file, weights of
+    another configuration, a config edited after saving, or another run's data."""
+
+
+def loss_sums(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summable statistics of predictions (N, V) against targets (N,) per modality:
+    a (3, 3) float64 tensor, rows = ``tokenizer.MODALITIES``, columns = [tokens, loss sum (nats),
+    correct]. Training metrics and evaluation both read these, so their numbers agree."""
+    with torch.no_grad():
+        losses = F.cross_entropy(pred.float(), target, reduction="none").double()
+        correct = (pred.argmax(-1) == target).double()
+        kind = tok.modality(target)
+        sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64, device=pred.device)
+        for k in range(len(tok.MODALITIES)):
+            sel = kind == k
+            sums[k] = torch.stack([sel.sum().double(), losses[sel].sum(), correct[sel].sum()])
+    return sums
+
+
+def metrics_from_sums(sums) -> dict:
+    """``loss_sums`` (summed over batches and ranks) -> loss, accuracy, bits per token, and
+    accuracy / bits per token of each modality (nan where a modality has no token)."""
+    sums = torch.as_tensor(sums, dtype=torch.float64)
+    n, loss, correct = (float(v) for v in sums.sum(0))
+    out = {"loss": loss / n if n else math.nan, "accuracy": correct / n if n else math.nan}
+    out["bits_per_token"] = out["loss"] / math.log(2)
+    for name, (k, lk, ck) in zip(tok.MODALITIES, sums.tolist()):
+        out[f"acc_{name}"] = ck / k if k else math.nan
+        out[f"bpt_{name}"] = lk / k / math.log(2) if k else math.nan
+    return out
 
 
 class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
                      tags=["pixelbytes", "multimodal"]):
-    """Embedding -> backbone -> LayerNorm -> head, logits at every position.
+    """Embedding [+ positions] -> backbone -> LayerNorm -> head, logits at every position.
 
-    Saved with ``save_pretrained(dir)`` as config.json (the ModelConfig fields) + model.safetensors;
-    ``from_pretrained(dir_or_repo_id)`` rebuilds it; ``push_to_hub(repo_id)`` uploads.
+    ``save_pretrained(dir)`` writes config.json (the ModelConfig, through the hub mixin),
+    model.safetensors (its header also holds the ModelConfig, so an edited config.json is
+    caught) and, when the model knows its run (``model.run``), run.json (the RunConfig).
+    ``from_pretrained(dir_or_repo_id, backend=..., scan_impl=...)`` rebuilds it; runtime fields
+    may be overridden at load. ``push_to_hub(repo_id)`` uploads all three.
     """
 
     def __init__(self, config: ModelConfig | dict):
         super().__init__()
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
-        self._hub_mixin_config = self.config                  # what save_pretrained writes
+        self.run: RunConfig | None = None      # set by from_run / the Trainer / from_pretrained
         cfg = self.config
         self.embed = PxByEmbed(cfg.vocab_size, cfg.dim, conv=cfg.conv) if cfg.embedding == "pxby" \
             else CenterEmbed(cfg.vocab_size, cfg.dim)
+        self.where = PositionEmbed(cfg.dim) if cfg.positions else None
         self.drop = nn.Dropout(cfg.dropout)
         self.backbone = BACKBONES[cfg.model](cfg)
         self.norm = nn.LayerNorm(self.backbone.out_dim)
         self.head = nn.Linear(self.backbone.out_dim, cfg.vocab_size)
+
+    @classmethod
+    def from_run(cls, run: RunConfig) -> "PixelByteModel":
+        """A fresh model of ``run.model`` (weights drawn from ``run.train.seed``) that knows its run."""
+        torch.manual_seed(run.train.seed)
+        model = cls(run.model)
+        model.run = run
+        return model
 
     @property
     def is_causal(self) -> bool:
@@ -465,11 +430,40 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
                              f"{int(x.min())}..{int(x.max())}")
         return x.long()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._check_windows(x, 4, "forward")
-        h = self.drop(self.embed(x))                           # (B, L, dim)
-        h = self.backbone(h)                                   # (B, L, out_dim)
+    def _embed(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        h = self.embed(x)                                      # (B, L, dim)
+        if self.where is not None:
+            h = h + self.where(positions)                      # positions : (B, L, 7)
+        return self.drop(h)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None):
+        """x : (B, L, 3, 3) -> (logits (B, L, V), loss () or None). ``targets``: (B,) for
+        ``next``, (B, L) for ``causal`` (0 = padding, ignored)."""
+        logits = self.logits(self._check_windows(x, 4, "forward"))
+        if targets is None:
+            return logits, None
+        pred, target = self.select(logits, targets)
+        return logits, F.cross_entropy(pred.float(), target)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x : (B, L, 3, 3) long -> logits (B, L, V) at every position."""
+        positions = PositionEmbed.of_windows(x) if self.where is not None else None
+        h = self.backbone(self._embed(x, positions))           # (B, L, out_dim)
         return self.head(self.norm(h))                         # (B, L, V)
+
+    def select(self, logits: torch.Tensor, targets: torch.Tensor):
+        """The (N, V) predictions and (N,) targets the objective scores: the last position
+        against the token after the window (``next``), or every position against its own token,
+        padding dropped (``causal``)."""
+        if self.config.objective == "next":
+            if targets.dim() != 1:
+                raise ValueError(f"objective 'next' wants targets (B,), got {tuple(targets.shape)}")
+            return logits[:, -1], targets                     # (B, V), (B,)
+        if targets.shape != logits.shape[:2]:
+            raise ValueError(f"objective 'causal' wants targets (B, L) = {tuple(logits.shape[:2])}, "
+                             f"got {tuple(targets.shape)}")
+        keep = targets.reshape(-1) != tok.PAD_ID
+        return logits.reshape(-1, logits.shape[-1])[keep], targets.reshape(-1)[keep]
 
     # --- token-by-token decoding (causal models)
     def _require_causal(self, what):
@@ -481,10 +475,14 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
                 f"logits[:, -1].")
 
     def init_state(self, batch_size: int, device=None):
-        """Empty decoding state: LSTM (h, c), Mamba (conv, ssm) states, or attention KV caches."""
+        """Empty decoding state: LSTM (h, c), Mamba (conv, ssm) states, or attention KV caches
+        (+ one ``StreamPosition`` per row with ``positions``)."""
         self._require_causal("init_state")
         param = self.head.weight
-        return self.backbone.init_state(batch_size, device or param.device, param.dtype)
+        state = self.backbone.init_state(batch_size, device or param.device, param.dtype)
+        if self.where is None:
+            return state
+        return {"backbone": state, "where": [tok.StreamPosition() for _ in range(batch_size)], "t": 0}
 
     def step(self, x_t: torch.Tensor, state):
         """x_t : (B, 3, 3) -> (logits (B, V), state): the logits forward() gives at that position,
@@ -492,73 +490,154 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
         for Mamba and attention) and returned."""
         self._require_causal("step")
         x_t = self._check_windows(x_t, 3, "step")
-        h = self.embed(x_t[:, None])[:, 0]                     # (B, dim)
-        h, state = self.backbone.step(h, state)                # (B, out_dim)
-        return self.head(self.norm(h)), state                  # (B, V)
+        positions, outer = None, None
+        if self.where is not None:
+            outer, state = state, state["backbone"]
+            if outer["t"] > 0:                          # position 0 has no token before it
+                for tracker, token in zip(outer["where"], tok.previous_ids(x_t.cpu().numpy())):
+                    tracker.push(token)
+            outer["t"] += 1
+            feats = PositionEmbed.features(np.stack([t.current() for t in outer["where"]]))
+            positions = torch.from_numpy(feats).to(x_t.device)[:, None]      # (B, 1, 7)
+        h = self._embed(x_t[:, None], positions)[:, 0]          # (B, dim)
+        h, state = self.backbone.step(h, state)                 # (B, out_dim)
+        if outer is not None:
+            state = {**outer, "backbone": state}
+        return self.head(self.norm(h)), state                   # (B, V)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # --- loading (save_pretrained and push_to_hub come with the mixin)
+    # --- saving and loading (the hub mixin's hooks; save_pretrained / push_to_hub come with it)
+    def _save_pretrained(self, save_directory) -> None:
+        from safetensors.torch import save_model
+
+        metadata = {METADATA_KEY: json.dumps(self.config.to_dict(), sort_keys=True)}
+        save_model(self, os.path.join(save_directory, SAFETENSORS_SINGLE_FILE), metadata=metadata)
+        if self.run is not None:
+            self.run.save(os.path.join(save_directory, RUN_NAME))
+
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, force_download: bool = False,
-                        token=None, cache_dir=None, local_files_only: bool = False, revision=None,
-                        map_location="cpu") -> "PixelByteModel":
-        """Load a model written by ``save_pretrained``: a local directory (works offline) or a
-        hub repo id. Raises ``CheckpointError`` naming the file when config.json or
-        model.safetensors is unreadable or the weights do not fit the config."""
-        source = str(pretrained_model_name_or_path)
-        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
-                   token=token, local_files_only=local_files_only)
-        config_file = _resolve_file(source, CONFIG_NAME, hub)
-        weights_file = _resolve_file(source, SAFETENSORS_SINGLE_FILE, hub)
-        config = load_config(config_file)
-        model = cls(config)
-        state = _read_safetensors(weights_file)
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "PixelByteModel":
+        """Load a model written by ``save_pretrained``: a local directory (works offline), a hub
+        repo id, or the name of a model shipped in the package (``PRETRAINED``: "pretrained" =
+        "pixelbyte-emoji", trained on the embedded emoji). Keyword arguments: the hub's (revision, cache_dir, token, local_files_only, ...),
+        ``map_location`` (default "cpu") and overrides of runtime fields (``backend``,
+        ``scan_impl``). ``CheckpointError`` names the file when config.json, run.json or
+        model.safetensors is unreadable, edited, or does not fit the weights."""
+        source = PRETRAINED.get(str(pretrained_model_name_or_path), str(pretrained_model_name_or_path))
+        if not os.path.isdir(source) and os.path.exists(source):
+            raise FileNotFoundError(f"{source!r} is a file; from_pretrained wants the directory that "
+                                    f"holds {CONFIG_NAME} and {SAFETENSORS_SINGLE_FILE}")
+        try:
+            return super().from_pretrained(source, **kwargs)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{_where(source, CONFIG_NAME)}: not valid JSON ({err})") from err
+        except (CheckpointError, FileNotFoundError, TypeError):
+            raise
+        except Exception as err:          # the hub: unknown repo, no network...
+            if os.path.isdir(source):
+                raise
+            raise FileNotFoundError(f"could not load {source!r} from the Hugging Face hub "
+                                    f"({type(err).__name__}: {err}). If it is meant to be a local "
+                                    f"directory, it does not exist.") from err
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
+                         map_location="cpu", config=None, **overrides) -> "PixelByteModel":
+        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token,
+                   local_files_only=local_files_only)
+        config_file = _where(model_id, CONFIG_NAME)
+        if config is None:
+            raise FileNotFoundError(f"{config_file} not found: {model_id!r} is not a directory written by "
+                                    f"save_pretrained (it needs {CONFIG_NAME} and {SAFETENSORS_SINGLE_FILE})")
+        allowed = RUNTIME_FIELDS["model"]
+        if set(overrides) - set(allowed):
+            raise TypeError(f"from_pretrained: unexpected argument(s) {sorted(set(overrides) - set(allowed))}; "
+                            f"runtime fields that may be overridden: {list(allowed)}")
+        try:
+            model_cfg = replace(ModelConfig.from_dict(config), **overrides)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{config_file}: not a valid PixelByteModel config: {err}") from err
+        weights_file = _resolve_file(model_id, SAFETENSORS_SINGLE_FILE, hub)
+        state, metadata = _read_safetensors(weights_file)
+        _check_saved_config(model_cfg, metadata, config_file, weights_file)
+        model = cls(model_cfg)
         _check_state_dict(model, state, weights_file, config_file)
         model.load_state_dict(state, strict=True)
+        model.run = _load_run(model_id, hub, model_cfg, config_file)
         return model.to(map_location).eval()
 
 
-def load_config(path) -> ModelConfig:
-    """A config.json written by save_pretrained -> ModelConfig (errors name the file)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return ModelConfig.from_dict(data)
-    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
-        raise CheckpointError(f"{path}: not a valid PixelByteModel config: {err}") from err
+def _where(source: str, filename: str) -> str:
+    return os.path.join(source, filename) if os.path.isdir(source) else f"{source}/{filename}"
 
 
-def _resolve_file(source: str, filename: str, hub: dict) -> str:
+def _resolve_file(source: str, filename: str, hub: dict, required: bool = True) -> str | None:
     if os.path.isdir(source):
         path = os.path.join(source, filename)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: {source!r} is not a directory written by "
-                                    f"save_pretrained (it needs {CONFIG_NAME} and {SAFETENSORS_SINGLE_FILE})")
-        return path
-    if os.path.exists(source):
-        raise FileNotFoundError(f"{source!r} is a file; from_pretrained wants the directory that "
-                                f"holds {CONFIG_NAME} and {SAFETENSORS_SINGLE_FILE}")
+        if os.path.isfile(path):
+            return path
+        if not required:
+            return None
+        raise FileNotFoundError(f"{path} not found: {source!r} is not a directory written by "
+                                f"save_pretrained (it needs {CONFIG_NAME} and {SAFETENSORS_SINGLE_FILE})")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         return hf_hub_download(repo_id=source, filename=filename, **hub)
-    except Exception as err:
-        raise FileNotFoundError(
-            f"could not get {filename} of {source!r} from the Hugging Face hub "
-            f"({type(err).__name__}: {err}). If {source!r} is meant to be a local directory, it "
-            f"does not exist.") from err
+    except EntryNotFoundError:
+        if not required:
+            return None
+        raise
 
 
-def _read_safetensors(path: str) -> dict:
+def _read_safetensors(path: str) -> tuple[dict, dict]:
+    """(state dict, header metadata) of a safetensors file."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(path)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(path), metadata
     except Exception as err:  # SafetensorError, OSError...
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); "
                               f"it is probably truncated or corrupt: save or download it again") from err
+
+
+def _check_saved_config(cfg: ModelConfig, metadata: dict, config_file: str, weights_file: str):
+    """The weights' header records the config they were saved with; fields the weights cannot
+    show (n_heads, objective, ...) must still agree with config.json."""
+    if METADATA_KEY not in metadata:
+        return                                   # saved before the header held the config
+    saved = json.loads(metadata[METADATA_KEY])
+    changed = [f"{k}: {config_file} says {v!r}, the weights were saved with {saved.get(k)!r}"
+               for k, v in cfg.to_dict().items()
+               if k not in RUNTIME_FIELDS["model"] and k in saved and saved[k] != v]
+    if changed:
+        raise CheckpointError(f"{config_file} was edited after {weights_file} was saved: "
+                              + "; ".join(changed) + ". Restore the saved values or retrain.")
+
+
+def _load_run(source: str, hub: dict, model_cfg: ModelConfig, config_file: str) -> RunConfig | None:
+    path = _resolve_file(source, RUN_NAME, hub, required=False)
+    if path is None:
+        warnings.warn(f"{_where(source, RUN_NAME)} not found: this checkpoint does not record its run "
+                      f"(data source, held-out split, samples); pass them explicitly where they are "
+                      f"needed (e.g. notebook 03's dataset / test_size)", stacklevel=3)
+        return None
+    try:
+        run = RunConfig.load(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    mismatch = [f"{k}: {config_file} {v!r}, {path} {getattr(run.model, k)!r}"
+                for k, v in model_cfg.to_dict().items()
+                if k not in RUNTIME_FIELDS["model"] and getattr(run.model, k) != v]
+    if mismatch:
+        raise CheckpointError(f"{config_file} and {path} disagree: " + "; ".join(mismatch))
+    return replace(run, model=model_cfg)
 
 
 def _check_state_dict(model: nn.Module, state: dict, weights_file: str, config_file: str):

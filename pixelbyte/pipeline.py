@@ -3,78 +3,154 @@
     python -m pixelbyte.pipeline                      # CPU-sized defaults, embedded dataset
     python -m pixelbyte.pipeline --params p.json      # per-notebook parameter overrides
     python -m pixelbyte.pipeline --out runs/mine --only 01_data_exploration
+    python -m pixelbyte.pipeline --prepare-only --out build/nbval --params notebooks/params_ci.json
 
 Each notebook ``notebooks/NN_name.ipynb`` is executed to ``<out>/NN_name.ipynb`` with the
 parameters ``out_dir=<out>/NN_name`` (where its PNG/CSV files go), ``run_dir=<out>`` (where
-earlier notebooks left their outputs, e.g. the checkpoint) and any overrides from the params
-file: ``{"02_training": {"model": "lstm", "epochs": 2}, "*": {"seed": 1}}``.
+earlier notebooks left their outputs, e.g. the checkpoint) and the overrides of the params
+file: ``{"02_training": {"model": "lstm"}, "*": {"seed": 1}}`` ("*": every notebook that has
+that parameter). A params file naming a notebook or a parameter that does not exist is refused
+with the closest valid names. ``--prepare-only`` writes the notebooks with their parameters
+injected, unexecuted (what nbval runs in the test command).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+INJECTED = ("out_dir", "run_dir")       # every notebook has them; the pipeline sets them
 
 
 def notebook_paths(only: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
+    """The project's notebooks ``NN_name.ipynb`` in order (the one list of them)."""
     paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if only:
-        unknown = set(only) - {p.stem for p in paths}
+        unknown = [name for name in only if name not in {p.stem for p in paths}]
         if unknown:
-            raise SystemExit(f"--only: unknown notebook(s) {sorted(unknown)}; "
-                             f"available: {[p.stem for p in paths]}")
+            raise ValueError(f"unknown notebook(s) {unknown}{_closest(unknown[0], [p.stem for p in paths])}")
         paths = [p for p in paths if p.stem in only]
     if not paths:
-        raise SystemExit(f"no notebooks found in {folder}")
+        raise ValueError(f"no notebooks found in {folder}")
     return paths
 
 
-def load_params(path: str | None) -> dict:
-    if path is None:
-        return {}
-    params = json.loads(Path(path).read_text())
+def parameters(notebook: Path) -> dict:
+    """The names and default values of a notebook's tagged ``parameters`` cell."""
+    nb = json.loads(Path(notebook).read_text())
+    cell = next((c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError(f"{notebook} has no cell tagged 'parameters'")
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+
+
+def _closest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; valid: {sorted(valid)}"
+
+
+def check_params(params: dict, folder: Path = NOTEBOOKS, source: str = "params") -> dict:
+    """Refuse a notebook name or parameter name that no notebook has (a typo would otherwise
+    be ignored and the run would use the default). Returns ``params``."""
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-        raise SystemExit(f"{path}: expected {{notebook name or '*': {{parameter: value}}}}")
+        raise ValueError(f"{source}: expected {{notebook name or '*': {{parameter: value}}}}")
+    known = {p.stem: set(parameters(p)) for p in notebook_paths(folder=folder)}
+    for notebook, values in params.items():
+        if notebook != "*" and notebook not in known:
+            raise ValueError(f"{source}: unknown notebook {notebook!r}{_closest(notebook, known)}")
+        valid = set().union(*known.values()) if notebook == "*" else known[notebook]
+        for name in values:
+            if name not in valid:
+                raise ValueError(f"{source}: {notebook!r} has no parameter {name!r}{_closest(name, valid)}")
     return params
 
 
+def load_params(path: str | None, folder: Path = NOTEBOOKS) -> dict:
+    """A params JSON file, checked against the notebooks' parameters ({} without a file)."""
+    if path is None:
+        return {}
+    try:
+        params = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--params {path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--params {path}: not valid JSON ({err})") from None
+    return check_params(params, folder, source=str(path))
+
+
+def notebook_params(notebook: Path, out: Path, params: dict) -> dict:
+    """What one notebook gets: its out_dir and run_dir, the '*' values it declares, its own."""
+    own = parameters(notebook)
+    shared = {k: v for k, v in params.get("*", {}).items() if k in own}
+    return {"out_dir": str(out / notebook.stem), "run_dir": str(out), **shared, **params.get(notebook.stem, {})}
+
+
+def new_run_folder(root: Path = ROOT / "runs") -> Path:
+    """``root/<timestamp>``, created exclusively: two jobs started in the same second get two folders."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        folder = root / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {root}")
+
+
 def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | None = None,
-        progress: bool = True, notebooks: Path = NOTEBOOKS) -> list[Path]:
-    """Execute the notebooks found in ``notebooks``; returns the executed notebook paths."""
+        progress: bool = True, notebooks: Path = NOTEBOOKS, prepare_only: bool = False,
+        log_output: bool = False) -> list[Path]:
+    """Execute (or only prepare) the notebooks found in ``notebooks``; returns their paths."""
     import papermill as pm
 
     out.mkdir(parents=True, exist_ok=True)
-    executed = []
+    done = []
     for nb in notebook_paths(only, notebooks):
-        nb_params = {"out_dir": str(out / nb.stem), "run_dir": str(out),
-                     **params.get("*", {}), **params.get(nb.stem, {})}
         target = out / nb.name
-        print(f"[pixelbyte] {nb.stem}: executing -> {target}", flush=True)
         start = time.time()
-        pm.execute_notebook(str(nb), str(target), parameters=nb_params, kernel_name=kernel,
-                            cwd=str(notebooks), progress_bar=progress)
-        print(f"[pixelbyte] {nb.stem}: done in {time.time() - start:.0f} s", flush=True)
-        executed.append(target)
-    return executed
+        if not prepare_only:
+            print(f"[pixelbyte] {nb.stem}: executing -> {target}", flush=True)
+        pm.execute_notebook(str(nb), str(target), parameters=notebook_params(nb, out, params),
+                            kernel_name=kernel, cwd=str(notebooks), progress_bar=progress and not prepare_only,
+                            prepare_only=prepare_only, log_output=log_output)
+        if not prepare_only:
+            print(f"[pixelbyte] {nb.stem}: done in {time.time() - start:.0f} s", flush=True)
+        done.append(target)
+    return done
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
+    ap.add_argument("--out", default=None, help="run folder (default: a new runs/<timestamp>)")
     ap.add_argument("--params", default=None, help="JSON file of parameter overrides")
     ap.add_argument("--only", nargs="*", default=None, help="notebook names to run (default all)")
     ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     ap.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_*.ipynb notebooks")
+    ap.add_argument("--prepare-only", action="store_true", help="inject the parameters, do not execute")
     args = ap.parse_args(argv)
-    out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    executed = run(out.resolve(), load_params(args.params), args.only, args.kernel,
-                   notebooks=Path(args.notebooks))
-    print("\n[pixelbyte] finished. Look at:")
-    for nb in executed:
+    folder = Path(args.notebooks)
+    try:
+        params = load_params(args.params, folder)
+        notebook_paths(args.only, folder)
+        out = Path(args.out).resolve() if args.out else new_run_folder()
+    except (ValueError, OSError) as err:
+        sys.exit(f"pixelbyte.pipeline: {err}")
+    start = time.time()
+    done = run(out, params, args.only, args.kernel, notebooks=folder, prepare_only=args.prepare_only)
+    if args.prepare_only:
+        return
+    print(f"\n[pixelbyte] finished in {time.time() - start:.0f} s. Look at:")
+    for nb in done:
         pics = sorted((nb.parent / nb.stem).glob("*.png"))
         print(f"  {nb}  ({len(pics)} PNG, outputs in {nb.parent / nb.stem})")
 

@@ -61,6 +61,18 @@ def is_colour(token_ids: np.ndarray) -> np.ndarray:
     return np.asarray(token_ids) >= FIRST_COLOUR_ID
 
 
+# What a token is, for every per-modality number (training metrics, evaluation, reports): the
+# bytes of the shape text and the caption are "text", colours are "pixel", and padding, the row
+# end \t and the segment end \n are "structure" (they carry the layout, not content).
+MODALITIES = ("text", "pixel", "structure")
+
+
+def modality(token_ids):
+    """Index into MODALITIES per token (0 text, 1 pixel, 2 structure); numpy arrays or torch
+    tensors alike (only comparisons and arithmetic)."""
+    return (token_ids >= FIRST_COLOUR_ID) * 1 + (token_ids < SPACE_ID) * 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Colour: nearest NES colour in CIELAB (sRGB, D65), as the original dataset did
 
@@ -196,9 +208,19 @@ class EncodeStats:
     resized_from: tuple | None = None
 
 
+ITEM_ORDERS = ("data", "caption_first")
+
+
 def encode_item(image, caption: str, max_side: int = MAX_IMAGE_SIDE, resize: bool = False,
-                stats: EncodeStats | None = None) -> np.ndarray:
-    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8: shape text, image, caption."""
+                stats: EncodeStats | None = None, order: str = "data") -> np.ndarray:
+    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8.
+
+    ``order="data"``: shape text, image, caption (the original dataset's order);
+    ``order="caption_first"``: caption, shape text, image -- so a model can draw a sprite
+    conditioned on its caption. Segments are padded on their own, so both orders hold the same
+    windows, only the segments move (``reorder``)."""
+    if order not in ITEM_ORDERS:
+        raise ValueError(f"order={order!r}: allowed values are {list(ITEM_ORDERS)}")
     rgb = load_rgb(image, max_side=max_side, resize=resize)
     h, w = rgb.shape[:2]
     clean, n_replaced = normalize_text(caption)
@@ -209,7 +231,28 @@ def encode_item(image, caption: str, max_side: int = MAX_IMAGE_SIDE, resize: boo
     parts = [segment_windows(shape_ids[None]), segment_windows(pixel_ids)]
     if clean:  # an empty caption is allowed: the item is then shape + image
         parts.append(segment_windows(text_to_ids(clean)[None]))
-    return np.concatenate(parts)
+    return reorder(np.concatenate(parts), order)
+
+
+def split_segments(windows: np.ndarray) -> list[np.ndarray]:
+    """An item's windows (L, 3, 3) -> one block of windows per segment (each ends with its \n)."""
+    ends = np.flatnonzero(np.asarray(windows)[:, 1, 1] == SEG_END_ID) + 1
+    return [block for block in np.split(windows, ends) if len(block)]
+
+
+def reorder(windows: np.ndarray, order: str) -> np.ndarray:
+    """A data-order item (shape, image[, caption]) -> the same item in ``order``. Lossless:
+    ``caption_first`` moves the caption segment to the front; an item without a caption, or
+    ``order="data"``, is returned as it is."""
+    if order not in ITEM_ORDERS:
+        raise ValueError(f"order={order!r}: allowed values are {list(ITEM_ORDERS)}")
+    blocks = split_segments(windows)
+    if order == "data" or len(blocks) < 3:
+        return windows
+    if len(blocks) != 3:
+        raise ValueError(f"an item has 3 segments (shape, image, caption), this one has {len(blocks)}")
+    shape, image, caption = blocks
+    return np.concatenate([caption, shape, image])
 
 
 def encode_text(text: str) -> np.ndarray:
@@ -359,10 +402,91 @@ def centre_ids(windows: np.ndarray) -> np.ndarray:
     return np.asarray(windows)[..., 1, 1]
 
 
-def decode_item(windows: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Pixelbyte sequence (L, 3, 3) -> (image, caption): the inverse of ``encode_item``."""
+def decode_item(windows: np.ndarray, order: str = "data") -> tuple[np.ndarray | None, str]:
+    """Pixelbyte sequence (L, 3, 3) -> (image, caption): the inverse of ``encode_item`` with the
+    same ``order`` (data: shape, image, caption | caption_first: caption, shape, image)."""
+    if order not in ITEM_ORDERS:
+        raise ValueError(f"order={order!r}: allowed values are {list(ITEM_ORDERS)}")
     segs = decode(centre_ids(windows))
     image = next((s.image for s in segs if s.kind == "image"), None)
     texts = [s.text for s in segs if s.kind == "text"]
-    caption = texts[1] if len(texts) > 1 else ""
+    caption = (texts[1] if order == "data" else texts[0]) if len(texts) > 1 else ""
     return image, caption
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a token sits in the stream (causal: from the tokens before it)
+
+POSITION_FEATURES = ("segment", "row", "column", "height", "width")
+
+
+def previous_ids(causal_windows: np.ndarray) -> np.ndarray:
+    """Masked windows of a stream from its start (..., L, 3, 3) -> the id of the token before
+    each position (..., L); position 0 gets \n (a stream starts like a new segment).
+
+    The left cell is the previous token, except at the start of a row: there the previous token
+    was a row end \t when the row above exists, a segment end \n when it does not (first row of
+    a segment). Real tokens are never 0, so the rule is exact for any well-formed stream."""
+    w = np.asarray(causal_windows)
+    left, above = w[..., 1, 0], w[..., 0, :].max(-1)
+    return np.where(left != PAD_ID, left, np.where(above != PAD_ID, ROW_END_ID, SEG_END_ID))
+
+
+def stream_positions(token_ids) -> np.ndarray:
+    """For each token t of a stream, where it sits given ``token_ids[:t]`` only:
+    (segment index, row and column inside the segment, declared height and width), as an
+    (L + 1, 5) int64 array whose last row is the position of the token after the stream.
+
+    A text segment is one row. The declared (h, w) is the shape the previous segment wrote when
+    it parses as ``"(h, w)"`` (so it is set while an image is drawn), else (0, 0)."""
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    prev = np.concatenate([[SEG_END_ID], ids])                         # (L + 1,)
+    t = np.arange(len(prev))
+    seg_start, row_end = prev == SEG_END_ID, prev == ROW_END_ID
+    segment = np.cumsum(seg_start) - 1
+    column = t - np.maximum.accumulate(np.where(seg_start | row_end, t, 0))
+    rows_so_far = np.cumsum(row_end)
+    row = rows_so_far - rows_so_far[np.maximum.accumulate(np.where(seg_start, t, 0))]
+    declared = np.zeros((segment[-1] + 1, 2), dtype=np.int64)          # per segment index
+    ends = np.flatnonzero(ids == SEG_END_ID)
+    for k, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1] + 1]), ends)):
+        shape = _shape_of(ids[a:b])
+        if shape is not None:
+            declared[k + 1] = shape
+    return np.stack([segment, row, column, declared[segment, 0], declared[segment, 1]], axis=1)
+
+
+def _shape_of(segment_ids) -> tuple[int, int] | None:
+    """(h, w) if a segment's tokens spell a shape text, else None (cheap rejection first)."""
+    if not 5 <= len(segment_ids) <= 12 or segment_ids[0] != _BYTE_TO_ID[ord("(")] \
+            or (np.asarray(segment_ids) >= FIRST_COLOUR_ID).any():
+        return None
+    return parse_shape(_ID_TO_BYTE[np.asarray(segment_ids, dtype=np.int64)].tobytes().decode("latin-1"))
+
+
+class StreamPosition:
+    """``stream_positions`` one token at a time: ``push(id)`` after each token, ``current()``
+    is the position of the next one. O(1) per token (generation steps through it)."""
+
+    def __init__(self):
+        self.segment, self.row, self.column = 0, 0, 0
+        self.declared = (0, 0)
+        self.text: list[int] = []        # the current segment while it may still be a shape text
+
+    def current(self) -> np.ndarray:
+        return np.array([self.segment, self.row, self.column, *self.declared], dtype=np.int64)
+
+    def push(self, token_id: int) -> None:
+        token_id = int(token_id)
+        if token_id == SEG_END_ID:
+            self.declared = _shape_of(self.text) or (0, 0) if self.text is not None else (0, 0)
+            self.segment, self.row, self.column, self.text = self.segment + 1, 0, 0, []
+            return
+        if token_id == ROW_END_ID:
+            self.row, self.column = self.row + 1, 0
+        else:
+            self.column += 1
+        if self.text is not None:
+            self.text.append(token_id)
+            if len(self.text) > 12:     # longer than any shape text: stop keeping it
+                self.text = None

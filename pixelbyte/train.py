@@ -1,143 +1,91 @@
 """Training: a plain-PyTorch Trainer for PixelByte models (nanoGPT-like, one file).
 
-    python -m pixelbyte.train --model lstm --epochs 2 --out-dir runs/lstm
-    torchrun --nproc_per_node 2 -m pixelbyte.train --model lstm ...      # DDP, 2 GPUs (Kaggle T4 x2)
-    python -m pixelbyte.train ... --resume                               # continue from runs/.../last.pt
+    python -m pixelbyte.train --model.model lstm --train.epochs 2 --train.out-dir runs/lstm
+    python -m pixelbyte.train --config run.json                          # a whole RunConfig from a file
+    torchrun --nproc_per_node 2 -m pixelbyte.train --config run.json     # DDP, 2 GPUs (Kaggle T4 x2)
+    python -m pixelbyte.train --config run.json --resume                 # continue from out_dir/last.pt
 
 From Python::
 
-    trainer = Trainer(model, train_ds, val_ds, TrainConfig(objective="next", epochs=2))
-    final = trainer.fit()            # or .fit(resume=True)
+    run = RunConfig(samples=SampleConfig(unit="item"), model=ModelConfig(objective="causal"), ...)
+    model, final = train(run)                   # load the data, build samples and model, fit
+    # or, with datasets of your own:
+    final = Trainer(model, train_ds, val_ds, run).fit()
+
+The model owns its loss (``model(x, targets) -> (logits, loss)``, ``model.select``); the
+Trainer runs the optimisation and reports per-modality metrics from ``models.loss_sums``, the
+same numbers ``evaluate.token_metrics`` gives.
 
 What one optimizer step is: ``grad_accum`` micro-batches of ``batch_size`` samples each, where
 ``batch_size`` is the *global* micro-batch (all ranks together; each rank takes its
-``batch_size // world_size`` slice of the same shuffled global batch), so a run on 1 or N
-processes sees the same samples per step. Each epoch is ``len(train_ds) // (batch_size *
-grad_accum)`` steps (the remainder of the shuffled order is dropped), so (epoch, batch in epoch)
-follows from the step count and a resumed run replays the same order from the middle of an epoch.
-
-Objectives (``WindowDataset`` aligns inputs and targets, see ``data.py``):
-- ``next``: logits (B, L, V) -> the last position's (B, V) against the token after the window (B,);
-- ``causal``: every position's logits against its own centre token (B, L).
+``batch_size // world_size`` slice of the same global batch), so a run on 1 or N processes sees
+the same samples per step. Each epoch is ``len(train_ds) // (batch_size * grad_accum)`` steps in
+the order ``train_ds.epoch_order`` draws (a shuffle; length-sorted batches for whole items), so
+(epoch, batch in epoch) follows from the step count and a resumed run replays the same order
+from the middle of an epoch. ``budget_s`` caps the steps: after ``PROBE_STEPS`` timed steps the
+run fixes its step count (kept in checkpoints) so that the learning-rate schedule still ends
+where training ends.
 
 Distributed: ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; nccl on CUDA, gloo on CPU; rank 0
-alone logs and writes files, metrics are summed over ranks. Multi-node is the same code
-(``torchrun --nnodes N --node-rank i --rdzv-endpoint HOST:PORT``); resuming then needs out_dir on a
-file system every node can read.
+alone logs and writes files, metrics are summed over ranks.
 
-Out dir: ``metrics.csv`` / ``metrics.json`` (one row per log or eval), ``run.json`` (configs,
-versions, sizes, final metrics), ``last.pt`` / ``best.pt`` (full training state, atomic writes)
-and ``best_model/`` (``save_pretrained`` of the best weights, for generation).
+Out dir: ``metrics.csv`` / ``metrics.json`` (one row per log or eval), ``run.json`` (the
+RunConfig, versions, sizes, final metrics), ``last.pt`` / ``best.pt`` (full training state,
+atomic writes) and ``best_model/`` (``save_pretrained`` of the best weights, with its run.json).
+A lock file keeps a second training out of a folder in use; a folder holding a finished or
+started run is refused unless ``fit(resume=True)`` or ``fit(overwrite=True)``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
-import dataclasses
 import json
+import logging
 import math
 import os
 import platform
 import random
 import shutil
-import subprocess
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, git_commit
 from . import tokenizer as tok
+from .config import RUNTIME_FIELDS, DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, \
+    field_diff, resolve_device
+from .data import evenly_spaced
+from .models import CheckpointError, PixelByteModel, loss_sums, metrics_from_sums
 
-OBJECTIVES = ("next", "causal")
-DEVICES = ("auto", "cpu", "cuda")
-COLUMNS = ("step", "epoch", "split", "loss", "accuracy", "bits_per_token", "acc_text",
-           "acc_pixel", "lr", "tokens_per_s", "wall_time")
-CHECKPOINT_FORMAT = "pixelbyte-train-checkpoint-v1"
+log = logging.getLogger(__name__)
+
+COLUMNS = ("step", "epoch", "split", "loss", "accuracy", "bits_per_token", "acc_text", "acc_pixel",
+           "acc_structure", "bpt_text", "bpt_pixel", "bpt_structure", "lr", "tokens_per_s", "wall_time")
+CHECKPOINT_FORMAT = "pixelbyte-train-checkpoint-v2"
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "loader_gen", "epoch_start_gen", "step",
                    "epoch", "batch_in_epoch", "best_val_loss", "best_step", "history", "wall_time", "world_size",
-                   "train_config", "model_config", "dataset_sizes")
-# TrainConfig fields that change the trajectory: a resumed run must use the checkpoint's values
-RESUME_MUST_MATCH = ("objective", "batch_size", "grad_accum", "seed", "lr", "min_lr",
-                     "warmup_steps", "weight_decay", "betas", "grad_clip", "amp")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used: unreadable, truncated, or from another model/run."""
+                   "run", "total_steps", "dataset_sizes")
+# TrainConfig fields a resumed run must share with its checkpoint: they shape the trajectory
+# (epochs / max_steps / budget_s set the learning-rate schedule's length).
+RESUME_MUST_MATCH = ("epochs", "max_steps", "budget_s", "batch_size", "grad_accum", "seed", "lr", "min_lr",
+                     "warmup_steps", "weight_decay", "betas", "grad_clip", "amp", "eval_every")
+PROBE_STEPS = 6             # budget_s: steps timed (after the first) to fix the step count
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the run stopped before updating the weights with it."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass
-class TrainConfig:
-    objective: str = "next"          # next: loss on the last position (the seed) | causal: every position
-    epochs: int = 1                  # passes over the training windows ...
-    max_steps: int | None = None     # ... or a number of optimizer steps (overrides epochs)
-    batch_size: int = 32             # global micro-batch, all ranks together
-    grad_accum: int = 1              # micro-batches per optimizer step
-    lr: float = 1e-3                 # AdamW peak learning rate
-    min_lr: float = 1e-4             # end of the cosine decay (= lr for a constant schedule)
-    warmup_steps: int = 0            # linear warmup steps before the cosine decay
-    weight_decay: float = 0.01       # not applied to norms, biases, `_no_weight_decay` params
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0           # max global grad norm; 0 = off
-    eval_every: int = 0              # eval + checkpoint every N steps; 0 = at each epoch end
-    eval_batches: int | None = None  # evaluate on the first N val batches only (None = all)
-    log_every: int = 10              # a train row in metrics.csv every N steps
-    seed: int = 0                    # data order, dropout (seed + rank), python/numpy RNGs
-    device: str = "auto"             # auto | cpu | cuda
-    amp: bool = False                # fp16 autocast + GradScaler (CUDA only; T4 has no bf16)
-    compile: bool = False            # torch.compile the model
-    num_workers: int = 0             # DataLoader worker processes
-    out_dir: str = "runs/train"      # metrics, run.json, checkpoints
-    progress: bool = True            # tqdm bar per epoch (also off with TQDM_DISABLE=1)
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas
-
-        def check(name, ok, allowed):
-            if not ok:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {allowed}")
-
-        def is_int(v, minimum, optional=False):
-            return (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= minimum)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        check("objective", self.objective in OBJECTIVES, f"allowed values are {list(OBJECTIVES)}")
-        check("device", self.device in DEVICES, f"allowed values are {list(DEVICES)}")
-        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
-            check(name, is_int(getattr(self, name), 1), "must be an integer >= 1")
-        for name in ("warmup_steps", "eval_every", "num_workers", "seed"):
-            check(name, is_int(getattr(self, name), 0), "must be an integer >= 0")
-        for name in ("max_steps", "eval_batches"):
-            check(name, is_int(getattr(self, name), 1, optional=True), "must be None or an integer >= 1")
-        check("lr", is_num(self.lr) and self.lr > 0, "must be a number > 0")
-        check("min_lr", is_num(self.min_lr) and 0 <= self.min_lr <= self.lr, f"must be in [0, lr={self.lr}]")
-        for name in ("weight_decay", "grad_clip"):
-            check(name, is_num(getattr(self, name)) and getattr(self, name) >= 0, "must be a number >= 0")
-        check("betas", isinstance(self.betas, tuple) and len(self.betas) == 2
-              and all(is_num(b) and 0 <= b < 1 for b in self.betas), "must be two numbers in [0, 1)")
-        for name in ("amp", "compile", "progress"):
-            check(name, isinstance(getattr(self, name), bool), "must be True or False")
-        check("out_dir", isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "",
-              "must be a non-empty path")
+class RunFolderBusy(RuntimeError):
+    """Another training holds the lock of the output folder, or the folder holds a run."""
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -163,38 +111,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ---------------------------------------------------------------------------------------------
-# Losses and metrics
-
-
-def select_targets(logits: torch.Tensor, y: torch.Tensor, objective: str):
-    """The (N, V) predictions and (N,) targets the loss is computed on."""
-    if objective == "next":
-        return logits[:, -1, :], y                                  # (B, V), (B,)
-    return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)      # (B*L, V), (B*L,)
-
-
-def loss_and_sums(logits: torch.Tensor, y: torch.Tensor, objective: str):
-    """Mean cross-entropy (for backward) and summable stats
-    [loss_sum, n, correct, n_pixel, correct_pixel] (float64, detached)."""
-    pred, target = select_targets(logits, y, objective)
-    loss = F.cross_entropy(pred.float(), target)
-    with torch.no_grad():
-        correct = pred.argmax(-1) == target
-        pixel = target >= tok.FIRST_COLOUR_ID                       # tokenizer.is_colour, on tensors
-        n = target.numel()
-        sums = torch.stack([loss.detach().double() * n, torch.tensor(float(n), device=loss.device).double(),
-                            correct.sum().double(), pixel.sum().double(), (correct & pixel).sum().double()])
-    return loss, sums
-
-
-def metrics_from_sums(sums) -> dict:
-    loss_sum, n, correct, n_pixel, correct_pixel = [float(v) for v in sums]
-    loss = loss_sum / n if n else float("nan")
-    nan = float("nan")
-    return {"loss": loss, "accuracy": correct / n if n else nan, "bits_per_token": loss / math.log(2),
-            "acc_text": (correct - correct_pixel) / (n - n_pixel) if n > n_pixel else nan,
-            "acc_pixel": correct_pixel / n_pixel if n_pixel else nan}
+def real_tokens(x: torch.Tensor, y: torch.Tensor) -> int:
+    """Input positions that are not padding: every position of a window (``next``), the
+    non-pad targets of a (possibly padded) causal batch."""
+    return int((y != tok.PAD_ID).sum()) if y.dim() == 2 else x.shape[0] * x.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,14 +147,12 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     Starts the process group (nccl on CUDA, gloo on CPU) when WORLD_SIZE > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("TrainConfig.device='cuda' but torch.cuda.is_available() is False")
-    if use_cuda:
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    torch_device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        torch_device = torch.device("cuda", torch.cuda.current_device())
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return rank, world_size, torch_device
@@ -283,44 +201,31 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        best = path.with_name("best.pt")
+        hint = (f"; {best} is intact: copy it to {path} to resume from its step"
+                if path.name == "last.pt" and best.is_file() and _readable(best) else "")
         raise CheckpointError(f"{path}: cannot be read, the file is truncated or corrupt "
-                              f"({path.stat().st_size} bytes; {type(err).__name__}: {err})") from err
+                              f"({path.stat().st_size} bytes; {type(err).__name__}: {err}){hint}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a pixelbyte training checkpoint (format "
-                              f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
-                              f"expected {CHECKPOINT_FORMAT!r})")
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a pixelbyte training checkpoint of this version (format "
+                              f"{found!r}, expected {CHECKPOINT_FORMAT!r}); start a fresh run")
     missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
     return ckpt
 
 
-def config_dict(config) -> dict:
-    if config is None:
-        return {}
-    if hasattr(config, "to_dict"):
-        return dict(config.to_dict())
-    return asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-
-
-def _diff(saved: dict, current: dict, keys=None) -> list[str]:
-    keys = keys if keys is not None else sorted(set(saved) | set(current))
-    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  (tuples come back as lists)
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-            for k in keys if norm(saved.get(k)) != norm(current.get(k))]
+def _readable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception:
+        return False
 
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _rng_state() -> dict:
@@ -346,19 +251,25 @@ def _set_rng_state(state: dict):
 
 
 class Trainer:
-    """Train ``model`` (``forward(x (B, L, 3, 3)) -> logits (B, L, V)``) on ``WindowDataset``s.
+    """Train ``model`` (``model(x, y) -> (logits, loss)``, ``model.select``, ``model.config``)
+    on ``train_ds`` / ``val_ds`` (``data.WindowDataset`` / ``ItemDataset`` or anything with
+    ``__getitem__ -> (x, y)``; optional ``epoch_order``, ``collate``, ``describe``).
 
-    The trainer uses only ``model(x)``, ``model.config.objective`` / ``.to_dict()`` (checked
-    against the datasets and ``cfg``), ``model.is_causal`` and ``model.save_pretrained`` (optional).
+    ``run``: the RunConfig the datasets were built from, or just a TrainConfig (datasets made
+    by hand: the run then records no data or sample settings).
     """
 
-    def __init__(self, model: nn.Module, train_ds, val_ds, cfg: TrainConfig):
-        self.cfg = cfg
-        self.rank, self.world_size, self.device = setup_distributed(cfg.device)
+    def __init__(self, model: nn.Module, train_ds, val_ds, run: RunConfig | TrainConfig):
+        if isinstance(run, TrainConfig):
+            run = RunConfig(data=None, samples=None, model=model.config, train=run)
+        self.run, self.cfg = run, run.train
+        self.rank, self.world_size, self.device = setup_distributed(self.cfg.device)
         self.is_main = self.rank == 0
         self._check_inputs(model, train_ds, val_ds)
         self.model, self.train_ds, self.val_ds = model.to(self.device), train_ds, val_ds
-        self.out_dir = Path(cfg.out_dir)
+        self.model.run = run
+        self.out_dir = Path(self.cfg.out_dir)
+        cfg = self.cfg
 
         self.use_amp = cfg.amp and self.device.type == "cuda"
         if cfg.amp and not self.use_amp:
@@ -383,6 +294,7 @@ class Trainer:
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)       # shuffling order, same on all ranks
         self.epoch_start_gen_state = self.loader_gen.get_state()
         self.wall_offset, self.last_lr = 0.0, self.optimizer.param_groups[0]["lr"]
+        self.budget_fixed = not cfg.budget_s                            # step count final?
         self.last_good_checkpoint: Path | None = None
         self.t0 = time.perf_counter()                                   # wall_time origin (reset by fit)
         random.seed(cfg.seed)
@@ -392,18 +304,16 @@ class Trainer:
     # -- checks -----------------------------------------------------------------------------
 
     def _check_inputs(self, model, train_ds, val_ds):
-        cfg = self.cfg
-        model_objective = getattr(getattr(model, "config", None), "objective", None)
-        sources = {"TrainConfig.objective": cfg.objective, "model.config.objective": model_objective,
-                   "train_ds.cfg.objective": getattr(getattr(train_ds, "cfg", None), "objective", None),
-                   "val_ds.cfg.objective": getattr(getattr(val_ds, "cfg", None), "objective", None)}
-        found = {k: v for k, v in sources.items() if v is not None}
-        if len(set(found.values())) > 1:
-            raise ValueError("objective mismatch: " + ", ".join(f"{k}={v!r}" for k, v in found.items())
-                             + "; build the model, the datasets and TrainConfig with the same objective")
-        if cfg.objective == "causal" and getattr(model, "is_causal", True) is False:
-            raise ValueError("objective 'causal' needs a causal model, but model.is_causal is False "
-                             "(a bidirectional model sees token t in the left cell of window t+1)")
+        cfg, objective = self.cfg, model.config.objective
+        differs = field_diff("model", self.run.model, model.config, ("run", "model"), RUNTIME_FIELDS["model"])
+        if differs:
+            raise ValueError(f"the run describes another model than the one given: {'; '.join(differs)}")
+        for name, ds in (("train_ds", train_ds), ("val_ds", val_ds)):
+            ds_objective = getattr(ds, "objective", None)
+            if ds_objective is not None and ds_objective != objective:
+                raise ValueError(f"objective mismatch: model.config.objective={objective!r}, "
+                                 f"{name}.objective={ds_objective!r}; build the datasets for the "
+                                 f"model's objective")
         if cfg.batch_size % self.world_size:
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is the global batch and must be "
                              f"divisible by the world size {self.world_size}")
@@ -419,25 +329,66 @@ class Trainer:
 
     # -- main loop --------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
         """Train to ``total_steps``; evaluate + checkpoint every ``eval_every`` steps (or each
-        epoch end) and at the end. ``resume=True`` continues exactly from ``out_dir/last.pt``.
-        Returns the final metrics (last train window, last eval, best val loss)."""
-        cfg = self.cfg
-        if self.is_main:
+        epoch end) and at the end. ``resume=True`` continues exactly from ``out_dir/last.pt``;
+        a folder that already holds a run is refused unless ``resume`` or ``overwrite``.
+        Returns the final metrics (last train window, last eval, best val loss, tokens/s)."""
+        with self._claim_out_dir(resume, overwrite):
+            return self._fit(resume)
+
+    @contextlib.contextmanager
+    def _claim_out_dir(self, resume: bool, overwrite: bool):
+        """Rank 0 holds out_dir's lock for the whole run (released on exit, and by the OS when the
+        process dies, so a crash leaves no stale lock)."""
+        if not self.is_main:
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderBusy(f"cannot create the output folder {self.out_dir}: {err.strerror or err}") from None
+        lock = FileLock(self.out_dir / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunFolderBusy(f"{self.out_dir} is in use by another training (its lock "
+                                f"{self.out_dir / '.lock'} is held); wait for it to finish or "
+                                f"choose another out_dir") from None
+        try:
+            for stale in self.out_dir.glob(".*.tmp*"):           # partial writes of a killed run
+                if stale.is_dir():                                # .best_model.tmp (save_pretrained)
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+            started = [n for n in ("last.pt", "best.pt", "metrics.csv") if (self.out_dir / n).exists()]
+            if started and not (resume or overwrite):
+                raise RunFolderBusy(f"{self.out_dir} already holds a run ({', '.join(started)}): "
+                                    f"resume it (fit(resume=True), --resume), replace it "
+                                    f"(fit(overwrite=True), --overwrite) or choose another out_dir")
+            if overwrite and not resume:          # nothing of the old run may be resumed by mistake
+                for name in ("last.pt", "best.pt", "metrics.csv", "metrics.json", "run.json"):
+                    (self.out_dir / name).unlink(missing_ok=True)
+                shutil.rmtree(self.out_dir / "best_model", ignore_errors=True)
+            yield
+        finally:
+            lock.release()
+
+    def _fit(self, resume: bool) -> dict:
+        cfg = self.cfg
         if resume:
             self.load(self.out_dir / "last.pt")
-        elif self.is_main and (self.out_dir / "last.pt").exists():
-            warnings.warn(f"starting a fresh run in {self.out_dir}: its last.pt/best.pt will be replaced "
-                          f"(use fit(resume=True) to continue it)", stacklevel=2)
         if self.is_main:                                # (a resumed run drops rows logged after last.pt)
             self._append_csv(self.history, rewrite=True)
             self._write_metrics_json()
             self._write_run_json()
         self.t0 = time.perf_counter()
-        window = torch.zeros(5, dtype=torch.float64)                    # train stats since last log
+        window = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64)   # train stats since last log
         window_tokens, window_t0 = 0, time.perf_counter()
+        train_tokens, train_seconds = 0, 0.0
+        first_step = self.step                          # train_seconds times the steps from here
         last_eval_step = self.step if resume else None  # checkpoints are written at eval points
         micro_per_epoch = self.steps_per_epoch * cfg.grad_accum
         self.train_model.train()
@@ -448,22 +399,27 @@ class Trainer:
                 self.epoch_start_gen_state = self.loader_gen.get_state()
             else:                                       # resumed mid-epoch: replay the same order
                 self.loader_gen.set_state(self.epoch_start_gen_state)
-            order = torch.randperm(len(self.train_ds), generator=self.loader_gen)
+            order = self.train_ds.epoch_order(self.loader_gen, cfg.batch_size) \
+                if hasattr(self.train_ds, "epoch_order") else torch.randperm(len(self.train_ds), generator=self.loader_gen)
             sampler = ShardedBatchSampler(order, cfg.batch_size, micro_per_epoch, step_in_epoch * cfg.grad_accum,
                                           self.rank, self.world_size)
             batches = iter(self._loader(self.train_ds, sampler))
             n_steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
             bar = tqdm(total=n_steps, initial=step_in_epoch, desc=f"epoch {epoch + 1}", leave=False,
                        disable=self._bar_disabled(), dynamic_ncols=True)
-            epoch_tokens, epoch_t0 = 0, time.perf_counter()
             for _ in range(step_in_epoch, n_steps):
+                if self.step >= self.total_steps:      # the budget probe shortened the run
+                    break
+                t_step = time.perf_counter()
                 sums, tokens = self._train_step(batches)
+                train_seconds += time.perf_counter() - t_step
                 window += sums
                 window_tokens += tokens
-                epoch_tokens += tokens
+                train_tokens += tokens
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(sums[0] / sums[1]):.4f}",
-                                tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_t0):.0f}", refresh=False)
+                bar.set_postfix(loss=f"{float(sums[:, 1].sum() / sums[:, 0].sum()):.4f}",
+                                tok_s=f"{train_tokens / max(train_seconds, 1e-9):.0f}", refresh=False)
+                self._fix_budget(train_seconds, self.step - first_step)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     tokens_per_s = window_tokens / (time.perf_counter() - window_t0)
                     self._add_row("train", metrics_from_sums(window), tokens_per_s)
@@ -475,23 +431,38 @@ class Trainer:
                     eval_t0 = time.perf_counter()
                     self._eval_and_checkpoint()
                     last_eval_step = self.step
-                    paused = time.perf_counter() - eval_t0     # keep eval time out of tokens/s
-                    window_t0, epoch_t0 = window_t0 + paused, epoch_t0 + paused
+                    window_t0 += time.perf_counter() - eval_t0      # keep eval time out of tokens/s
             bar.close()
             del batches
 
         if last_eval_step != self.step:                 # resumed at the very end, or nothing to do
             self._eval_and_checkpoint()
         final = self._final_metrics()
+        final["tokens_per_s"] = train_tokens / train_seconds if train_seconds else math.nan
+        final["train_seconds"] = train_seconds
         if self.is_main:
             self._write_metrics_json()
             self._write_run_json(final)
         return final
 
+    def _fix_budget(self, train_seconds: float, steps_timed: int):
+        """With ``budget_s``: after PROBE_STEPS steps, fix the step count to what the budget allows
+        (the same on every rank: the slowest rank's pace counts)."""
+        if self.budget_fixed or steps_timed < PROBE_STEPS:
+            return
+        pace = torch.tensor([train_seconds / steps_timed], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(pace, op=dist.ReduceOp.MAX)
+        affordable = int(self.cfg.budget_s / float(pace))
+        self.total_steps = max(self.step, min(self.total_steps, affordable))
+        self.budget_fixed = True
+        if self.is_main:
+            log.info(f"budget {self.cfg.budget_s:.0f} s at {float(pace):.3f} s/step: {self.total_steps} steps")
+
     def _train_step(self, batches) -> tuple[torch.Tensor, int]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the global stats sums."""
         cfg = self.cfg
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64, device=self.device)
         tokens = 0
         for micro in range(cfg.grad_accum):
             x, y = next(batches)
@@ -499,16 +470,15 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)                                      # (b,) | (b, L)
             sync = micro == cfg.grad_accum - 1 or self.world_size == 1
             with (contextlib.nullcontext() if sync else self.train_model.no_sync()), self._autocast():
-                logits = self.train_model(x)                                              # (b, L, V)
-                loss, micro_sums = loss_and_sums(logits, y, cfg.objective)
+                logits, loss = self.train_model(x, y)                                     # (b, L, V), ()
             self.scaler.scale(loss / cfg.grad_accum).backward()
-            sums += micro_sums
-            tokens += x.shape[0] * x.shape[1] * self.world_size
+            sums += loss_sums(*self.model.select(logits.detach(), y))
+            tokens += real_tokens(x, y) * self.world_size
         if self.world_size > 1:
             dist.all_reduce(sums)
         sums = sums.cpu()
-        if not math.isfinite(float(sums[0])):
-            self._stop_non_finite(f"loss {float(sums[0] / sums[1])}")
+        if not math.isfinite(float(sums[:, 1].sum())):
+            self._stop_non_finite(f"loss {float(sums[:, 1].sum() / sums[:, 0].sum())}")
         self.scaler.unscale_(self.optimizer)
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
         if not self.use_amp and not torch.isfinite(norm):   # (with AMP the scaler skips such steps)
@@ -535,18 +505,19 @@ class Trainer:
         """Metrics of the current model on ``ds`` (default: val), in a fixed order, first
         ``max_batches`` global batches only if given; summed over all ranks."""
         ds = self.val_ds if ds is None else ds
-        n = len(ds) if max_batches is None else min(len(ds), max_batches * self.cfg.batch_size)
+        chosen = evenly_spaced(len(ds), None if max_batches is None else max_batches * self.cfg.batch_size)
         per_rank = self.cfg.batch_size // self.world_size
         was_training = self.forward_model.training
         self.forward_model.eval()
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64, device=self.device)
         tokens, t0 = 0, time.perf_counter()
-        for x, y in self._loader(Subset(ds, range(self.rank, n, self.world_size)), batch_size=per_rank):
+        for x, y in self._loader(Subset(ds, chosen[self.rank::self.world_size].tolist()), batch_size=per_rank,
+                                 collate=getattr(ds, "collate", None)):
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
-                _, batch_sums = loss_and_sums(self.forward_model(x), y, self.cfg.objective)
-            sums += batch_sums
-            tokens += x.shape[0] * x.shape[1]
+                logits, _ = self.forward_model(x)
+            sums += loss_sums(*self.model.select(logits, y))
+            tokens += real_tokens(x, y)
         tokens = torch.tensor([float(tokens)], dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             dist.all_reduce(sums)
@@ -563,9 +534,11 @@ class Trainer:
             if improved:
                 self.best_val_loss, self.best_step = val["loss"], self.step
             if self.is_main:
-                tqdm.write(f"step {self.step}: val loss {val['loss']:.4f}, acc {val['accuracy']:.3f} "
+                message = (f"step {self.step}: val loss {val['loss']:.4f}, acc {val['accuracy']:.3f} "
                            f"(text {val['acc_text']:.3f}, pixel {val['acc_pixel']:.3f})"
                            + (" *best*" if improved else ""))
+                with _tqdm_safe():
+                    log.info(message)
         self.save(improved)
 
     # -- logging ----------------------------------------------------------------------------
@@ -591,12 +564,11 @@ class Trainer:
         atomic_write_text(json.dumps(rows, indent=1), self.out_dir / "metrics.json")
 
     def _write_run_json(self, final: dict | None = None):
-        info = {"train_config": asdict(self.cfg), "model_config": config_dict(getattr(self.model, "config", None)),
-                "model_class": type(self.model).__name__,
+        info = {**self.run.to_dict(), "model_class": type(self.model).__name__,
                 "n_parameters": sum(p.numel() for p in self.model.parameters()),
                 "versions": {"pixelbyte": __version__, "torch": torch.__version__,
                              "python": platform.python_version(), "numpy": np.__version__},
-                "git_commit": _git_commit(), "device": str(self.device),
+                "git_commit": git_commit(), "device": str(self.device),
                 "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                                 else platform.processor() or platform.machine()),
                 "world_size": self.world_size, "amp": self.use_amp,
@@ -604,17 +576,10 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "final": final}
         atomic_write_text(json.dumps(info, indent=2, default=str), self.out_dir / "run.json")
 
-    @staticmethod
-    def _ds_info(ds) -> dict | None:
+    def _ds_info(self, ds) -> dict | None:
         if ds is None:
             return None
-        info = {"samples": len(ds)}
-        for key in ("n_items", "n_tokens"):
-            if hasattr(ds, key):
-                info[key] = int(getattr(ds, key))
-        if hasattr(ds, "cfg"):
-            info["window"] = config_dict(ds.cfg)
-        return info
+        return ds.describe(self.cfg.batch_size) if hasattr(ds, "describe") else {"samples": len(ds)}
 
     def _final_metrics(self) -> dict:
         last = {split: next((r for r in reversed(self.history) if r["split"] == split), None)
@@ -622,7 +587,8 @@ class Trainer:
         final = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "best_val_loss": self.best_val_loss
                  if math.isfinite(self.best_val_loss) else None, "best_step": self.best_step}
         for split, row in last.items():
-            for k in ("loss", "accuracy", "bits_per_token", "acc_text", "acc_pixel"):
+            for k in ("loss", "accuracy", "bits_per_token", "acc_text", "acc_pixel", "acc_structure",
+                      "bpt_text", "bpt_pixel", "bpt_structure"):
                 final[f"{split}_{k}"] = row[k] if row else None
         return final
 
@@ -641,7 +607,7 @@ class Trainer:
                 "epoch": self.step // self.steps_per_epoch, "batch_in_epoch": self.step % self.steps_per_epoch,
                 "best_val_loss": self.best_val_loss, "best_step": self.best_step, "history": self.history,
                 "wall_time": self.wall_offset + time.perf_counter() - self.t0, "world_size": self.world_size,
-                "train_config": asdict(self.cfg), "model_config": config_dict(getattr(self.model, "config", None)),
+                "run": self.run.to_dict(), "total_steps": self.total_steps if self.budget_fixed else None,
                 "dataset_sizes": self._dataset_sizes()}
 
     def _dataset_sizes(self) -> dict:
@@ -660,6 +626,7 @@ class Trainer:
             if hasattr(self.model, "save_pretrained"):
                 final, tmp, old = (self.out_dir / n for n in ("best_model", ".best_model.tmp", ".best_model.old"))
                 shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)            # left by a run killed mid-swap
                 self.model.save_pretrained(tmp)
                 if final.exists():
                     os.replace(final, old)
@@ -667,17 +634,17 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: str | Path):
-        """Restore the full training state from a checkpoint of the same model and data order."""
+        """Restore the full training state from a checkpoint of the same run (data, samples,
+        model and schedule: every difference is named)."""
         path = Path(path)
         ckpt = load_checkpoint(path)
-        problems = _diff(ckpt["model_config"], config_dict(getattr(self.model, "config", None)))
+        problems = resume_problems(RunConfig.from_dict(ckpt["run"]), self.run)
+        problems += [f"{name} samples: checkpoint {ckpt['dataset_sizes'][name]}, now {n}"
+                     for name, n in self._dataset_sizes().items() if ckpt["dataset_sizes"].get(name) != n]
         if problems:
-            raise CheckpointError(f"{path}: saved for another model config ({'; '.join(problems)})")
-        problems = _diff(ckpt["train_config"], asdict(self.cfg), RESUME_MUST_MATCH)
-        problems += _diff(ckpt["dataset_sizes"], self._dataset_sizes(), ["train"])
-        if problems:
-            raise CheckpointError(f"{path}: cannot resume exactly, the run differs from the checkpoint's "
-                                  f"({'; '.join(problems)})")
+            raise CheckpointError(f"{path}: cannot resume exactly, this run differs from the checkpoint's "
+                                  f"({'; '.join(problems)}); resume with the checkpoint's settings or "
+                                  f"start a fresh run (overwrite, or another out_dir)")
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -696,20 +663,23 @@ class Trainer:
                                   f"({type(err).__name__}: {err})") from err
         self.step, self.best_val_loss, self.best_step = ckpt["step"], ckpt["best_val_loss"], ckpt["best_step"]
         self.history, self.wall_offset = list(ckpt["history"]), ckpt["wall_time"]
+        if ckpt["total_steps"] is not None:             # a budget probe already fixed the step count
+            self.total_steps, self.budget_fixed = ckpt["total_steps"], True
         self.last_good_checkpoint = path
         if self.is_main:
-            tqdm.write(f"resumed from {path} at step {self.step} ({ckpt['batch_in_epoch']} of "
-                       f"{self.steps_per_epoch} steps into epoch {ckpt['epoch'] + 1}), "
-                       f"best val loss {self.best_val_loss:.4f}")
+            with _tqdm_safe():
+                log.info(f"resumed from {path} at step {self.step} ({ckpt['batch_in_epoch']} of "
+                         f"{self.steps_per_epoch} steps into epoch {ckpt['epoch'] + 1}), "
+                         f"best val loss {self.best_val_loss:.4f}")
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _loader(self, ds, batch_sampler=None, batch_size=None) -> DataLoader:
+    def _loader(self, ds, batch_sampler=None, batch_size=None, collate=None) -> DataLoader:
         # own generator for the workers' base seed, so building a loader leaves the global RNG alone
         gen = torch.Generator().manual_seed(self.cfg.seed)
         kw = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=batch_size)
         return DataLoader(ds, num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
-                          generator=gen, **kw)
+                          generator=gen, collate_fn=collate or getattr(ds, "collate", None), **kw)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
@@ -718,128 +688,95 @@ class Trainer:
         return not (self.cfg.progress and self.is_main) or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
 
 
+def resume_problems(saved: RunConfig, current: RunConfig) -> list[str]:
+    """What would make a resumed run differ from its checkpoint: the data and sample settings,
+    the model, and the training fields that shape the trajectory (runtime fields may change)."""
+    problems = saved.diff(current, labels=("checkpoint", "now"))
+    return [p for p in problems if not p.startswith("train.") or p.split(":")[0][6:] in RESUME_MUST_MATCH]
+
+
+@contextlib.contextmanager
+def _tqdm_safe():
+    """Log lines that do not break an open tqdm bar."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield
+
+
 # ---------------------------------------------------------------------------------------------
-# Command line: every TrainConfig and ModelConfig field is a flag (--grad-accum 2, --no-progress)
+# One call: a RunConfig in, a trained model out
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """The ``# comment`` after each field of a config dataclass, for --help."""
-    import inspect
-    import re
+def train(run: RunConfig, resume: bool = False, overwrite: bool = False, seqs=None):
+    """Load ``run.data`` (or use ``seqs``), cut ``run.samples``, build ``run.model`` from
+    ``run.train.seed`` and fit. Returns (model, final metrics)."""
+    from . import data
 
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", source, flags=re.M))
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    if run.data is None or run.samples is None:
+        raise ValueError("train(run) needs run.data and run.samples; with datasets of your own use Trainer")
+    seqs = data.load(run.data) if seqs is None else seqs
+    train_ds, val_ds = data.make_datasets(seqs, run)
+    model = PixelByteModel.from_run(run)
+    final = Trainer(model, train_ds, val_ds, run).fit(resume=resume, overwrite=overwrite)
+    return model, final
 
 
-def _add_config_args(group, cls, skip=(), choices=None):
-    """One flag per dataclass field, typed from its default value."""
-    comments, choices = _field_comments(cls), choices or {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        flag, kw = "--" + f.name.replace("_", "-"), {"default": default, "dest": f.name,
-                                                    "help": comments.get(f.name, " ")}
-        if isinstance(default, bool):   # --amp, --amp=false, --no-amp
-            kw.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
-            group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=default,
-                               help=argparse.SUPPRESS)
-        elif isinstance(default, (tuple, list)):
-            kw.update(nargs=len(default), type=type(default[0]) if default else str)
-        elif default is None:   # optional: type from the annotation, 'none' to unset
-            base = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-            kw["type"] = lambda v, base=base: None if v.lower() == "none" else base(v)
-        elif isinstance(default, int) and "str" in str(f.type):   # e.g. n_heads: int | str ("auto")
-            kw["type"] = lambda v: int(v) if v.lstrip("-").isdigit() else v
-        else:
-            kw["type"] = type(default)
-        if f.name in choices:
-            kw["choices"] = choices[f.name]
-        group.add_argument(flag, **kw)
+# ---------------------------------------------------------------------------------------------
+# Command line: every RunConfig field is a flag (tyro builds them, with the fields' comments)
 
 
-def cli_args(model_cfg, train_cfg: TrainConfig, **data_args) -> list[str]:
-    """The ``python -m pixelbyte.train`` flags that rebuild these configs (for torchrun):
-    ``cli_args(model_cfg, train_cfg, source="embedded", seq_length=256, stride=32, ...)``."""
-    def flag(name, value):
-        value = "none" if value is None else str(value).lower() if isinstance(value, bool) else value
-        if isinstance(value, (tuple, list)):
-            return ["--" + name.replace("_", "-"), *map(str, value)]
-        return [f"--{name.replace('_', '-')}={value}"]
+@dataclass
+class TrainCommand:
+    """Train a PixelByte model. Multi-GPU: torchrun --nproc_per_node N -m pixelbyte.train ...
+    Outputs go to --train.out-dir: metrics.csv/json, run.json, last.pt, best.pt, best_model/."""
 
-    values = {**data_args, **model_cfg.to_dict(), **dataclasses.asdict(train_cfg)}
-    return [x for name, value in values.items() for x in flag(name, value)]
+    data: DataConfig = field(default_factory=DataConfig)
+    samples: SampleConfig = field(default_factory=SampleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    config: str | None = None   # a run.json to start from (saved by a run, or written by hand); flags override it
+    resume: bool = False        # continue exactly from OUT_DIR/last.pt
+    overwrite: bool = False     # replace a run already in OUT_DIR
+
+    @property
+    def run(self) -> RunConfig:
+        return RunConfig(data=self.data, samples=self.samples, model=self.model, train=self.train)
 
 
-def build_parser(model_config_cls=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pixelbyte.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a PixelByte model. Multi-GPU: torchrun --nproc_per_node N -m pixelbyte.train ...",
-        epilog="Optional values take 'none'. Outputs go to --out-dir: metrics.csv/json, run.json, "
-               "last.pt, best.pt, best_model/.")
-    data = parser.add_argument_group("data")
-    data.add_argument("--source", default="embedded",
-                      help="'embedded', a hub id (ffurfaro/PixelBytes-Pokemon) or a parquet file/folder")
-    data.add_argument("--seq-length", type=int, default=256, help="tokens per window")
-    data.add_argument("--stride", type=int, default=32, help="tokens between window starts")
-    data.add_argument("--limit", type=lambda v: None if v.lower() == "none" else int(v), default=None,
-                      help="keep the first N items (quick runs)")
-    data.add_argument("--test-size", type=float, default=0.1, help="share of items held out for validation")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
-    _add_config_args(parser.add_argument_group("training (TrainConfig)"), TrainConfig,
-                     choices={"objective": list(OBJECTIVES), "device": list(DEVICES)})
-    if model_config_cls is not None:
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        _add_config_args(parser.add_argument_group("model (ModelConfig; --objective is shared)"),
-                         model_config_cls, skip=train_fields)
-    return parser
+def parse_command(argv=None) -> TrainCommand:
+    """Flags -> TrainCommand; ``--config run.json`` sets the defaults the other flags override."""
+    import argparse
+    import sys
+
+    import tyro
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config = pre.parse_known_args(argv)[0].config
+    run = RunConfig.load(config) if config else RunConfig()
+    if run.data is None or run.samples is None:
+        raise ValueError(f"{config}: the run records no data or sample settings (it was trained on "
+                         f"datasets built by hand); it cannot be rebuilt from the command line")
+    default = TrainCommand(data=run.data, samples=run.samples, model=run.model, train=run.train, config=config)
+    return tyro.cli(TrainCommand, args=argv, default=default, prog="python -m pixelbyte.train")
 
 
 def main(argv=None) -> dict | None:
-    from . import data
-    from .models import ModelConfig, PixelByteModel
+    import sys
 
-    parser = build_parser(ModelConfig)
-    args = parser.parse_args(argv)
-    train_fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = TrainConfig(**{name: getattr(args, name) for name in train_fields})
-        model_kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig)
-                    if f.init and f.name not in train_fields}
-        if "objective" in {f.name for f in dataclasses.fields(ModelConfig)}:
-            model_kw["objective"] = cfg.objective
-        model_cfg = ModelConfig(**model_kw)
-        window = data.WindowConfig(args.seq_length, args.stride, cfg.objective)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
-    try:
-        items = data.load_pixelbytes(args.source, limit=args.limit)
-        train_ds, val_ds = data.make_datasets(data.sequences(items), window, args.test_size, cfg.seed)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
-        raise SystemExit(f"pixelbyte.train: cannot build the datasets from {args.source!r} "
-                         f"(seq_length {args.seq_length}, stride {args.stride}, limit {args.limit}): {err}")
-    torch.manual_seed(cfg.seed)     # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = PixelByteModel(model_cfg)
-    try:
-        trainer = Trainer(model, train_ds, val_ds, cfg)
-        final = trainer.fit(resume=args.resume)
-        if trainer.is_main:
-            print(json.dumps(final, indent=1))
-        return final
+        command = parse_command(argv)
+        model, final = train(command.run, resume=command.resume, overwrite=command.overwrite)
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError, CheckpointError, RunFolderBusy) as err:
+        sys.exit(f"pixelbyte.train: {err}")
     finally:
         cleanup_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(final, indent=1))
+    return final
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ V = tok.VOCAB_SIZE
 class RepeatLastModel(torch.nn.Module):
     """`next` objective: predicts the centre of the window it is fed (the last token)."""
     is_causal = True
+    select = PixelByteModel.select                              # the contract: the objective's targets
 
     def __init__(self, confidence=10.0):
         super().__init__()
@@ -26,14 +27,14 @@ class RepeatLastModel(torch.nn.Module):
         self.confidence = confidence
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, x):                                      # (B, L, 3, 3) -> (B, L, V)
-        return torch.nn.functional.one_hot(x[..., 1, 1], V).float() * self.confidence
+    def forward(self, x, targets=None):                        # (B, L, 3, 3) -> (B, L, V), no loss
+        return torch.nn.functional.one_hot(x[..., 1, 1], V).float() * self.confidence, None
 
     def init_state(self, batch_size, device=None):
         return None
 
     def step(self, x_t, state):
-        return self.forward(x_t[:, None])[:, 0], state
+        return self.forward(x_t[:, None])[0][:, 0], state
 
 
 class OracleModel(torch.nn.Module):
@@ -185,7 +186,7 @@ def test_bidirectional_model_and_summary_format(items):
 
 
 def test_token_metrics_by_hand(items):
-    ds = data.WindowDataset(items, data.WindowConfig(seq_length=20, stride=7, objective="next"))
+    ds = data.WindowDataset(items, seq_length=20, stride=7, objective="next")
     table = E.token_metrics(RepeatLastModel(confidence=10.0), ds, batch_size=16).set_index("modality")
     last = np.array([int(ds[i][0][-1, 1, 1]) for i in range(len(ds))])
     target = np.array([int(ds[i][1]) for i in range(len(ds))])
@@ -195,20 +196,40 @@ def test_token_metrics_by_hand(items):
     assert table.loc["all", "tokens"] == len(ds)
     assert table.loc["all", "accuracy"] == pytest.approx(right.mean())
     assert table.loc["all", "bits_per_token"] == pytest.approx(bits.mean())
-    pixel = tok.is_colour(target)
-    assert table.loc["pixel", "accuracy"] == pytest.approx(right[pixel].mean())
-    assert table.loc[["text", "pixel", "separator"], "tokens"].sum() == len(ds)
+    assert list(table.index) == ["all", "text", "pixel", "structure"]
+    masks = {"pixel": target >= 58, "structure": target <= 2, "text": (target >= 3) & (target < 58)}
+    for name, mask in masks.items():
+        assert mask.any(), name
+        assert table.loc[name, "tokens"] == mask.sum()
+        assert table.loc[name, "accuracy"] == pytest.approx(right[mask].mean())
+        assert table.loc[name, "bits_per_token"] == pytest.approx(bits[mask].mean())
+    assert table.loc[["text", "pixel", "structure"], "tokens"].sum() == len(ds)
 
 
 def test_token_metrics_causal_and_objective_check(items):
     torch.manual_seed(0)
     model = PixelByteModel(ModelConfig(model="bysmamba", dim=16, hidden=8, depth=1, objective="causal"))
-    ds = data.WindowDataset(items, data.WindowConfig(seq_length=32, stride=32, objective="causal"))
+    ds = data.WindowDataset(items, seq_length=32, stride=32, objective="causal")
     table = E.token_metrics(model, ds, max_batches=1).set_index("modality")
     assert table.loc["all", "tokens"] == min(len(ds), 64) * 32
     assert 3 < table.loc["all", "bits_per_token"] < 12          # untrained: about log2(113) = 6.8
-    with pytest.raises(ValueError, match="objective"):
+    with pytest.raises(ValueError, match="model objective 'next' does not match the dataset's 'causal'"):
         E.token_metrics(RepeatLastModel(), ds)
+
+
+def test_token_metrics_on_whole_items_count_no_padding(items):
+    """Padded batches of whole items: every real token counted once, padding never, and the
+    numbers do not depend on how the items are batched."""
+    torch.manual_seed(0)
+    model = PixelByteModel(ModelConfig(model="lstm", dim=16, hidden=8, depth=1, objective="causal",
+                                       positions=True))
+    ds = data.ItemDataset(items)
+    table = E.token_metrics(model, ds, batch_size=3).set_index("modality")
+    ids = np.concatenate([tok.centre_ids(s) for s in items])
+    assert table.loc["all", "tokens"] == len(ids)
+    assert table.loc["structure", "tokens"] == (ids <= 2).sum() and table.loc["pixel", "tokens"] == (ids >= 58).sum()
+    one_by_one = E.token_metrics(model, ds, batch_size=1).set_index("modality")
+    pd.testing.assert_frame_equal(table, one_by_one, check_exact=False, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,13 +263,13 @@ def test_copy_task_items_are_real_pixelbyte_sequences():
 def test_copy_task_dataset_trains(objective):
     seqs = E.copy_task_dataset("selective", 6, seed=0, length=10, n_recall=2)
     assert all(s.shape == (14, 3, 3) for s in seqs)
-    ds = data.WindowDataset(seqs, data.WindowConfig(seq_length=8, stride=2, objective=objective))
+    ds = data.WindowDataset(seqs, seq_length=8, stride=2, objective=objective)
     torch.manual_seed(0)
     model = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, depth=1, objective=objective))
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
-    logits = model(x)
-    logits = logits[:, -1] if objective == "next" else logits
-    torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).backward()
+    _, loss = model(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
     result = E.score_copy(model, E.copy_task_items("selective", 4, seed=1, length=10, n_recall=2))
     assert 0 <= result["token_accuracy"] <= 1 and result["items"] == 4 and result["tokens"] == 12
 

@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pixelbyte import data, generate as G, tokenizer as tok
+from pixelbyte.config import RunConfig, SampleConfig
 from pixelbyte.models import ModelConfig, PixelByteModel
 
 V = tok.VOCAB_SIZE
@@ -21,7 +22,7 @@ FAMILIES = ("lstm", "attention", "bysmamba")
 
 
 # ---------------------------------------------------------------------------------------------
-# Stand-in models (the contract: forward, is_causal, init_state, step, config.objective)
+# Stand-in models (the contract: forward -> (logits, loss), is_causal, init_state, step, config.objective)
 
 
 class RandomModel(torch.nn.Module):
@@ -40,8 +41,8 @@ class RandomModel(torch.nn.Module):
         out = sum(self.cells[c][flat[..., c]] for c in range(9))  # (B, L, V)
         return out + self.positions[positions % 512]
 
-    def forward(self, x):
-        return self._logits(x, torch.arange(x.shape[1]))
+    def forward(self, x, targets=None):
+        return self._logits(x, torch.arange(x.shape[1])), None
 
     def init_state(self, batch_size, device=None):
         return 0
@@ -94,17 +95,13 @@ TRAINABLE = {"dim": 27, "hidden": 32, "depth": 1}            # learns two items 
 
 def train(model, seqs, seq_length, steps=60, lr=2e-2):
     """A few dozen full-batch AdamW steps on every window of ``seqs``; returns (first, last) loss."""
-    ds = data.WindowDataset(seqs, data.WindowConfig(seq_length=seq_length, stride=1,
-                                                    objective=model.config.objective))
+    ds = data.WindowDataset(seqs, seq_length=seq_length, stride=1, objective=model.config.objective)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.stack([ds[i][1] for i in range(len(ds))])
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        logits = model(x)
-        if model.config.objective == "next":
-            logits = logits[:, -1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        _, loss = model(x, y)                                  # the model's own loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -212,7 +209,7 @@ def test_bidirectional_model_reruns_window_batch_equals_one_by_one():
     with torch.no_grad():
         for k in range(3):
             end = len(PROMPTS[0]) + k
-            logits = model(windows[None, max(0, end - 8):end])[0, -1]
+            logits = model.logits(windows[None, max(0, end - 8):end])[0, -1]
             assert int(logits.argmax()) == gen.new[k]
 
 
@@ -230,7 +227,7 @@ def test_sampling_is_seeded_and_top_k_restricts():
     (gen,) = G.generate(model, PROMPTS[0], 20, temperature=2.0, top_k=3, seed=0)
     windows = torch.from_numpy(tok.windows_from_ids(gen.ids)).long()
     with torch.no_grad():
-        logits = model(windows[None])[0]                       # (L, V)
+        logits = model(windows[None])[0][0]                    # (L, V)
     for k, token in enumerate(gen.new):
         top3 = logits[len(PROMPTS[0]) - 1 + k].topk(3).indices.tolist()
         assert token in top3
@@ -243,7 +240,7 @@ def test_log_likelihood_matches_teacher_forced_forward(items):
     x = torch.from_numpy(items[0]).long()
     x[:, 1, 1] = 0
     with torch.no_grad():
-        logp = torch.log_softmax(model(x[None])[0].double(), -1)  # (L, V)
+        logp = torch.log_softmax(model.logits(x[None])[0].double(), -1)  # (L, V)
     expected = sum(float(logp[t, ids[t]]) for t in range(10, len(ids)))
     assert ll == pytest.approx(expected, abs=1e-4)
 
@@ -262,14 +259,80 @@ def test_prompt_forms(items):
 def test_argument_errors():
     model = RandomModel("next")
     with pytest.raises(ValueError, match="at least one prompt token"):
+        G.generate(model, [[]], 5)
+    with pytest.raises(ValueError, match=r"prompts is empty: pass \[\[\]\] for one empty prompt"):
         G.generate(model, [], 5)
-    with pytest.raises(ValueError, match="temperature"):
-        G.generate(model, [3], 5, temperature=-1)
+    with pytest.raises(TypeError, match="a prompt is token ids, not text"):
+        G.generate(model, "a cat", 5)
+    with pytest.raises(ValueError, match=r"prompt token ids outside 0..112: \[113\]"):
+        G.generate(model, [3, 113], 5)
+    with pytest.raises(ValueError, match=r"a prompt is a list of token ids or an \(L, 3, 3\) sequence"):
+        G.generate(model, [np.zeros((2, 2), dtype=np.int64)], 5)
+    for bad in (-1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0"):
+            G.generate(model, [3], 5, temperature=bad)
     with pytest.raises(ValueError, match="top_k"):
         G.generate(model, [3], 5, top_k=0)
+    for bad in (-1, [3, -2]):
+        with pytest.raises(ValueError, match="max_new_tokens must be integers >= 0"):
+            G.generate(model, [[3], [4]], bad)
+    with pytest.raises(TypeError, match=r"max_new_tokens=2.5: expected an integer"):
+        G.generate(model, [3], 2.5)
+    with pytest.raises(ValueError, match="max_new_tokens has 3 entries for 2 prompts"):
+        G.generate(model, [[3], [4]], [1, 2, 3])
+    with pytest.raises(ValueError, match="stop_after_segments must be integers >= 1"):
+        G.generate(model, [3], 5, stop_after_segments=0)
+    with pytest.raises(ValueError, match="prompt_windows must be"):
+        G.generate(model, [[3, 4]], 5, prompt_windows=[np.zeros((3, 3, 3), np.uint8)])
+    with pytest.raises(ValueError, match="window must be a positive integer, got 0"):
+        G.Generator(model, window=0)
     with pytest.raises(ValueError, match="objective"):
         G.Generator(types.SimpleNamespace(config=None, is_causal=True))
-    assert G.generate(RandomModel("causal"), [], 3)[0].new  # causal models may start from nothing
+    assert G.generate(RandomModel("causal"), [[]], 3)[0].new  # causal models may start from nothing
+    assert G.generate(model, [3], 0)[0].new == []             # nothing asked, nothing generated
+
+
+# ---------------------------------------------------------------------------------------------
+# What the model was trained to see: its run's context, whole streams for position models
+
+
+def test_window_default_comes_from_the_models_run():
+    model = tiny_model("lstm", "next")
+    assert G.Generator(model, use_state=False).window == G.DEFAULT_WINDOW        # no run recorded
+    model.run = RunConfig(samples=SampleConfig(seq_length=12), model=model.config)
+    assert G.Generator(model, use_state=False).window == 12
+    assert G.Generator(model, use_state=False, window=5).window == 5              # explicit wins
+    # the re-run feeds the last 12 positions: as window=12, unlike the whole history
+    prompt = tok.centre_ids(make_items()[0])[:30].tolist()
+    by_run = G.generate(model, prompt, 6, use_state=False)
+    assert by_run == G.generate(model, prompt, 6, use_state=False, window=12)
+    assert by_run[0].logprobs != G.generate(model, prompt, 6, use_state=False, window=64)[0].logprobs
+    causal = tiny_model("lstm", "causal")
+    causal.run = RunConfig(samples=SampleConfig(unit="item"), model=causal.config)
+    assert G.Generator(causal, use_state=False).window is None                    # whole items: everything
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_position_models_are_fed_their_whole_stream(items, family):
+    model = tiny_model(family, "causal", positions=True)
+    assert G.Generator(model, use_state=False).window is None            # even without a recorded run
+    ids = np.concatenate([tok.centre_ids(s) for s in items]).tolist()
+    history, prompt = ids[:len(items[0]) + 3], ids[len(items[0]) + 3:len(items[0]) + 9]
+    with_history = G.generate(model, prompt, 12, histories=[history])
+    as_prompt = G.generate(model, history + prompt, 12)
+    assert with_history[0].new == as_prompt[0].new
+    np.testing.assert_allclose(with_history[0].logprobs, as_prompt[0].logprobs, atol=1e-5)
+    assert with_history[0].prompt == prompt and with_history[0].history == history
+    rerun = G.generate(model, prompt, 12, histories=[history], use_state=False)
+    assert rerun[0].new == with_history[0].new
+    np.testing.assert_allclose(rerun[0].logprobs, with_history[0].logprobs, atol=1e-4)
+    # the teacher-forced log-likelihood is the model's forward on the whole stream
+    (ll,) = G.log_likelihood(model, [ids[:10]], [ids[10:40]])
+    x = torch.from_numpy(np.concatenate(items)[:40]).long()
+    x[:, 1, 1] = 0
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(x[None])[0].double(), -1)
+    assert ll == pytest.approx(sum(float(logp[t, ids[t]]) for t in range(10, 40)), abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

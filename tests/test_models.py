@@ -1,18 +1,25 @@
 """Tests of pixelbyte.models: every configuration builds, PxByEmbed shapes (seed-era crash),
-step-by-step decoding equal to the full forward, no look-ahead in causal models, training
-reduces the loss, config validation, save/load round trip and its error messages, and the
-paper's configurations under 100k parameters.
+step-by-step decoding equal to the full forward, no look-ahead in causal models (position
+embeddings included), the model's own loss (select, padding never counted), training reduces the
+loss, save/load round trip with its run, runtime overrides and its error messages, and the paper's
+configurations under 100k parameters. (Config validation: tests/test_config.py.)
 
 Tiny widths and short sequences throughout (dim 18, hidden 8, L <= 40) so that the file runs in
 well under a minute on 2 CPU cores; seeds fixed.
 """
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pixelbyte import tokenizer as tok
+from pixelbyte.config import RunConfig, SampleConfig, TrainConfig
+from pixelbyte.data import ItemDataset
 from pixelbyte.models import (
+    METADATA_KEY,
     MODELS,
     PAPER_BEST,
     PAPER_CONFIGS,
@@ -20,15 +27,17 @@ from pixelbyte.models import (
     CheckpointError,
     ModelConfig,
     PixelByteModel,
+    PositionEmbed,
     PxByEmbed,
     count_parameters,
+    loss_sums,
+    metrics_from_sums,
     paper_config,
     parameter_table,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-
-
+pytestmark = [pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
+              pytest.mark.filterwarnings("ignore:.*run.json not found")]   # checked on its own below
 
 V = 113
 EMBEDDINGS = [("pxby", True), ("pxby", False), ("center", False)]   # center has no conv
@@ -53,6 +62,23 @@ def build(cfg, seed=0):
     return PixelByteModel(cfg).eval()
 
 
+def real_items(n=3, seed=0) -> list[np.ndarray]:
+    """Small sprites with captions, of different lengths (34..80 tokens)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = 2 + i, 3 + i
+        out.append(tok.encode_item(tok.PALETTE[rng.integers(0, 55, (h, w))], "a cat" + " ok" * i))
+    return out
+
+
+def masked(seq: np.ndarray) -> torch.Tensor:
+    """An item's causal input: its windows with the centre zeroed, (L, 3, 3) long."""
+    x = torch.from_numpy(seq).long()
+    x[:, 1, 1] = 0
+    return x
+
+
 # ---------------------------------------------------------------------------------------------
 # Shapes
 
@@ -62,10 +88,19 @@ def build(cfg, seed=0):
 @pytest.mark.parametrize("embedding,conv", EMBEDDINGS)
 def test_every_configuration_gives_logits(model, bidirectional, embedding, conv):
     m = build(tiny(model, bidirectional=bidirectional, embedding=embedding, conv=conv))
-    logits = m(windows(2, 7))
-    assert logits.shape == (2, 7, V)
+    logits, loss = m(windows(2, 7))
+    assert logits.shape == (2, 7, V) and loss is None
     assert torch.isfinite(logits).all()
+    assert torch.equal(m.logits(windows(2, 7)), logits)
     assert m.is_causal is (not bidirectional)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_position_models_give_logits(model):
+    m = build(tiny(model, objective="causal", positions=True))
+    x = masked(real_items(1)[0])[None]
+    assert m.logits(x).shape == (1, len(x[0]), V) and m.where is not None
+    assert build(tiny(model, objective="causal")).where is None
 
 
 def test_pxby_embed_regression_batch2_len256_dim64():
@@ -92,6 +127,27 @@ def test_pxby_embed_sizes_and_conv_mix():
     assert PxByEmbed(V, 5)(windows(3, 1)).shape == (3, 1, 5)
 
 
+def test_position_features_read_from_windows_are_the_stream_positions():
+    """What the model embeds (read from its masked input windows) is where each token sits,
+    computed from the true token ids: segment, row, column, declared (h, w), rows / columns left."""
+    seqs = real_items(2)
+    stream = np.concatenate(seqs)                                    # two items in one stream
+    x = masked(stream)[None]                                         # (1, L, 3, 3)
+    feats = PositionEmbed.of_windows(x)[0].numpy()                   # (L, 7)
+    expected = PositionEmbed.features(tok.stream_positions(tok.centre_ids(stream))[:-1])
+    np.testing.assert_array_equal(feats, expected)
+    # by hand for the first item's image: (2, 3) declared, segment 1
+    h, w = 2, 3
+    start = len(str((h, w))) + 1                                     # after "(2, 3)\n"
+    image = feats[start:start + h * (w + 1)]
+    assert (image[:, 0] == 1).all() and (image[:, 3:5] == [h, w]).all()
+    np.testing.assert_array_equal(image[:, 1], np.repeat(np.arange(h), w + 1))        # row
+    np.testing.assert_array_equal(image[:, 2], np.tile(np.arange(w + 1), h))          # column
+    np.testing.assert_array_equal(image[:, 5], h - image[:, 1] + 1)                   # rows left
+    np.testing.assert_array_equal(image[:, 6], w - image[:, 2] + 1)                   # columns left
+    assert (feats[:start, 3:] == 0).all()                            # nothing declared in the shape text
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding and causality
 
@@ -103,7 +159,20 @@ CAUSAL_CASES = {
     "attention_auto_heads": dict(model="attention", n_heads="auto"),        # 3 heads of 6
     "bysmamba": dict(model="bysmamba"),
     "bysmamba_center_next": dict(model="bysmamba", embedding="center", conv=False, objective="next"),
+    "lstm_positions": dict(model="lstm", positions=True),
+    "attention_positions": dict(model="attention", n_heads=2, positions=True),
+    "bysmamba_positions": dict(model="bysmamba", positions=True),
 }
+
+
+def step_through(m, x):
+    with torch.no_grad():
+        state = m.init_state(x.shape[0])
+        stepped = []
+        for t in range(x.shape[1]):
+            logits, state = m.step(x[:, t], state)
+            stepped.append(logits)
+    return torch.stack(stepped, 1)
 
 
 @pytest.mark.parametrize("case", CAUSAL_CASES)
@@ -111,14 +180,11 @@ def test_step_matches_forward(case):
     kw = {"objective": "causal", **CAUSAL_CASES[case]}
     m = build(tiny(**kw))
     x = windows(2, 40, centre_zero=kw["objective"] == "causal")   # 40 > first KV-cache capacity
+    if kw.get("positions"):          # real streams: two items from their start, as in training
+        x = torch.stack([masked(np.concatenate(real_items(3, seed))[:40]) for seed in (0, 1)])
     with torch.no_grad():
-        full = m(x)
-        state = m.init_state(2)
-        stepped = []
-        for t in range(x.shape[1]):
-            logits, state = m.step(x[:, t], state)
-            stepped.append(logits)
-    torch.testing.assert_close(torch.stack(stepped, 1), full, atol=1e-5, rtol=1e-5)
+        full = m.logits(x)
+    torch.testing.assert_close(step_through(m, x), full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -131,12 +197,32 @@ def test_causal_models_do_not_look_ahead(model, bidirectional):
     x2 = x.clone()
     x2[0, t] = torch.randint(1, V, (3, 3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        diff = (m(x2) - m(x)).abs().amax(-1)[0]              # (L,)
+        diff = (m.logits(x2) - m.logits(x)).abs().amax(-1)[0]     # (L,)
     assert diff[t] > 0                                        # the changed position reacts
     if bidirectional:
         assert diff[:t].max() > 1e-6, "a bidirectional model must see the future"
     else:
         assert diff[:t].max() == 0, f"logits before {t} changed: the model looks ahead"
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("t", [5, 12, 30])                   # shape text, image, next item's image
+def test_position_embeddings_do_not_look_ahead(model, t):
+    """With positions the window at t is also read for where tokens >= t sit (its left cell is
+    token t - 1): changing the window at t may change logits >= t, never logits < t."""
+    m = build(tiny(model, objective="causal", positions=True, n_heads=2))
+    x = masked(np.concatenate(real_items(2)))[None]         # (1, L, 3, 3)
+    assert len(x[0]) > t + 10
+    x2 = x.clone()
+    x2[0, t] = torch.randint(1, V, (3, 3), generator=torch.Generator().manual_seed(t))
+    x2[0, t, 1, 1] = 0
+    x2[0, t, 1, 0] = tok.ROW_END_ID                       # token t - 1 reads as a row end: positions move
+    with torch.no_grad():
+        diff = (m.logits(x2) - m.logits(x)).abs().amax(-1)[0]
+        pos_diff = (PositionEmbed.of_windows(x2) - PositionEmbed.of_windows(x)).abs().amax(-1)[0]
+    assert diff[t] > 0
+    assert diff[:t].max() == 0, f"logits before {t} changed: the position features look ahead"
+    assert pos_diff[:t].max() == 0 and pos_diff[t:].max() > 0    # the positions do move after t
 
 
 def test_attention_knows_token_order():
@@ -147,7 +233,7 @@ def test_attention_knows_token_order():
     swapped = x.clone()
     swapped[0, [2, 5]] = x[0, [5, 2]]
     with torch.no_grad():
-        assert (m(x)[0, -1] - m(swapped)[0, -1]).abs().max() > 1e-4
+        assert (m.logits(x)[0, -1] - m.logits(swapped)[0, -1]).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -167,6 +253,76 @@ def test_forward_rejects_bad_windows():
         m(torch.zeros(2, 7, 3, 3))
     with pytest.raises(ValueError, match="0..112"):
         m(torch.full((1, 2, 3, 3), V))
+    with pytest.raises(ValueError, match=r"step expects windows of shape \(B, 3, 3\)"):
+        m.step(torch.zeros(1, 4, 3, 3, dtype=torch.long), m.init_state(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model's loss: select, padding
+
+
+def test_select_shapes_and_errors():
+    logits = torch.randn(2, 5, V)
+    nxt = build(tiny("lstm"))
+    pred, target = nxt.select(logits, torch.tensor([3, 4]))
+    assert torch.equal(pred, logits[:, -1]) and target.tolist() == [3, 4]      # the last position
+    with pytest.raises(ValueError, match=r"objective 'next' wants targets \(B,\), got \(2, 5\)"):
+        nxt.select(logits, torch.ones(2, 5, dtype=torch.long))
+    causal = build(tiny("lstm", objective="causal"))
+    y = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 0, 0, 0]])                      # row 1 padded
+    pred, target = causal.select(logits, y)
+    assert pred.shape == (7, V) and target.tolist() == [5, 6, 7, 8, 9, 10, 11]
+    assert torch.equal(pred, torch.cat([logits[0], logits[1, :2]]))
+    with pytest.raises(ValueError, match=r"objective 'causal' wants targets \(B, L\) = \(2, 5\), got \(2, 4\)"):
+        causal.select(logits, y[:, :4])
+    with pytest.raises(ValueError, match=r"wants targets \(B, L\)"):
+        causal.select(logits, torch.tensor([3, 4]))
+    # forward's loss is the mean cross-entropy of what select keeps
+    x = windows(2, 5, centre_zero=True)
+    out, loss = causal(x, y)
+    assert torch.equal(loss, F.cross_entropy(*causal.select(out, y)))
+    out, loss = nxt(windows(2, 5), torch.tensor([3, 4]))
+    assert torch.equal(loss, F.cross_entropy(out[:, -1], torch.tensor([3, 4])))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("positions", [False, True])
+def test_padding_never_enters_the_loss(model, positions):
+    m = build(tiny(model, objective="causal", positions=positions, n_heads=2))
+    ds = ItemDataset(real_items(3))
+    samples = [ds[i] for i in range(len(ds))]
+    x, y = ItemDataset.collate(samples)                                     # (3, L_max, 3, 3), (3, L_max)
+    pad = y == tok.PAD_ID
+    assert pad.any() and (pad.sum(1) > 0).sum() == 2                        # two rows are padded
+    with torch.no_grad():
+        logits, loss = m(x, y)
+        # the same items one by one, unpadded: the same token-weighted loss
+        alone = [m(xi[None], yi[None])[1] * len(yi) for xi, yi in samples]
+        torch.testing.assert_close(loss, sum(alone) / (~pad).sum(), atol=1e-6, rtol=1e-6)
+        # whatever the logits or the inputs at padded positions, nothing changes
+        noisy = logits.clone()
+        noisy[pad] = 100 * torch.randn(int(pad.sum()), V, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(F.cross_entropy(*m.select(noisy, y)), loss)
+        assert torch.equal(loss_sums(*m.select(noisy, y)), loss_sums(*m.select(logits, y)))
+        x2 = x.clone()
+        x2[pad] = windows(1, int(pad.sum()), seed=3, centre_zero=True)[0]
+        assert torch.equal(m(x2, y)[1], loss)
+        assert loss_sums(*m.select(logits, y))[:, 0].sum() == (~pad).sum()  # padding is never a target
+
+
+def test_loss_sums_by_modality_by_hand():
+    #        text  pixel  \t   text  pixel
+    target = torch.tensor([5, 60, 1, 7, 61])
+    pred = torch.full((5, V), -50.0)
+    pred[torch.arange(5), torch.tensor([5, 61, 1, 8, 61])] = 50.0          # right, wrong, right, wrong, right
+    sums = loss_sums(pred, target)
+    assert sums[:, 0].tolist() == [2, 2, 1]                                # tokens: text, pixel, structure
+    assert sums[:, 2].tolist() == [1, 1, 1]                                # correct
+    metrics = metrics_from_sums(sums)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert (metrics["acc_text"], metrics["acc_pixel"], metrics["acc_structure"]) == (0.5, 0.5, 1.0)
+    assert metrics["bpt_pixel"] == pytest.approx(100 / 2 / np.log(2), rel=1e-6)   # one miss of 100 nats
+    assert np.isnan(metrics_from_sums(loss_sums(pred[:1], target[:1]))["acc_pixel"])   # no pixel token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,14 +330,16 @@ def test_forward_rejects_bad_windows():
 
 
 def train_losses(cfg, steps, lr=3e-3, seed=0):
+    """AdamW steps on the model's own loss (random targets: (B,) for next, (B, L) for causal)."""
     torch.manual_seed(seed)
     m = PixelByteModel(cfg).train()
     opt = torch.optim.AdamW(m.parameters(), lr=lr)
-    x = windows(4, 24, seed=seed, centre_zero=cfg.objective == "causal")
-    y = torch.randint(0, V, (4, 24), generator=torch.Generator().manual_seed(seed + 1))
+    causal = cfg.objective == "causal"
+    x = windows(4, 24, seed=seed, centre_zero=causal)
+    y = torch.randint(1, V, (4, 24) if causal else (4,), generator=torch.Generator().manual_seed(seed + 1))
     losses = []
     for _ in range(steps):
-        loss = F.cross_entropy(m(x).flatten(0, 1), y.flatten())
+        _, loss = m(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -192,7 +350,8 @@ def train_losses(cfg, steps, lr=3e-3, seed=0):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_a_few_adamw_steps_reduce_the_loss(model, bidirectional):
-    losses = train_losses(tiny(model, bidirectional=bidirectional), steps=15)
+    cfg = tiny(model, bidirectional=bidirectional, objective="next" if bidirectional else "causal")
+    losses = train_losses(cfg, steps=15)
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.3, losses
 
@@ -206,48 +365,7 @@ def test_deep_bysmamba_trains_stably():
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("model", "gru", "allowed values are"),
-    ("embedding", "patch", "allowed values are"),
-    ("objective", "masked", "allowed values are"),
-    ("backend", "triton", "allowed values are"),
-    ("bidirectional", 1, "True or False"),
-    ("conv", "yes", "True or False"),
-    ("dim", 0, "integer >= 1"),
-    ("hidden", 8.0, "integer >= 1"),
-    ("depth", True, "integer >= 1"),
-    ("d_conv", -1, "integer >= 1"),
-    ("expand", 0, "integer >= 1"),
-    ("vocab_size", 1, "integer >= 2"),
-    ("dropout", 1.0, r"\[0, 1\)"),
-    ("n_heads", 0, "positive integer or 'auto'"),
-    ("n_heads", "all", "positive integer or 'auto'"),
-    ("proj_size", -2, "integer >= 0"),
-])
-def test_config_rejects_bad_values_naming_field_and_value(field, value, message):
-    with pytest.raises(ValueError, match=message) as info:
-        ModelConfig(**{field: value})
-    assert f"ModelConfig.{field}={value!r}" in str(info.value)
-
-
-def test_config_rejects_bad_combinations():
-    with pytest.raises(ValueError, match="bidirectional.*only legal with objective='next'"):
-        ModelConfig(bidirectional=True, objective="causal")
-    with pytest.raises(ValueError, match="conv=True needs embedding='pxby'"):
-        ModelConfig(embedding="center", conv=True)
-    with pytest.raises(ValueError, match="sees nothing"):
-        ModelConfig(embedding="center", conv=False, objective="causal")
-    with pytest.raises(ValueError, match="proj_size.*LSTM option"):
-        ModelConfig(model="bysmamba", proj_size=8)
-    with pytest.raises(ValueError, match="smaller than hidden"):
-        ModelConfig(model="lstm", hidden=8, proj_size=8)
-    with pytest.raises(ValueError, match="ModelConfig.hidden=9.*even"):
-        ModelConfig(model="lstm", hidden=9, bidirectional=True)
-    with pytest.raises(ValueError, match="head_dim"):
-        ModelConfig(model="attention", dim=4, n_heads=4)
+# Configuration (validation of every field: tests/test_config.py)
 
 
 def test_n_heads_auto_and_non_dividing_dims():
@@ -256,15 +374,24 @@ def test_n_heads_auto_and_non_dividing_dims():
     assert ModelConfig(model="attention", dim=162, n_heads="auto").heads == 3
     cfg = ModelConfig(model="attention", dim=81)             # 4 heads, the paper's count
     assert (cfg.heads, cfg.head_dim) == (4, 21)              # attention inner width 84
-    assert PixelByteModel(cfg)(windows(1, 5)).shape == (1, 5, V)
+    assert PixelByteModel(cfg).logits(windows(1, 5)).shape == (1, 5, V)
 
 
 def test_config_dict_round_trip_and_unknown_keys():
-    cfg = ModelConfig(model="attention", n_heads="auto", dim=36, objective="causal")
+    cfg = ModelConfig(model="attention", n_heads="auto", dim=36, objective="causal", positions=True)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['d_state', 'layers'\]"):
         ModelConfig.from_dict({**cfg.to_dict(), "layers": 2, "d_state": 16})
     assert PixelByteModel(cfg.to_dict()).config == cfg
+
+
+def test_from_run_builds_the_runs_model_from_its_seed():
+    run = RunConfig(model=tiny("lstm"), train=TrainConfig(seed=3))
+    a, b = PixelByteModel.from_run(run), PixelByteModel.from_run(run)
+    assert a.run is run and a.config == run.model
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    other = PixelByteModel.from_run(replace(run, train=replace(run.train, seed=4)))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), other.parameters()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +409,90 @@ def test_save_and_load_round_trip(tmp_path, model):
     assert loaded.config == cfg and not loaded.training
     x = windows(2, 9)
     with torch.no_grad():
-        assert torch.equal(loaded(x), m(x))
+        assert torch.equal(loaded.logits(x), m.logits(x))
     loaded.save_pretrained(tmp_path / "again")               # the reloaded model saves its config
     assert PixelByteModel.from_pretrained(str(tmp_path / "again")).config == cfg
+
+
+def test_save_writes_the_run_and_load_gives_it_back(tmp_path):
+    from safetensors import safe_open
+
+    run = RunConfig(samples=SampleConfig(unit="item", orders="both"),
+                    model=tiny("attention", objective="causal", positions=True, n_heads=2),
+                    train=TrainConfig(max_steps=3, betas=(0.8, 0.95), out_dir=str(tmp_path / "run")))
+    m = PixelByteModel.from_run(run)
+    m.save_pretrained(tmp_path / "model")
+    assert {"config.json", "model.safetensors", "run.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
+    assert RunConfig.load(tmp_path / "model" / "run.json") == run
+    with safe_open(str(tmp_path / "model" / "model.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()[METADATA_KEY]) == run.model.to_dict()   # the header holds the config
+    loaded = PixelByteModel.from_pretrained(tmp_path / "model")
+    assert loaded.run == run and loaded.config == run.model
+    x = masked(real_items(1)[0])[None]
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(x), m.eval().logits(x))
+
+
+def test_loading_without_run_json_warns(tmp_path):
+    build(tiny("lstm")).save_pretrained(tmp_path)                      # model.run is None: no run.json
+    assert not (tmp_path / "run.json").exists()
+    with pytest.warns(UserWarning, match=r"run.json not found: this checkpoint does not record its run.*held-out"):
+        loaded = PixelByteModel.from_pretrained(tmp_path)
+    assert loaded.run is None
+
+
+def test_edited_or_corrupt_run_json_is_refused(tmp_path):
+    m = PixelByteModel.from_run(RunConfig(model=tiny("lstm")))
+    m.save_pretrained(tmp_path)
+    run_file = tmp_path / "run.json"
+    saved = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({**saved, "model": {**saved["model"], "hidden": 16}}))
+    with pytest.raises(CheckpointError, match=r"config.json and .*run.json disagree: hidden: .* 8, .* 16"):
+        PixelByteModel.from_pretrained(tmp_path)
+    run_file.write_text("{broken")
+    with pytest.raises(CheckpointError, match=r"run.json: not a valid run config"):
+        PixelByteModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("field, value", [("n_heads", 3), ("objective", "causal")])
+def test_an_edited_config_field_the_weights_cannot_show_is_refused(tmp_path, field, value):
+    m = build(tiny("attention", n_heads=2))                            # dim 18: 2 x 9 or 3 x 6, same shapes
+    m.save_pretrained(tmp_path)
+    config = tmp_path / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps({**saved, field: value}))
+    with pytest.raises(CheckpointError) as err:
+        PixelByteModel.from_pretrained(tmp_path)
+    message = str(err.value)
+    assert f"{config} was edited after" in message and "model.safetensors was saved" in message
+    assert f"{field}: {config} says {value!r}, the weights were saved with {saved[field]!r}" in message
+    config.write_text(json.dumps({**saved, "backend": "auto"}))        # a runtime field may be edited
+    assert PixelByteModel.from_pretrained(tmp_path).config.backend == "auto"
+
+
+def test_runtime_fields_can_be_overridden_at_load(tmp_path):
+    cfg = tiny("bysmamba", backend="cuda", objective="causal")
+    m = build(cfg)
+    m.run = RunConfig(model=cfg)
+    m.save_pretrained(tmp_path)
+    loaded = PixelByteModel.from_pretrained(tmp_path, backend="torch", scan_impl="reference")
+    assert loaded.config == replace(cfg, backend="torch", scan_impl="reference")
+    assert loaded.run.model == loaded.config                         # the run follows the override
+    reference = PixelByteModel(replace(cfg, backend="torch")).eval()
+    reference.load_state_dict(m.state_dict())
+    x = windows(1, 9, centre_zero=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.logits(x), reference.logits(x), atol=1e-5, rtol=1e-5)
+    as_saved = PixelByteModel.from_pretrained(tmp_path)
+    assert as_saved.config.backend == "cuda"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="backend='cuda'"):
+            as_saved.logits(x)
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['dim'\]; runtime fields that may be "
+                                        r"overridden: \['backend', 'scan_impl'\]"):
+        PixelByteModel.from_pretrained(tmp_path, dim=20)
+    with pytest.raises(CheckpointError, match="ModelConfig.backend='metal'"):
+        PixelByteModel.from_pretrained(tmp_path, backend="metal")
 
 
 def test_loading_weights_of_another_config_names_file_and_tensor(tmp_path):
@@ -295,6 +503,20 @@ def test_loading_weights_of_another_config_names_file_and_tensor(tmp_path):
         PixelByteModel.from_pretrained(tmp_path / "a")
     message = str(info.value)
     assert str(tmp_path / "a" / "model.safetensors") in message
+    # the weights' header names the config they were saved with
+    assert "hidden: " in message and "the weights were saved with 16" in message
+
+
+def test_loading_weights_without_header_config_checks_the_shapes(tmp_path):
+    """Weights saved without the config in their header (older files) are still checked tensor by tensor."""
+    from safetensors.torch import save_model
+
+    build(tiny("lstm", hidden=8)).save_pretrained(tmp_path)
+    save_model(build(tiny("lstm", hidden=16)), str(tmp_path / "model.safetensors"))   # no metadata
+    with pytest.raises(CheckpointError) as info:
+        PixelByteModel.from_pretrained(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "model.safetensors") in message
     assert "backbone.first.weight_ih_l0: file (64, 18) vs config (32, 18)" in message
     assert "another configuration" in message
 
@@ -323,6 +545,8 @@ def test_loading_bad_or_missing_config_names_it(tmp_path):
     config.unlink()
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         PixelByteModel.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is a file; from_pretrained wants the directory"):
+        PixelByteModel.from_pretrained(tmp_path / "model.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -191,3 +191,152 @@ def test_decode_missing_final_newline_and_stray_tokens():
 def test_decode_rejects_out_of_vocabulary_ids():
     with pytest.raises(ValueError, match="outside 0..112"):
         tok.decode([3, 200])
+
+
+# ---------------------------------------------------------------------------------------------
+# Modalities
+
+
+def test_modality_of_every_id():
+    ids = np.arange(tok.VOCAB_SIZE)
+    expected = np.where(ids >= 58, 1, np.where(ids <= 2, 2, 0))        # pixel | structure | text
+    np.testing.assert_array_equal(tok.modality(ids), expected)
+    assert tok.MODALITIES[tok.modality(np.int64(tok.ROW_END_ID))] == "structure"
+    import torch
+    np.testing.assert_array_equal(tok.modality(torch.arange(tok.VOCAB_SIZE)).numpy(), expected)  # tensors too
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment orders: caption first is the same windows, segments moved
+
+
+def _check_caption_first(image, caption):
+    data = tok.encode_item(image, caption)
+    first = tok.encode_item(image, caption, order="caption_first")
+    np.testing.assert_array_equal(tok.reorder(data, "caption_first"), first)
+    blocks = tok.split_segments(data)
+    np.testing.assert_array_equal(np.concatenate(blocks), data)          # split_segments loses nothing
+    assert all(tok.centre_ids(b)[-1] == tok.SEG_END_ID for b in blocks)
+    data_segs, first_segs = tok.decode(tok.centre_ids(data)), tok.decode(tok.centre_ids(first))
+    if caption:
+        shape, picture, text = blocks
+        np.testing.assert_array_equal(first, np.concatenate([text, shape, picture]))
+        order = [2, 0, 1]                                                 # caption, shape, image
+    else:                                                                 # shape + image: nothing to move
+        np.testing.assert_array_equal(first, data)
+        order = [0, 1]
+    assert len(first_segs) == len(data_segs) == len(order)
+    for got, k in zip(first_segs, order):                                 # the same segments, reordered
+        want = data_segs[k]
+        assert (got.kind, got.text, got.row_widths, got.issues) == (want.kind, want.text, want.row_widths, want.issues)
+        if want.image is not None:
+            np.testing.assert_array_equal(got.image, want.image)
+    decoded_image, decoded_caption = tok.decode_item(first, order="caption_first")
+    np.testing.assert_array_equal(decoded_image, tok.to_palette_rgb(image))
+    assert decoded_caption == tok.normalize_text(caption)[0]
+    assert tok.decode_item(data)[1] == tok.decode_item(data, order="data")[1] == decoded_caption
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_caption_first_is_lossless_on_golden_items(case):
+    _check_caption_first(np.array(case["image_rgb"], dtype=np.uint8), case["caption"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(items())
+def test_property_caption_first_is_lossless(item):
+    _check_caption_first(*item)
+
+
+def test_reorder_and_order_errors():
+    data = tok.encode_item(tok.PALETTE[np.arange(6).reshape(2, 3)], "ab")
+    assert tok.reorder(data, "data") is data
+    with pytest.raises(ValueError, match=r"order='reversed': allowed values are \['data', 'caption_first'\]"):
+        tok.reorder(data, "reversed")
+    with pytest.raises(ValueError, match="order='reversed'"):
+        tok.encode_item(np.zeros((2, 2, 3), np.uint8), "x", order="reversed")
+    with pytest.raises(ValueError, match="order='reversed'"):
+        tok.decode_item(data, order="reversed")
+    two_items = np.concatenate([data, data])
+    with pytest.raises(ValueError, match="this one has 6"):
+        tok.reorder(two_items, "caption_first")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a token sits: stream_positions (batch), StreamPosition (one token at a time), previous_ids
+
+
+def test_stream_positions_hand_made():
+    c = tok.FIRST_COLOUR_ID
+    stream = _ids("(2, 3)") + [2] + [c, c, c, 1, c, c, c, 2] + _ids("ab") + [2]
+    #            segment row column  h  w
+    expected = ([[0, 0, k, 0, 0] for k in range(7)]                    # "(2, 3)\n"
+                + [[1, 0, k, 2, 3] for k in range(4)]                  # first image row + \t
+                + [[1, 1, k, 2, 3] for k in range(4)]                  # second row + \n
+                + [[2, 0, k, 0, 0] for k in range(3)]                  # "ab\n": an image declares nothing
+                + [[3, 0, 0, 0, 0]])                                   # the token after the stream
+    np.testing.assert_array_equal(tok.stream_positions(stream), expected)
+    assert tok.stream_positions([]).tolist() == [[0, 0, 0, 0, 0]]
+    # a shape text declares the next segment, even when nothing came yet; only a shape does
+    assert tok.stream_positions(_ids("(4, 15)") + [2])[-1].tolist() == [1, 0, 0, 4, 15]
+    assert tok.stream_positions(_ids("(4, 15) big") + [2])[-1].tolist() == [1, 0, 0, 0, 0]
+    assert tok.stream_positions(_ids("(4, 1x)") + [2])[-1].tolist() == [1, 0, 0, 0, 0]
+    # a text segment with a row end counts rows too
+    assert tok.stream_positions(_ids("a") + [1] + _ids("b"))[:, 1:3].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+
+
+def _incremental_positions(ids) -> np.ndarray:
+    where, out = tok.StreamPosition(), []
+    for t in ids:
+        out.append(where.current())
+        where.push(t)
+    return np.stack(out + [where.current()])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_incremental_positions_equal_batch_on_real_items(case):
+    ids = tok.centre_ids(np.array(case["pixelbyte"], dtype=np.uint8))
+    stream = np.concatenate([ids, ids])                                   # two items in one stream
+    np.testing.assert_array_equal(_incremental_positions(stream), tok.stream_positions(stream))
+    h, w = np.array(case["image_rgb"]).shape[:2]
+    image = tok.stream_positions(ids)[len(str((h, w))) + 1:][:h * (w + 1)]
+    assert (image[:, 3:] == [h, w]).all() and image[:, 1].max() == h - 1 and image[:, 2].max() == w
+
+
+@st.composite
+def streams(draw, with_pad=True):
+    """Token streams mixing random ids, separators and (partial, oversized) shape texts."""
+    low = 0 if with_pad else 1
+    chunks = draw(st.lists(st.one_of(
+        st.lists(st.integers(low, tok.VOCAB_SIZE - 1), max_size=8),
+        st.lists(st.sampled_from([tok.ROW_END_ID, tok.SEG_END_ID, tok.FIRST_COLOUR_ID]), max_size=4),
+        st.builds(lambda h, w, cut: _ids(f"({h}, {w})")[:cut] + [tok.SEG_END_ID],
+                  st.integers(0, 300), st.integers(0, 300), st.integers(1, 12))), max_size=12))
+    return [t for chunk in chunks for t in chunk]
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_property_incremental_positions_equal_batch(ids):
+    np.testing.assert_array_equal(_incremental_positions(ids), tok.stream_positions(ids))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_previous_ids_of_masked_windows_are_the_ids_shifted(case):
+    windows = np.array(case["pixelbyte"], dtype=np.uint8)
+    stream = np.concatenate([windows, windows])                           # a second item after the first
+    ids = tok.centre_ids(stream).astype(np.int64)
+    masked = stream.copy()
+    masked[:, 1, 1] = 0                                                   # what a causal model is fed
+    np.testing.assert_array_equal(tok.previous_ids(masked), np.r_[tok.SEG_END_ID, ids[:-1]])
+    batch = np.stack([masked, masked[::-1].copy()])                       # any leading shape
+    assert tok.previous_ids(batch).shape == (2, len(ids))
+    np.testing.assert_array_equal(tok.previous_ids(batch)[0], np.r_[tok.SEG_END_ID, ids[:-1]])
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(with_pad=False))
+def test_property_previous_ids_of_any_stream_without_padding(ids):
+    masked = tok.windows_from_ids(ids)
+    masked[:, 1, 1] = 0
+    np.testing.assert_array_equal(tok.previous_ids(masked), np.r_[tok.SEG_END_ID, ids[:-1]][:len(ids)])

@@ -1,0 +1,413 @@
+"""What a run is: its data, its training samples, its model and its training, as dataclasses.
+
+    run = RunConfig(data=DataConfig(source="embedded", test_size=0.1),
+                    samples=SampleConfig(unit="item", orders="both"),
+                    model=ModelConfig(model="attention", objective="causal", positions=True),
+                    train=TrainConfig(max_steps=300, out_dir="runs/mine"))
+    run.save("run.json"); RunConfig.load("run.json") == run
+    python -m pixelbyte.train --config run.json --train.lr 1e-3
+
+``RunConfig`` is the one description of a run: every checkpoint carries it (``last.pt``,
+``best.pt``, ``run.json`` beside each ``save_pretrained`` folder's weights), so whoever reads a
+model back -- generation, evaluation, the comparison, a resumed run -- takes the held-out split,
+the sample settings and the context length from the run instead of re-deriving them.
+
+Each dataclass validates its own fields when it is built (so also when it is loaded from JSON or
+parsed from the command line); an error names the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .mamba import BACKENDS, SCAN_IMPLS
+from .tokenizer import VOCAB_SIZE
+
+EMBEDDED = "embedded"                        # the emoji sprites shipped in pixelbyte/data/
+HUB_DATASET = "ffurfaro/PixelBytes-Pokemon"  # the paper's dataset on the Hugging Face hub
+OBJECTIVES = ("next", "causal")              # next: the token after a window | causal: every position
+UNITS = ("window", "item")                   # what one training sample is
+ORDERS = ("data", "caption_first", "both")   # segment order of whole-item samples
+MODELS = ("lstm", "attention", "bysmamba")
+EMBEDDINGS = ("pxby", "center")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_AUTO_HEADS = 4
+RUN_FORMAT = "pixelbyte-run-v1"
+# Fields that say how a run is executed, not what it computes: a checkpoint may be loaded or
+# resumed with other values (e.g. a model trained with the CUDA kernels, used on a CPU).
+RUNTIME_FIELDS = {"model": ("backend", "scan_impl"),
+                  "train": ("device", "num_workers", "progress", "compile", "out_dir", "log_every")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers (one set for every config)
+
+
+def _fail(obj, name: str, allowed: str):
+    raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r} is invalid: {allowed}")
+
+
+def _is_int(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_ints(obj, names, minimum: int, optional: bool = False):
+    for name in names:
+        value = getattr(obj, name)
+        if not ((optional and value is None) or _is_int(value, minimum)):
+            _fail(obj, name, f"expected {'None or ' if optional else ''}an integer >= {minimum}")
+
+
+def _check_choice(obj, name: str, choices):
+    if getattr(obj, name) not in choices:
+        _fail(obj, name, f"allowed values are {list(choices)}")
+
+
+def _check_bools(obj, names):
+    for name in names:
+        if not isinstance(getattr(obj, name), bool):
+            _fail(obj, name, "expected True or False")
+
+
+# ---------------------------------------------------------------------------------------------
+# The four parts of a run
+
+
+@dataclass
+class DataConfig:
+    source: str = EMBEDDED       # "embedded", a hub id (ffurfaro/PixelBytes-Pokemon) or a parquet file/folder
+    limit: int | None = None     # keep the first N items only (quick runs); None keeps all
+    test_size: float = 0.1       # share of items held out (split by item, never by window)
+    split_seed: int = 0          # seed of the item split
+
+    def __post_init__(self):
+        if not isinstance(self.source, str) or not self.source:
+            _fail(self, "source", "expected a non-empty string")
+        _check_ints(self, ["limit"], 1, optional=True)
+        _check_ints(self, ["split_seed"], 0)
+        if not (_is_number(self.test_size) and 0 < self.test_size < 1):
+            _fail(self, "test_size", "expected a number in (0, 1)")
+
+
+@dataclass
+class SampleConfig:
+    unit: str = "window"         # window: seq_length tokens inside an item (the paper's) | item: whole items
+    seq_length: int = 256        # window: tokens per window
+    stride: int = 32             # window: tokens between window starts
+    orders: str = "data"         # item: data (shape, image, caption) | caption_first | both (each item twice)
+    bucket: int = 16             # item: batches are cut from groups of this many batches sorted by length (1 = unsorted)
+
+    def __post_init__(self):
+        _check_choice(self, "unit", UNITS)
+        _check_choice(self, "orders", ORDERS)
+        _check_ints(self, ["seq_length", "stride", "bucket"], 1)
+        if self.unit == "window" and self.orders != "data":
+            _fail(self, "orders", "window samples are cut from items in the data order; "
+                                  "use unit='item' for caption_first or both")
+
+
+@dataclass
+class ModelConfig:
+    model: str = "lstm"           # lstm | attention | bysmamba
+    bidirectional: bool = False   # lstm: first layer; bysmamba: first and last layers; attention: no mask
+    embedding: str = "pxby"       # pxby: the 3x3 window | center: the centre token only
+    conv: bool = True             # pxby only: mix each cell with a 3x3 conv of the window
+    dim: int = 81                 # embedding / model width
+    hidden: int = 64              # lstm: cells per layer | bysmamba: Mamba d_state | attention: FFN width
+    depth: int = 2                # layers (LSTM layers, Mamba blocks, transformer blocks)
+    d_conv: int = 4               # bysmamba: causal conv width
+    expand: int = 2               # bysmamba: d_inner = expand * dim
+    n_heads: int | str = 4        # attention: heads, or "auto" = the largest count <= 4 dividing dim
+    proj_size: int = 0            # lstm: project each layer's output h_t to this size (0 = off)
+    vocab_size: int = VOCAB_SIZE  # 113 tokens
+    dropout: float = 0.0          # after the embedding, between LSTM layers, on residual branches
+    backend: str = "auto"         # bysmamba: Mamba backend, auto | cuda | torch
+    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile) | reference
+    objective: str = "next"       # next | causal (what the model is trained for; see models.py)
+    positions: bool = False       # add embeddings of where the predicted token sits (segment, row, column, declared h, w)
+
+    def __post_init__(self):
+        for name, choices in (("model", MODELS), ("embedding", EMBEDDINGS), ("objective", OBJECTIVES),
+                              ("backend", BACKENDS), ("scan_impl", SCAN_IMPLS)):
+            _check_choice(self, name, choices)
+        _check_bools(self, ("bidirectional", "conv", "positions"))
+        _check_ints(self, ("dim", "hidden", "depth", "d_conv", "expand"), 1)
+        _check_ints(self, ["vocab_size"], 2)
+        _check_ints(self, ["proj_size"], 0)
+        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            _fail(self, "dropout", "expected a number in [0, 1)")
+        if self.n_heads != "auto" and not _is_int(self.n_heads, 1):
+            _fail(self, "n_heads", "expected a positive integer or 'auto'")
+        self._check_combinations()
+
+    def _check_combinations(self):
+        if self.bidirectional and self.objective == "causal":
+            raise ValueError(
+                "ModelConfig: bidirectional=True with objective='causal' is not allowed: a "
+                "bidirectional model sees the future of every position, so its logits at t would "
+                "read token t itself. Bidirectional models are only legal with objective='next' "
+                "(predict the token after the window).")
+        if self.embedding == "center" and self.conv:
+            raise ValueError("ModelConfig: conv=True needs embedding='pxby' (the conv mixes the "
+                             "cells of the 3x3 window; embedding='center' has one cell). "
+                             "Use conv=False with embedding='center'.")
+        if self.embedding == "center" and self.objective == "causal":
+            raise ValueError("ModelConfig: embedding='center' with objective='causal' sees nothing: "
+                             "causal inputs have their centre zeroed, so every input would be 0. "
+                             "Use embedding='pxby' or objective='next'.")
+        if self.positions and self.objective != "causal":
+            _fail(self, "positions", "positions are read from the causal windows of a whole stream; "
+                                     "they need objective='causal'")
+        if self.proj_size and self.model != "lstm":
+            _fail(self, "proj_size", f"it is an LSTM option; use 0 with model={self.model!r}")
+        if self.proj_size and self.proj_size >= self.hidden:
+            _fail(self, "proj_size", f"must be 0 (off) or smaller than hidden={self.hidden}")
+        if self.model == "lstm" and self.bidirectional:
+            for name in ("hidden", "proj_size"):
+                if getattr(self, name) % 2:
+                    _fail(self, name, "a bidirectional LSTM layer splits it between its two "
+                                      "directions: use an even number")
+        if self.model == "attention" and self.head_dim < 2:
+            _fail(self, "n_heads", f"dim={self.dim} / n_heads gives head_dim={self.head_dim}; rotary "
+                                   f"positions need head_dim >= 2")
+
+    # --- derived
+    @property
+    def heads(self) -> int:
+        """Attention heads: n_heads, or for "auto" the largest count <= 4 that divides dim."""
+        if self.n_heads == "auto":
+            return max(h for h in range(1, MAX_AUTO_HEADS + 1) if self.dim % h == 0)
+        return self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        """ceil(dim / heads): when heads does not divide dim (dim 81, 4 heads) the attention works
+        at width heads * head_dim (84) inside and projects back to dim."""
+        return -(-self.dim // self.heads)
+
+    @property
+    def is_causal(self) -> bool:
+        return not self.bidirectional
+
+    @property
+    def name(self) -> str:
+        """Short name in the paper's axes, e.g. 'rnn_bi_pxby_conv_81_32_2' (other fields not shown)."""
+        family = {"lstm": "rnn", "bysmamba": "ssm", "attention": "att"}[self.model]
+        return "_".join([family, "bi" if self.bidirectional else "uni", self.embedding,
+                         "conv" if self.conv else "noconv", str(self.dim), str(self.hidden), str(self.depth)])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1                  # passes over the training samples ...
+    max_steps: int | None = None     # ... or a number of optimizer steps (overrides epochs)
+    budget_s: float = 0.0            # wall-clock seconds of training (0 = none): caps the steps after a timing probe
+    batch_size: int = 32             # global micro-batch, all ranks together
+    grad_accum: int = 1              # micro-batches per optimizer step
+    lr: float = 1e-3                 # AdamW peak learning rate
+    min_lr: float = 1e-4             # end of the cosine decay (= lr for a constant schedule)
+    warmup_steps: int = 0            # linear warmup steps before the cosine decay
+    weight_decay: float = 0.01       # not applied to norms, biases, `_no_weight_decay` params
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    grad_clip: float = 1.0           # max global grad norm; 0 = off
+    eval_every: int = 0              # eval + checkpoint every N steps; 0 = at each epoch end
+    eval_batches: int | None = None  # evaluate on the first N val batches only (None = all)
+    log_every: int = 10              # a train row in metrics.csv every N steps
+    seed: int = 0                    # initial weights, data order, dropout (seed + rank)
+    device: str = "auto"             # auto | cpu | cuda
+    amp: bool = False                # fp16 autocast + GradScaler (CUDA only; T4 has no bf16)
+    compile: bool = False            # torch.compile the model
+    num_workers: int = 0             # DataLoader worker processes
+    out_dir: str = "runs/train"      # metrics, run.json, checkpoints
+    progress: bool = True            # tqdm bar per epoch (also off with TQDM_DISABLE=1)
+
+    def __post_init__(self):
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)     # JSON gives lists back
+        _check_choice(self, "device", DEVICES)
+        _check_ints(self, ("epochs", "batch_size", "grad_accum", "log_every"), 1)
+        _check_ints(self, ("warmup_steps", "eval_every", "num_workers", "seed"), 0)
+        _check_ints(self, ("max_steps", "eval_batches"), 1, optional=True)
+        if not (_is_number(self.lr) and self.lr > 0):
+            _fail(self, "lr", "expected a number > 0")
+        if not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            _fail(self, "min_lr", f"expected a number in [0, lr={self.lr}]")
+        for name in ("weight_decay", "grad_clip", "budget_s"):
+            if not (_is_number(getattr(self, name)) and getattr(self, name) >= 0):
+                _fail(self, name, "expected a number >= 0")
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2
+                and all(_is_number(b) and 0 <= b < 1 for b in self.betas)):
+            _fail(self, "betas", "expected two numbers in [0, 1)")
+        _check_bools(self, ("amp", "compile", "progress"))
+        if not isinstance(self.out_dir, (str, os.PathLike)) or str(self.out_dir) == "":
+            _fail(self, "out_dir", "expected a non-empty path")
+        self.out_dir = str(self.out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+SECTIONS = {"data": DataConfig, "samples": SampleConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig | None = field(default_factory=DataConfig)        # None: datasets built by hand
+    samples: SampleConfig | None = field(default_factory=SampleConfig)  # None: datasets built by hand
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        for name, cls in SECTIONS.items():           # sections given as dicts (JSON) become dataclasses
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, where=f"RunConfig.{name}"))
+            elif not (isinstance(value, cls) or (value is None and name in ("data", "samples"))):
+                raise TypeError(f"RunConfig.{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+        unit = self.samples.unit if self.samples is not None else None
+        if unit == "item" and self.model.objective != "causal":
+            raise ValueError("RunConfig: samples.unit='item' needs model.objective='causal' (every "
+                             "position of a whole item is a target; 'next' reads one token after a window)")
+        if self.model.positions and unit == "window":
+            raise ValueError("RunConfig: model.positions=True needs samples.unit='item': positions count "
+                             "rows and columns from the start of the stream, and a window starts mid-item")
+
+    @property
+    def context_length(self) -> int | None:
+        """How many past tokens the model was trained to see: seq_length for window samples,
+        None for whole items (the whole stream) or when the samples are not recorded."""
+        return self.samples.seq_length if self.samples is not None and self.samples.unit == "window" else None
+
+    # --- (de)serialisation
+    def to_dict(self) -> dict:
+        return {"format": RUN_FORMAT, **{name: None if getattr(self, name) is None else asdict(getattr(self, name))
+                                         for name in SECTIONS}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"RunConfig.from_dict expects a dict, got {type(data).__name__}")
+        data = dict(data)
+        fmt = data.pop("format", RUN_FORMAT)
+        if fmt != RUN_FORMAT:
+            raise ValueError(f"run config format {fmt!r} is not {RUN_FORMAT!r}")
+        _unknown(data, SECTIONS, "RunConfig")
+        return cls(**data)
+
+    def save(self, path) -> Path:
+        """Write the run as JSON (atomically: a crash leaves the old file or the new one)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "RunConfig":
+        """A run.json -> RunConfig; errors name the file. Extra top-level keys that a training's
+        out_dir/run.json adds (versions, sizes, final metrics) are ignored."""
+        try:
+            data = json.loads(Path(path).read_text())
+            if isinstance(data, dict) and "final" in data:          # a Trainer's run.json
+                data = {k: data[k] for k in ("format", *SECTIONS) if k in data}
+            return cls.from_dict(data)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such run config file") from None
+        except (ValueError, TypeError) as err:      # JSONDecodeError is a ValueError
+            raise ValueError(f"{path}: not a valid run config: {err}") from err
+
+    @classmethod
+    def from_flat(cls, **params) -> "RunConfig":
+        """Notebook-style flat parameters (``dim=64, lr=3e-3, unit="item"``) -> RunConfig: each
+        name goes to the one section that has that field; an unknown name is refused with the
+        closest valid names."""
+        owner = {f.name: section for section, c in SECTIONS.items() for f in fields(c)}
+        sections = {name: {} for name in SECTIONS}
+        for key, value in params.items():
+            if key not in owner:
+                raise ValueError(f"unknown run parameter {key!r}{_closest(key, owner)}")
+            sections[owner[key]][key] = value
+        return cls(**sections)
+
+    def diff(self, other: "RunConfig", labels=("was", "now"), skip_runtime: bool = True) -> list[str]:
+        """One line per field that differs, e.g. ``samples.seq_length: checkpoint 128, now 256``
+        with ``labels=("checkpoint", "now")``; runtime fields are skipped unless asked."""
+        out = []
+        for name in SECTIONS:
+            a, b = getattr(self, name), getattr(other, name)
+            if a is None or b is None:
+                if (a is None) != (b is None):
+                    out.append(f"{name}: {labels[0]} {a}, {labels[1]} {b}")
+                continue
+            out += field_diff(name, a, b, labels, RUNTIME_FIELDS.get(name, ()) if skip_runtime else ())
+        return out
+
+    def with_runtime(self, **overrides) -> "RunConfig":
+        """A copy with runtime-only fields replaced (``backend="torch"``, ``device="cpu"``...)."""
+        sections = {}
+        for key, value in overrides.items():
+            section = next((s for s, names in RUNTIME_FIELDS.items() if key in names), None)
+            if section is None:
+                raise ValueError(f"{key!r} is not a runtime field; those are "
+                                 f"{sorted(n for names in RUNTIME_FIELDS.values() for n in names)}")
+            sections.setdefault(section, {})[key] = value
+        return replace(self, **{s: replace(getattr(self, s), **kw) for s, kw in sections.items()})
+
+
+def field_diff(section: str, a, b, labels=("was", "now"), skip=()) -> list[str]:
+    """'section.field: <labels[0]> a, <labels[1]> b' for each field of two dataclasses that differs."""
+    da, db = asdict(a), asdict(b)
+    return [f"{section}.{k}: {labels[0]} {_show(da[k])!r}, {labels[1]} {_show(db.get(k))!r}"
+            for k in da if k not in skip and _show(da[k]) != _show(db.get(k))]
+
+
+def _show(value):
+    return list(value) if isinstance(value, tuple) else value      # tuples come back from JSON as lists
+
+
+def _closest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+        f"; valid names are {sorted(valid)}"
+
+
+def _unknown(data: dict, valid, where: str):
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}" + _closest(unknown[0], valid))
+
+
+def _from_dict(cls, data, where: str | None = None):
+    """A dict -> dataclass ``cls``, refusing unknown keys (a typo must not vanish silently)."""
+    where = where or cls.__name__
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} must be a dict, got {type(data).__name__}")
+    _unknown(data, {f.name for f in fields(cls)}, where)
+    return cls(**data)
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' | 'cpu' | 'cuda' -> torch.device ('auto': CUDA when available)."""
+    import torch
+
+    if name not in DEVICES:
+        raise ValueError(f"device={name!r}: allowed values are {list(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch.cuda.is_available() is False")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
