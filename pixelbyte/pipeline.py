@@ -43,8 +43,10 @@ def load_params(path: str | None) -> dict:
 
 
 def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | None = None,
-        progress: bool = True, notebooks: Path = NOTEBOOKS) -> list[Path]:
-    """Execute the notebooks found in ``notebooks``; returns the executed notebook paths."""
+        progress: bool = True, notebooks: Path = NOTEBOOKS, log_output: bool = False) -> list[Path]:
+    """Execute the notebooks found in ``notebooks``; returns the executed notebook paths.
+    ``log_output`` streams every cell's output to this process's log as it comes (hours-long
+    runs on Kaggle), instead of only into the executed notebook."""
     import papermill as pm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | No
         print(f"[pixelbyte] {nb.stem}: executing -> {target}", flush=True)
         start = time.time()
         pm.execute_notebook(str(nb), str(target), parameters=nb_params, kernel_name=kernel,
-                            cwd=str(notebooks), progress_bar=progress)
+                            cwd=str(notebooks), progress_bar=progress, log_output=log_output)
         print(f"[pixelbyte] {nb.stem}: done in {time.time() - start:.0f} s", flush=True)
         executed.append(target)
     return executed
@@ -69,10 +71,12 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", default=None, help="notebook names to run (default all)")
     ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     ap.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_*.ipynb notebooks")
+    ap.add_argument("--log-output", action="store_true",
+                    help="stream cell outputs to the log (no progress bar): long unattended runs")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     executed = run(out.resolve(), load_params(args.params), args.only, args.kernel,
-                   notebooks=Path(args.notebooks))
+                   progress=not args.log_output, notebooks=Path(args.notebooks), log_output=args.log_output)
     print("\n[pixelbyte] finished. Look at:")
     for nb in executed:
         pics = sorted((nb.parent / nb.stem).glob("*.png"))
