@@ -12,14 +12,18 @@ test:
 PY := .venv/bin/python
 KAGGLE_CLI = $(PY) -m pixelbyte.kaggle_cli
 KAGGLE_OPTS = $(if $(KAGGLE_USER),--user $(KAGGLE_USER)) $(KAGGLE_ARGS)
-.PHONY: kaggle-bundle kaggle-upload kaggle-push kaggle-status kaggle-output
+.PHONY: kaggle-bundle kaggle-upload kaggle-push kaggle-push-notebooks kaggle-status kaggle-output kaggle-setup-cell
 kaggle-bundle: setup
 	$(KAGGLE_CLI) bundle $(KAGGLE_OPTS)
 kaggle-upload: kaggle-bundle
 	$(KAGGLE_CLI) upload $(KAGGLE_OPTS)
 kaggle-push: setup
 	$(KAGGLE_CLI) push $(KAGGLE_OPTS)
+kaggle-push-notebooks: setup
+	$(KAGGLE_CLI) push-notebooks $(KAGGLE_OPTS)
 kaggle-status: setup
 	$(KAGGLE_CLI) status $(KAGGLE_OPTS)
 kaggle-output: setup
 	$(KAGGLE_CLI) output $(KAGGLE_OPTS)
+kaggle-setup-cell: setup
+	$(KAGGLE_CLI) setup-cell

@@ -3,16 +3,22 @@
 On Kaggle (no arguments; `python -m pixelbyte.kaggle_cli push` uploads this file):
  1. finds the bundle dataset under /kaggle/input by its `pixelbyte-bundle.json` (mount paths
     vary: /kaggle/input/<slug>/ or /kaggle/input/datasets/<user>/<slug>/);
- 2. installs pixelbyte without touching Kaggle's CUDA torch: the wheel with --no-deps, then its
-    non-torch requirements (offline from the bundle's wheels first, PyPI when internet is on),
-    every pip call constrained to the installed torch;
- 3. with a GPU, installs mamba-ssm + causal-conv1d (bundle wheels, else PyPI) so BysMamba runs
-    its CUDA kernels; without them it says so and BysMamba uses the pure-PyTorch scan;
- 4. picks the dataset for `"dataset": "auto"`: ffurfaro/PixelBytes-Pokemon when the hub
+ 2. installs `pixelbyte[run]` from the bundle's wheel with pip's own extras and constraints:
+    the package, its requirements and what executing notebooks needs (papermill, ipykernel),
+    offline from the bundle first, PyPI when internet is on, never replacing Kaggle's torch;
+ 3. with a GPU, installs the pinned mamba-ssm + causal-conv1d (bundle wheels, else their
+    release wheels for this torch, else the sdists) within a time limit, logging pip, and keeps
+    them only if a CUDA forward + backward through them matches the PyTorch scan. Otherwise
+    BysMamba uses the pure-PyTorch scan; the log and runner.json say why;
+ 4. fits the parameters to the session (GPUs present; no fp16 AMP for BysMamba) and sets
+    NCCL for torchrun on the T4 pair (pixelbyte.kaggle_env);
+ 5. picks the dataset for `"dataset": "auto"`: ffurfaro/PixelBytes-Pokemon when the hub
     answers, else a PixelBytes-like parquet (image + caption columns) under /kaggle/input,
     else the embedded emoji sprites;
- 5. executes the notebooks with `pixelbyte.pipeline` (papermill) into /kaggle/working/run/:
-    executed notebooks, PNG, CSV and checkpoints, plus /kaggle/working/runner.json.
+ 6. executes each notebook with `pixelbyte.pipeline` (papermill, cell outputs streamed to the
+    log) in its own process, stopped at its budget or at the run's deadline; a notebook whose
+    2-process (torchrun) start failed is retried once with one process. Outputs go to
+    /kaggle/working/run/; /kaggle/working/runner.json is rewritten after every notebook.
 
 Locally (CPU, no installs, CI-sized parameters from params_ci.json):
     python kaggle/runner.py --dry-run --input /tmp/fake/input --working /tmp/fake/working
@@ -20,21 +26,25 @@ Locally (CPU, no installs, CI-sized parameters from params_ci.json):
 Paths: --input / --working, else $KAGGLE_INPUT / $KAGGLE_WORKING, else /kaggle/input and
 /kaggle/working. Parameters: --params FILE, else the JSON that `kaggle_cli push` embedded below
 (a copy of kaggle/params_paper.json), else the bundle's params_paper.json (params_ci.json with
---dry-run). Standard library only until pixelbyte is installed.
+--dry-run). Their "runner" entry sets deadline_s, kernel_install_s and budget_s per notebook.
+Standard library only until pixelbyte is installed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 # `python -m pixelbyte.kaggle_cli push` replaces the next line with the parameters it embeds.
@@ -46,6 +56,16 @@ EMBEDDED = "embedded"
 SEARCH_DEPTH = 6            # /kaggle/input/datasets/<user>/<slug>/<folder>/<file>
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "triton")
 RUN_FOLDER = "run"
+# The "runner" entry of a params file. Kaggle stops a session after 12 h; the default deadline
+# leaves an hour for saving /kaggle/working. The deadline counts from the runner's start.
+RUNNER_SETTINGS = {"deadline_s": 11 * 3600, "kernel_install_s": 15 * 60, "budget_s": {}}
+MIN_NOTEBOOK_S = 60         # a notebook with less time left than this is skipped
+STOP_GRACE_S = 60           # after SIGINT, how long a stopped notebook gets to shut its kernel down
+TORCH_PROBE = ("import json, sys, torch; gpu = torch.cuda.is_available(); print(json.dumps({"
+               "'torch': torch.__version__, 'cuda': torch.version.cuda, "
+               "'cxx11_abi': bool(torch._C._GLIBCXX_USE_CXX11_ABI), "
+               "'python': f'cp{sys.version_info[0]}{sys.version_info[1]}', "
+               "'gpus': torch.cuda.device_count() if gpu else 0}))")
 
 
 def log(message: str) -> None:
@@ -141,17 +161,38 @@ def resolve_dataset(input_dir: Path, bundle: Path, allow_hub: bool) -> tuple[str
 
 
 # --------------------------------------------------------------------------------------------
+# Processes with a time limit
+
+
+def run_process(cmd: list[str], timeout_s: float | None = None, env: dict | None = None) -> int | None:
+    """Run ``cmd`` in a session of its own. Past ``timeout_s`` the session gets SIGINT (papermill
+    then shuts its Jupyter kernel down, with the kernel's own children), STOP_GRACE_S to finish,
+    then SIGKILL. Returns the exit code, or None when it was stopped."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log(f"time limit of {timeout_s:.0f} s reached: stopping {shlex.join(cmd[:6])} ...")
+        for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, 10)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
 # Installing (never the CUDA torch that Kaggle ships)
 
 
-def gpu_count() -> int:
-    """CUDA devices torch sees (0 if torch or CUDA is missing), asked in a fresh process."""
-    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+def torch_facts() -> dict:
+    """torch version, CUDA version, C++ ABI, Python tag and visible GPUs, asked in a fresh
+    process (the runner itself never initialises CUDA). {"gpus": 0} without torch."""
+    result = subprocess.run([sys.executable, "-c", TORCH_PROBE], capture_output=True, text=True)
     try:
-        return int(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return 0
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"gpus": 0, "torch": None, "cuda": None}
 
 
 def torch_constraints(scratch: Path) -> Path:
@@ -170,85 +211,114 @@ def torch_constraints(scratch: Path) -> Path:
     return path
 
 
-def pip_install(*args: str) -> bool:
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-input", *args]
-    log("$ " + " ".join(cmd))
+def pip(*args: str, timeout_s: float | None = None) -> str:
+    """`pip install ARGS`, its output in the log; "ok", "pip exit code N" or "timed out after N s"."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-input", "--progress-bar", "off", *args]
+    log("$ " + shlex.join(cmd) + (f"   # at most {timeout_s:.0f} s" if timeout_s else ""))
     # An ephemeral Kaggle VM: allow pip even if the image marks its Python as externally managed.
     env = dict(os.environ, PIP_BREAK_SYSTEM_PACKAGES="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return subprocess.run(cmd, env=env).returncode == 0
+    started = time.time()
+    code = run_process(cmd, timeout_s, env)
+    if code == 0:
+        return "ok"
+    return f"timed out after {time.time() - started:.0f} s" if code is None else f"pip exit code {code}"
 
 
-def wheel_requirements(wheel: Path, extras: tuple[str, ...] = ("notebooks",)) -> list[str]:
-    """Requires-Dist of a wheel: the base ones plus those of ``extras`` (markers dropped)."""
-    with zipfile.ZipFile(wheel) as zf:
-        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = zf.read(name).decode().splitlines()
-    requirements = []
-    for line in lines:
-        if not line.startswith("Requires-Dist:"):
-            continue
-        requirement, _, marker = line.split(":", 1)[1].partition(";")
-        marker = marker.replace(" ", "").replace("'", '"')
-        extra = marker.split('extra=="', 1)[1].split('"', 1)[0] if 'extra=="' in marker else None
-        if extra is None or extra in extras:
-            requirements.append(requirement.strip())
-    return requirements
+def pip_uninstall(*names: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "uninstall", "-y", *names]
+    log("$ " + shlex.join(cmd))
+    subprocess.run(cmd, env=dict(os.environ, PIP_BREAK_SYSTEM_PACKAGES="1"))
 
 
-def requirement_name(requirement: str) -> str:
-    for i, ch in enumerate(requirement):
-        if not (ch.isalnum() or ch in "-_."):
-            return requirement[:i].lower().replace("_", "-")
-    return requirement.lower().replace("_", "-")
-
-
-def install_pixelbyte(bundle: Path, online: bool, constraints: Path) -> None:
-    wheels = sorted(bundle.glob("pixelbyte-*.whl"))
-    if not wheels:
-        raise SystemExit(f"[runner] no pixelbyte-*.whl in the bundle {bundle}: rebuild it with "
+def install_pixelbyte(bundle: Path, wheel: str, online: bool, constraints: Path) -> None:
+    """``pixelbyte[run]`` from the bundle's wheel: pip resolves the requirements and the `run`
+    extra itself (papermill, ipykernel: not the notebook-editing tools); offline first."""
+    path = bundle / wheel
+    if not path.is_file():
+        raise SystemExit(f"[runner] the bundle {bundle} has no {wheel}: rebuild it with "
                          "`python -m pixelbyte.kaggle_cli bundle` and upload it again")
-    wheel = wheels[-1]
-    if not pip_install("--no-deps", "--force-reinstall", str(wheel)):
-        raise SystemExit(f"[runner] pip could not install {wheel.name}")
-    deps = [r for r in wheel_requirements(wheel) if requirement_name(r) not in TORCH_FAMILY]
-    log(f"pixelbyte requirements without torch: {deps}")
-    if pip_install("--no-index", "--find-links", str(bundle), "-c", str(constraints), *deps):
+    requirement = f"pixelbyte[run] @ {path.resolve().as_uri()}"
+    if pip(requirement, "-c", str(constraints), "--no-index", "--find-links", str(bundle)) == "ok":
         return
-    if online and pip_install("-c", str(constraints), *deps):
+    if online and pip(requirement, "-c", str(constraints)) == "ok":
         return
     raise SystemExit("[runner] pixelbyte's requirements are neither installed, nor in the bundle's "
                      "wheels, nor reachable on PyPI (internet off?). Turn the kernel's internet on, "
                      "or add the missing wheels to the bundle (kaggle_cli bundle --wheels ...).")
 
 
-def mamba_works() -> bool:
-    """pixelbyte's own test for mamba_ssm's CUDA kernels, in a fresh process."""
-    check = ("import sys; from pixelbyte.mamba import mamba_ssm_available; "
-             "sys.exit(0 if mamba_ssm_available() else 1)")
-    return subprocess.run([sys.executable, "-c", check]).returncode == 0
+def kernels_work(timeout_s: float = 600) -> tuple[bool, str]:
+    """pixelbyte.kaggle_env's CUDA forward + backward check, in a fresh process (so it imports
+    what pip has just installed, and a crashing extension cannot take the runner down)."""
+    cmd = [sys.executable, "-m", "pixelbyte.kaggle_env", "check-kernels"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"the kernel check took over {timeout_s:.0f} s"
+    try:
+        verdict = json.loads(result.stdout.strip().splitlines()[-1])
+        return bool(verdict["ok"]), str(verdict["detail"])
+    except (IndexError, KeyError, json.JSONDecodeError):
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        return False, f"the kernel check crashed (exit code {result.returncode}): {last}"
 
 
-def install_mamba(bundle: Path, online: bool, constraints: Path, n_gpus: int) -> str:
-    """Install mamba-ssm + causal-conv1d on a GPU machine; returns the Mamba backend in effect."""
-    if n_gpus == 0:
-        log("no GPU: not installing mamba-ssm; BysMamba uses the pure-PyTorch scan (backend torch)")
-        return "torch"
-    if mamba_works():
-        log("mamba-ssm already works: BysMamba uses its CUDA kernels")
-        return "cuda"
-    packages = ["causal-conv1d>=1.4", "mamba-ssm>=2.2"]
+def kernel_sources(bundle: Path, online: bool, constraints: Path, facts: dict) -> list[tuple[str, list[str]]]:
+    """(source, pip arguments) for the pinned kernels, fastest first: wheels in the bundle; the
+    releases' prebuilt wheels for this torch / CUDA / Python; the sdists (their setup.py guesses
+    a wheel and, when none fits, compiles CUDA for a long time: the time limit stops that)."""
+    from pixelbyte import kaggle_env
+
+    sources = []
     local = sorted(bundle.glob("causal_conv1d-*.whl")) + sorted(bundle.glob("mamba_ssm-*.whl"))
-    ok = bool(local) and pip_install("--no-deps", *map(str, local))
-    if not ok and online:
-        # --no-build-isolation: their setup.py builds against (or fetches a wheel for) this torch.
-        ok = pip_install("--no-build-isolation", "-c", str(constraints), *packages)
-    if ok and mamba_works():
-        log("mamba-ssm installed: BysMamba uses its CUDA kernels")
-        return "cuda"
-    log("WARNING: mamba-ssm / causal-conv1d could not be installed or do not import "
-        f"({'no internet and no such wheels in the bundle' if not (online or local) else 'see pip above'}). "
-        "BysMamba falls back to the pure-PyTorch scan (backend torch): same results, slower.")
-    return "torch"
+    if local:
+        sources.append(("bundle wheels", ["--no-deps", *map(str, local)]))
+    if online and facts.get("torch") and facts.get("cuda"):
+        urls = kaggle_env.prebuilt_wheel_urls(facts["torch"], facts["cuda"], facts["python"], facts["cxx11_abi"])
+        sources.append(("release wheels", ["-c", str(constraints), *urls]))
+    if online:
+        sources.append(("PyPI sdists", ["--no-build-isolation", "-c", str(constraints),
+                                        *kaggle_env.pinned_requirements()]))
+    return sources
+
+
+def install_mamba_kernels(bundle: Path, online: bool, constraints: Path, facts: dict, limit_s: float) -> dict:
+    """Install mamba-ssm + causal-conv1d for BysMamba, all attempts within ``limit_s`` seconds,
+    and keep them only if their CUDA kernels pass the check. Returns what runner.json records:
+    {"backend": "cuda" | "torch", "reason": ..., "attempts": [{"source", "outcome"}], "seconds"}."""
+    started, attempts = time.time(), []
+
+    def result(backend: str, reason: str) -> dict:
+        if backend == "torch":
+            log(f"WARNING: BysMamba uses the pure-PyTorch scan (backend torch: same results, slower) "
+                f"because {reason}")
+        else:
+            log(f"BysMamba uses mamba-ssm's CUDA kernels: {reason}")
+        return {"backend": backend, "reason": reason, "attempts": attempts,
+                "seconds": round(time.time() - started, 1)}
+
+    if not facts.get("gpus"):
+        return result("torch", "there is no GPU")
+    ok, detail = kernels_work()
+    if ok:
+        return result("cuda", f"already installed; {detail}")
+    for source, args in kernel_sources(bundle, online, constraints, facts):
+        left = limit_s - (time.time() - started)
+        if left <= 0:
+            attempts.append({"source": source, "outcome": f"not tried: the {limit_s:.0f} s limit is spent"})
+            continue
+        outcome = pip(*args, timeout_s=left)
+        if outcome == "ok":
+            ok, detail = kernels_work()
+            outcome = f"installed; kernel check: {detail}"
+        attempts.append({"source": source, "outcome": outcome})
+        if ok:
+            return result("cuda", detail)
+    if not attempts:
+        return result("torch", "no internet and no causal_conv1d / mamba_ssm wheels in the bundle")
+    # Kernels that import but fail the check must not be picked by backend "auto": remove them.
+    pip_uninstall("mamba-ssm", "causal-conv1d")
+    return result("torch", "; ".join(f"{a['source']}: {a['outcome']}" for a in attempts))
 
 
 def register_kernel() -> str | None:
@@ -277,9 +347,19 @@ def load_params(path: str | None, bundle: Path, dry_run: bool) -> tuple[dict, st
         # next to this file (Kaggle may run the script in a kernel where __file__ is unset)
         source = Path(globals().get("__file__", "runner.py")).resolve().parent / name
     params = json.loads(source.read_text())
-    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-        raise SystemExit(f"[runner] {source}: expected {{notebook name or '*': {{parameter: value}}}}")
+    if not isinstance(params, dict):      # (its notebooks and names are checked once pixelbyte is in)
+        raise SystemExit(f"[runner] {source}: expected a JSON object")
     return params, str(source)
+
+
+def split_settings(params: dict) -> tuple[dict, dict]:
+    """(notebook parameters, runner settings): the params file's "runner" entry over RUNNER_SETTINGS."""
+    params = dict(params)
+    settings = {**RUNNER_SETTINGS, **params.pop("runner", {})}
+    unknown = set(settings) - set(RUNNER_SETTINGS)
+    if unknown:
+        raise SystemExit(f"[runner] unknown runner settings {sorted(unknown)}; allowed: {sorted(RUNNER_SETTINGS)}")
+    return params, settings
 
 
 def adapt_to_gpus(params: dict, n_gpus: int) -> dict:
@@ -297,39 +377,140 @@ def adapt_to_gpus(params: dict, n_gpus: int) -> dict:
     return params
 
 
+def apply_amp_policy(params: dict) -> tuple[dict, dict[str, str]]:
+    """Turn fp16 AMP off for the model families pixelbyte.kaggle_env refuses it for; returns the
+    parameters and {notebook: why} for every notebook that asked for AMP."""
+    from pixelbyte.kaggle_env import amp_decision
+
+    params, decisions = json.loads(json.dumps(params)), {}
+    for name, values in params.items():
+        if values.get("amp"):
+            values["amp"], decisions[name] = amp_decision(values.get("model", ""), True)
+            log(f"{name}: {decisions[name]}")
+    return params, decisions
+
+
 # --------------------------------------------------------------------------------------------
 # Running
 
 
 def stage_notebooks(bundle: Path, scratch: Path) -> Path:
     """Copy the bundle's notebooks to a writable folder (Kaggle inputs are read-only)."""
-    notebooks = sorted(bundle.glob("[0-9][0-9]_*.ipynb"))
-    if not notebooks:
-        raise SystemExit(f"[runner] no NN_*.ipynb notebooks in the bundle {bundle}")
+    from pixelbyte import pipeline
+
     target = scratch / "notebooks"
     target.mkdir(parents=True, exist_ok=True)
-    for nb in notebooks:
+    for nb in pipeline.notebook_paths(folder=bundle):
         shutil.copy2(nb, target / nb.name)
     return target
 
 
-def run_notebooks(notebooks: Path, out: Path, params: dict, kernel: str | None,
-                  only: list[str] | None) -> dict[str, str]:
-    """Execute each notebook with pixelbyte.pipeline; go on after a failure. {name: status}."""
-    importlib.invalidate_caches()
-    from pixelbyte import pipeline
+def notebook_error(executed: Path) -> str | None:
+    """"ename: evalue" of the first error output in an executed notebook (papermill keeps it)."""
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for output in (o for cell in cells for o in cell.get("outputs", [])):
+        if output.get("output_type") == "error":
+            lines = (output.get("evalue") or "").strip().splitlines()
+            return f"{output.get('ename')}: {lines[-1] if lines else ''}"
+    return None
 
-    names = [p.stem for p in pipeline.notebook_paths(only, notebooks)]   # the bundle's notebooks
-    status = {}
+
+def ddp_start_failed(values: dict, out_dir: Path) -> bool:
+    """A multi-process (torchrun) training that failed before it logged one step: the way NCCL
+    fails on a T4 pair, worth one retry with a single process."""
+    if not (isinstance(values.get("nproc"), int) and values["nproc"] > 1):
+        return False
+    metrics = out_dir / "metrics.csv"        # the header is written at start, a row every 10 steps
+    return not metrics.exists() or len(metrics.read_text().splitlines()) <= 1
+
+
+def run_notebook(name: str, params: dict, timeout_s: float, notebooks: Path, out: Path, scratch: Path,
+                 kernel: str | None) -> str:
+    """Execute one notebook with pixelbyte.pipeline in its own process; "ok" or "failed: why"."""
+    params_file = scratch / f"params_{name}.json"
+    params_file.write_text(json.dumps(params, indent=1))
+    cmd = [sys.executable, "-m", "pixelbyte.pipeline", "--out", str(out), "--params", str(params_file),
+           "--only", name, "--notebooks", str(notebooks), "--log-output", *(["--kernel", kernel] if kernel else [])]
+    log(f"{name}: executing, at most {timeout_s:.0f} s")
+    code = run_process(cmd, timeout_s)
+    if code == 0:
+        return "ok"
+    error = notebook_error(out / f"{name}.ipynb")
+    if code is None:
+        return f"failed: stopped after {timeout_s:.0f} s (its budget or the run's deadline)" + (
+            f"; {error}" if error else "")
+    return f"failed: {error or f'exit code {code}'}"
+
+
+def run_notebooks(names: list[str], params: dict, settings: dict, started: float, out: Path,
+                  summary: dict, write, run=run_notebook) -> None:
+    """Execute ``names`` in order, each within its budget (``settings["budget_s"]``) and the run's
+    deadline (``settings["deadline_s"]`` after ``started``); a notebook whose multi-process start
+    failed runs once more with one process. ``summary["status"]`` and ``summary["notebooks"]``
+    are updated and ``write()`` called around every notebook, so a run killed by Kaggle still
+    leaves its summary."""
+    def attempt(name: str, params: dict) -> str:
+        entry = summary["notebooks"][name]
+        deadline_left = settings["deadline_s"] - (time.time() - started)
+        budget_left = settings["budget_s"].get(name, float("inf")) - entry.get("seconds", 0)
+        timeout = min(deadline_left, budget_left)
+        if timeout < MIN_NOTEBOOK_S:
+            return (f"skipped: {deadline_left:.0f} s left before the run's deadline" if deadline_left <= budget_left
+                    else f"skipped: {budget_left:.0f} s left of its budget")
+        summary["status"][name] = "running"
+        entry["timeout_s"] = round(timeout)
+        write()
+        t0 = time.time()
+        status = run(name, params, timeout)
+        entry["seconds"] = round(entry.get("seconds", 0) + time.time() - t0, 1)
+        return status
+
     for name in names:
-        try:
-            pipeline.run(out, params, only=[name], kernel=kernel, progress=False, notebooks=notebooks)
-            status[name] = "ok"
-        except Exception as err:  # keep going: later notebooks may not need this one
-            last_line = (str(err).strip().splitlines() or [""])[-1]
-            status[name] = f"failed: {type(err).__name__}: {last_line}"
-            log(f"{name} FAILED ({type(err).__name__}); the partly executed notebook is in {out}")
-    return status
+        status = attempt(name, params)
+        if status.startswith("failed") and ddp_start_failed(params.get(name, {}), out / name):
+            log(f"{name}: the {params[name]['nproc']}-process start failed ({status}); retrying with one process")
+            summary["notebooks"][name]["retried_single_process"] = status
+            params = {**params, name: {**params[name], "nproc": 1}}
+            status = attempt(name, params)
+        summary["status"][name] = status
+        write()
+        log(f"{name}: {status} ({summary['notebooks'][name].get('seconds', 0):.0f} s)")
+
+
+def set_up_session(bundle: Path, manifest: dict, settings: dict, scratch: Path, dry_run: bool) -> dict:
+    """Install pixelbyte[run], the Mamba kernels (GPU only) and a Jupyter kernel for this Python;
+    returns what runner.json records of the session."""
+    if dry_run:
+        log("dry run: no installs, no hub, CPU-sized parameters")
+        return {"internet": False, "torch": {"gpus": 0}, "gpus": 0, "jupyter_kernel": None,
+                "mamba": {"backend": "torch", "reason": "dry run", "attempts": []}, "mamba_backend": "torch"}
+    online, facts = reachable("pypi.org"), torch_facts()
+    log(f"internet: {'on' if online else 'off'}; torch: {facts}")
+    constraints = torch_constraints(scratch)
+    install_pixelbyte(bundle, manifest["wheel"], online, constraints)
+    importlib.invalidate_caches()
+    mamba = install_mamba_kernels(bundle, online, constraints, facts, settings["kernel_install_s"])
+    return {"internet": online, "torch": facts, "gpus": facts["gpus"], "jupyter_kernel": register_kernel(),
+            "mamba": mamba, "mamba_backend": mamba["backend"]}
+
+
+def choose_dataset(params: dict, override: str | None, input_dir: Path, bundle: Path,
+                   allow_hub: bool) -> tuple[dict, str | None, str]:
+    """``params`` with ``"dataset": "auto"`` (or every dataset, given ``override``) replaced;
+    returns them, the dataset and why."""
+    params = json.loads(json.dumps(params))
+    dataset, why = (override, "--dataset") if override else (None, "")
+    if dataset is None and any(v.get("dataset") == "auto" for v in params.values()):
+        dataset, why = resolve_dataset(input_dir, bundle, allow_hub)
+    for values in params.values():
+        if dataset is not None and (override or values.get("dataset") == "auto"):
+            values["dataset"] = dataset
+    if dataset is not None:
+        log(f"dataset: {dataset} ({why})")
+    return params, dataset, why
 
 
 def list_outputs(working: Path) -> dict[str, list[str]]:
@@ -360,50 +541,49 @@ def main(argv=None) -> int:
     bundle = find_bundle(input_dir)
     manifest = json.loads((bundle / BUNDLE_MARKER).read_text())
     log(f"bundle {bundle}: pixelbyte {manifest.get('version')} (commit {manifest.get('git_commit')})")
-    scratch = Path(tempfile.mkdtemp(prefix="pixelbyte-runner-"))
-
-    if args.dry_run:
-        log("dry run: no installs, no hub, CPU-sized parameters")
-        online, n_gpus, backend, kernel = False, 0, "torch (dry run)", None
-    else:
-        online = reachable("pypi.org")
-        log(f"internet: {'on' if online else 'off'}")
-        n_gpus = gpu_count()
-        log(f"GPUs visible to torch: {n_gpus}")
-        constraints = torch_constraints(scratch)
-        install_pixelbyte(bundle, online, constraints)
-        backend = install_mamba(bundle, online, constraints, n_gpus)
-        kernel = register_kernel()
-
     params, params_source = load_params(args.params, bundle, args.dry_run)
-    log(f"parameters from {params_source}")
-    if not args.dry_run:
-        params = adapt_to_gpus(params, n_gpus)
-    dataset, why = (args.dataset, "--dataset") if args.dataset else (None, "")
-    if dataset is None and any(v.get("dataset") == "auto" for v in params.values()):
-        dataset, why = resolve_dataset(input_dir, bundle, allow_hub=not args.dry_run)
-    for values in params.values():
-        if dataset is not None and (args.dataset or values.get("dataset") == "auto"):
-            values["dataset"] = dataset
-    if dataset is not None:
-        log(f"dataset: {dataset} ({why})")
+    params, settings = split_settings(params)
+    log(f"parameters from {params_source}; deadline {settings['deadline_s']:.0f} s, budgets {settings['budget_s']}")
+    scratch = Path(tempfile.mkdtemp(prefix="pixelbyte-runner-"))
+    summary = {"status": {}, "notebooks": {}, "params_source": params_source, "dry_run": args.dry_run,
+               "settings": settings, "bundle": str(bundle), "manifest": manifest}
+
+    def write() -> None:
+        summary["wall_time_s"] = round(time.time() - started, 1)
+        (working / "runner.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    write()
+    summary.update(set_up_session(bundle, manifest, settings, scratch, args.dry_run))
+    from pixelbyte import kaggle_env, pipeline
+
+    try:                                                # unknown notebooks / parameters: refused
+        pipeline.check_params(params, bundle, source=params_source)
+    except ValueError as err:
+        raise SystemExit(f"[runner] {err}") from None
+    os.environ.update(kaggle_env.torchrun_env())        # inherited by the notebooks' torchrun
+    summary["nccl_env"] = {k: os.environ[k] for k in kaggle_env.NCCL_ENV}
+    params = params if args.dry_run else adapt_to_gpus(params, summary["gpus"])
+    params, summary["amp"] = apply_amp_policy(params)
+    params, summary["dataset"], summary["dataset_reason"] = choose_dataset(
+        params, args.dataset, input_dir, bundle, allow_hub=not args.dry_run)
 
     out = working / RUN_FOLDER
     notebooks = stage_notebooks(bundle, scratch)
+    names = [p.stem for p in pipeline.notebook_paths(args.only, notebooks)]
+    summary["status"] = {name: "pending" for name in names}
+    summary["notebooks"] = {name: {} for name in names}          # timeout_s, seconds, retries
+    summary["run_dir"] = str(out)
     (working / "params_used.json").write_text(json.dumps(params, indent=2) + "\n")
-    status = run_notebooks(notebooks, out, params, kernel, args.only)
+    write()
+    run = functools.partial(run_notebook, notebooks=notebooks, out=out, scratch=scratch,
+                            kernel=summary["jupyter_kernel"])
+    run_notebooks(names, params, settings, started, out, summary, write, run)
     shutil.rmtree(scratch, ignore_errors=True)
-
-    summary = {
-        "status": status, "dataset": dataset, "dataset_reason": why, "params_source": params_source,
-        "gpus": n_gpus, "mamba_backend": backend, "internet": online, "dry_run": args.dry_run,
-        "bundle": str(bundle), "manifest": manifest, "run_dir": str(out),
-        "wall_time_s": round(time.time() - started, 1), "outputs": list_outputs(working),
-    }
-    (working / "runner.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"done in {summary['wall_time_s']:.0f} s: " + ", ".join(f"{k} {v}" for k, v in status.items()))
+    summary["outputs"] = list_outputs(working)
+    write()
+    log(f"done in {summary['wall_time_s']:.0f} s: " + ", ".join(f"{k} {v}" for k, v in summary["status"].items()))
     log(f"outputs under {working}: " + ", ".join(f"{len(v)} {k}" for k, v in summary["outputs"].items()))
-    return 0 if all(v == "ok" for v in status.values()) else 1
+    return 0 if all(v == "ok" for v in summary["status"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,40 +1,48 @@
-"""Kaggle: build the bundle, upload it, push the runner kernel (GPU T4 x2), watch it, fetch it.
+"""Kaggle: build the bundle, upload it, push the runner kernel and the notebooks (GPU T4 x2),
+watch them, fetch their outputs. A thin layer over the kaggle library's `KaggleApi` (kaggle >= 1.8.4).
 
-    python -m pixelbyte.kaggle_cli bundle           # build/kaggle/bundle/: wheel, notebooks, params
-    python -m pixelbyte.kaggle_cli upload           # kaggle datasets create (first time) | version
-    python -m pixelbyte.kaggle_cli push             # build/kaggle/kernel/, then kaggle kernels push
-    python -m pixelbyte.kaggle_cli status [--wait]  # kaggle kernels status
-    python -m pixelbyte.kaggle_cli output           # kaggle kernels output -> runs/kaggle-<timestamp>/
+    python -m pixelbyte.kaggle_cli bundle               # build/kaggle/bundle/: wheel, notebooks, params, runner
+    python -m pixelbyte.kaggle_cli upload               # the bundle as the dataset {user}/pixelbyte-bundle
+    python -m pixelbyte.kaggle_cli push                 # the runner kernel {user}/pixelbyte-runner (starts it)
+    python -m pixelbyte.kaggle_cli push-notebooks       # every notebook as a notebook kernel {user}/pixelbyte-NN-name
+    python -m pixelbyte.kaggle_cli status [--wait]      # a kernel's state (default the runner)
+    python -m pixelbyte.kaggle_cli output               # the runner's outputs -> runs/kaggle-<timestamp>/
+    python -m pixelbyte.kaggle_cli setup-cell [--check] # the notebooks' install cell (kaggle/setup_cell.py)
 
-Every command takes ``--user NAME`` (default: $KAGGLE_USERNAME, then the "username" of
-kaggle.json in $KAGGLE_CONFIG_DIR, ~/.kaggle or ~/.config/kaggle) and ``--print-only`` (print
-the kaggle commands instead of running them). The kaggle CLI runs as a subprocess from the
-repository root, so the printed commands can be pasted there as they are.
+Credentials are the kaggle library's own (kaggle.json, KAGGLE_USERNAME + KAGGLE_KEY,
+KAGGLE_API_TOKEN, `kaggle auth login`). ``--user NAME`` fills the ids without them (bundle,
+--print-only). Every step prints the equivalent ``kaggle`` CLI command first; ``--print-only``
+stops there, so the commands can be pasted from the repository root.
 
 The templates in ``kaggle/`` carry the placeholder ``{username}``; the staged copies under
-``build/kaggle/`` have it filled in and are checked here (``kernel_metadata_problems``,
-``dataset_metadata_problems``) with the rules ``kaggle kernels push`` / ``kaggle datasets
-create`` apply, before anything is sent.
+``build/kaggle/`` have it filled in and are checked (``kernel_metadata_problems``) for what Kaggle
+would refuse or, worse, accept and run on another machine than asked.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
 import json
-import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
+
+from pixelbyte import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 KAGGLE_DIR = ROOT / "kaggle"
 BUILD_DIR = ROOT / "build" / "kaggle"
 BUNDLE_DIR = BUILD_DIR / "bundle"
 KERNEL_DIR = BUILD_DIR / "kernel"
+NOTEBOOK_KERNELS_DIR = BUILD_DIR / "notebooks"
+SETUP_CELL = KAGGLE_DIR / "setup_cell.py"
 PLACEHOLDER = "{username}"
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
@@ -42,76 +50,103 @@ BUNDLE_MARKER = "pixelbyte-bundle.json"
 PARAMS_FILES = ("params_paper.json", "params_ci.json")
 EMBED_LINE = "EMBEDDED_PARAMS = None"
 
-# What `kaggle kernels push` accepts (kaggle 2.2.5: KaggleApi.valid_push_* and kernels_push).
-KERNEL_TYPES = ("script", "notebook")
-LANGUAGES = ("python", "r", "rmarkdown")
-# machine_shape: kagglesdk documents NvidiaTeslaT4 (= "GPU T4 x2"), NvidiaTeslaP100, Tpu1VmV38;
-# the CLI's --accelerator help adds TpuV5E8 and says P100 / TPU v3-8 are retired (accepted with
-# a warning, run on a replacement).
-MACHINE_SHAPES = ("NvidiaTeslaT4", "TpuV5E8", "NvidiaTeslaP100", "Tpu1VmV38")
-KERNEL_BOOLEANS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
-# Dataset licences `kaggle datasets create` knows (docs/datasets_metadata.md of kaggle-cli).
-DATASET_LICENSES = (
-    "CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0", "DbCL-1.0",
-    "copyright-authors", "other", "unknown", "CC-BY-4.0", "CC-BY-NC-4.0", "PDDL", "CC-BY-3.0",
-    "CC-BY-3.0-IGO", "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0",
-    "CDLA-Sharing-1.0", "CC-BY-ND-4.0", "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0",
-    "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0", "GPL-3.0")
-# Slug syntax of KaggleApi._validate_slug_syntax (owners may also use "_").
-SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-OWNER_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
-
-CREDENTIALS_HELP = (
-    "no Kaggle username found. Pass --user NAME, or set KAGGLE_USERNAME (with KAGGLE_KEY), or "
-    "save a kaggle.json ({\"username\": ..., \"key\": ...}, from https://www.kaggle.com/settings/api) "
-    "as ~/.kaggle/kaggle.json or ~/.config/kaggle/kaggle.json (chmod 600; $KAGGLE_CONFIG_DIR "
-    "overrides the folder). With an access token (KAGGLE_API_TOKEN or ~/.kaggle/access_token) "
-    "the username is not stored locally: pass --user.")
+# kaggle 1.8.4 is the first release whose `kernels push` sends kernel-metadata.json's
+# machine_shape and has --accelerator (Kaggle/kaggle-cli#907); older ones drop the field
+# silently and the kernel runs on the default machine. 1.8+ needs Python >= 3.11.
+KAGGLE_MIN_VERSION = "1.8.4"
+# GPU machine shapes (kaggle-cli docs/kernels.md, "Accelerators available as of Feb 2026";
+# NvidiaTeslaT4 is "GPU T4 x2"). Some are only lent to competitions or admins: Kaggle decides.
+GPU_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100",
+              "NvidiaH100", "NvidiaRtxPro6000")
+REFUSED_SHAPES = {
+    "NvidiaTeslaP100": "retired (Kaggle runs a T4 instead), and its sm_60 has no kernels in current "
+                       "CUDA torch builds (cu128)",
+    **{tpu: "a TPU: pixelbyte trains on CUDA GPUs" for tpu in ("TpuV38", "Tpu1VmV38", "TpuV5E8", "TpuV6E8")},
+}
+# Notebooks that read an earlier notebook's outputs through `run_dir` (docs/CONTRACTS.md): as
+# notebook kernels they get that notebook kernel's output attached and `run_dir` pointed at it.
+NOTEBOOK_INPUTS = {"03_generation": "02_training"}
+NOTEBOOK_RUN_DIR = "outputs"        # the notebooks' default run_dir, relative to /kaggle/working
+KAGGLE_INPUT = "/kaggle/input"      # where a kernel's inputs are mounted, /kaggle/input/<slug>/
+TERMINAL_STATES = ("complete", "error", "cancel_requested", "cancel_acknowledged")
 
 
 class KaggleSetupError(RuntimeError):
-    """Something to fix on this machine before talking to Kaggle (credentials, bundle...)."""
+    """Something to fix before (or after) talking to Kaggle: credentials, versions, metadata..."""
 
 
 # --------------------------------------------------------------------------------------------
-# Username
+# The kaggle library
 
 
-def config_dirs() -> list[Path]:
-    """Where the kaggle CLI looks for kaggle.json, in its order."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return [Path(os.environ["KAGGLE_CONFIG_DIR"])]
-    home = Path(os.path.expanduser("~"))
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    return [home / ".kaggle", xdg / "kaggle"]
+def kaggle_version() -> str | None:
+    try:
+        return metadata.version("kaggle")
+    except metadata.PackageNotFoundError:
+        return None
 
 
-def find_username(user: str | None = None) -> str:
-    """--user, else $KAGGLE_USERNAME, else kaggle.json's "username"; checked as an owner slug."""
-    source = "--user"
-    if not user and os.environ.get("KAGGLE_USERNAME"):
-        user, source = os.environ["KAGGLE_USERNAME"], "KAGGLE_USERNAME"
-    if not user:
-        for folder in config_dirs():
-            path = folder / "kaggle.json"
-            if path.is_file():
-                try:
-                    user = json.loads(path.read_text()).get("username")
-                except (json.JSONDecodeError, AttributeError) as err:
-                    raise KaggleSetupError(f"{path} is not a JSON object with a username: {err}")
-                source = str(path)
-                if user:
-                    break
-    if not user:
-        raise KaggleSetupError(CREDENTIALS_HELP)
-    if not OWNER_RE.match(user):
-        raise KaggleSetupError(f"Kaggle username {user!r} (from {source}) is not a valid owner slug: "
-                               "lowercase letters, digits, single '-' or '_' inside")
-    return user
+def require_kaggle(version: str | None = None) -> None:
+    """Refuse a missing kaggle library, or one older than KAGGLE_MIN_VERSION."""
+    version = version or kaggle_version()
+    if version is None:
+        raise KaggleSetupError("the kaggle library is not installed: pip install -e '.[kaggle]' "
+                               f"(kaggle>={KAGGLE_MIN_VERSION}, Python >= 3.11)")
+    from packaging.version import Version   # a kaggle dependency
+
+    if Version(version) < Version(KAGGLE_MIN_VERSION):
+        raise KaggleSetupError(
+            f"kaggle {version} is too old: before {KAGGLE_MIN_VERSION} `kernels push` ignores machine_shape "
+            f"and the kernel runs without the T4 x2. pip install -U 'kaggle>={KAGGLE_MIN_VERSION}' "
+            "(Python >= 3.11)")
+
+
+def kaggle_api_class():
+    # `import kaggle` authenticates at import time and prints its credentials help when that
+    # fails; kaggle_api() authenticates again and reports it, so the import stays quiet.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    return KaggleApi
+
+
+def kaggle_api():
+    """An authenticated KaggleApi (kaggle.json, KAGGLE_USERNAME + KAGGLE_KEY, an access token or
+    `kaggle auth login`, in the library's order)."""
+    require_kaggle()
+    api = kaggle_api_class()()
+    try:
+        api.authenticate()
+    except SystemExit:       # it has printed how to set credentials up
+        raise KaggleSetupError("no Kaggle credentials (see the kaggle library's help above); "
+                               "`bundle` and `--print-only` also work with --user NAME") from None
+    return api
+
+
+def connect(user: str | None, print_only: bool):
+    """(KaggleApi, or None with --print-only; the Kaggle username). --user with --print-only
+    needs no credentials at all."""
+    if print_only and user:
+        return None, user
+    api = kaggle_api()
+    return (None if print_only else api), user or api.get_config_value("username")
+
+
+def call(what: str, fn, *args, **kwargs):
+    """A kaggle library call whose refusals (ValueError) and HTTP errors name ``what``."""
+    from requests.exceptions import HTTPError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, HTTPError) as err:
+        raise KaggleSetupError(f"{what}: {err}") from err
+
+
+def print_command(args: list[str], note: str = "") -> None:
+    print(shlex.join(["kaggle", *args]) + (f"   # {note}" if note else ""), flush=True)
 
 
 # --------------------------------------------------------------------------------------------
-# Metadata: fill the templates, check them as the kaggle CLI would
+# Metadata: fill the templates, check them
 
 
 def fill(value, user: str):
@@ -137,93 +172,66 @@ def dataset_id(user: str) -> str:
     return fill(load_template(DATASET_METADATA)["id"], user)
 
 
-def slugify_title(title: str) -> str:
-    """The slug Kaggle derives from a title (python-slugify's result for ASCII titles)."""
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-
-
-def _ref_problems(field: str, ref, min_slug: int = 1, max_slug: int = 50) -> list[str]:
-    if not isinstance(ref, str) or ref.count("/") != 1:
-        return [f"{field}={ref!r}: expected '<username>/<slug>'"]
-    owner, slug = ref.split("/")
-    problems = []
-    if not OWNER_RE.match(owner):
-        problems.append(f"{field}={ref!r}: owner {owner!r} is not a valid username slug")
-    if not SLUG_RE.match(slug):
-        problems.append(f"{field}={ref!r}: slug {slug!r} must be lowercase letters/digits with "
-                        "single '-' inside")
-    if not min_slug <= len(slug) <= max_slug:
-        problems.append(f"{field}={ref!r}: slug must have {min_slug}..{max_slug} characters")
-    return problems
+def notebook_slug(stem: str) -> str:
+    """01_data_exploration -> pixelbyte-01-data-exploration (the notebook kernel's slug)."""
+    return "pixelbyte-" + stem.replace("_", "-")
 
 
 def kernel_metadata_problems(meta: dict, folder: Path | None = None) -> list[str]:
-    """What `kaggle kernels push` (or the server) would refuse or silently change; [] if fine."""
-    problems = []
-    for key in ("id", "title", "code_file", "language", "kernel_type"):
-        if not meta.get(key):
-            problems.append(f"{key}: required")
+    """What Kaggle would refuse, or accept and run elsewhere than asked; [] if fine. The syntax
+    checks are the kaggle library's (it repeats them on push); the library only warns when the
+    title gives another slug than the id and never checks the machine."""
+    from slugify import slugify     # python-slugify: the kaggle library's title -> slug rule
+
+    api = kaggle_api_class()()
+    problems = [f"{key}: required" for key in ("id", "title", "code_file", "language", "kernel_type")
+                if not meta.get(key)]
     if problems:
         return problems
-    problems += _ref_problems("id", meta["id"], min_slug=5)
-    title = meta["title"]
-    if len(title) < 5:
-        problems.append(f"title={title!r}: at least 5 characters")
-    slug = meta["id"].split("/")[-1]
-    if slugify_title(title) != slug:
-        problems.append(f"title={title!r} gives the slug {slugify_title(title)!r}, not {slug!r}: "
-                        "Kaggle would create a kernel under another id")
-    if meta["language"] not in LANGUAGES:
-        problems.append(f"language={meta['language']!r}: allowed {list(LANGUAGES)}")
-    if meta["kernel_type"] not in KERNEL_TYPES:
-        problems.append(f"kernel_type={meta['kernel_type']!r}: allowed {list(KERNEL_TYPES)}")
-    for key in KERNEL_BOOLEANS:
-        if key in meta and not isinstance(meta[key], bool):
-            problems.append(f"{key}={meta[key]!r}: must be a JSON boolean")
-    shape = meta.get("machine_shape")
-    if shape is not None and shape not in MACHINE_SHAPES:
-        problems.append(f"machine_shape={shape!r}: allowed {list(MACHINE_SHAPES)}")
-    if shape == "NvidiaTeslaT4" and meta.get("enable_gpu") is not True:
-        problems.append("machine_shape NvidiaTeslaT4 needs enable_gpu true")
-    for key in ("dataset_sources", "kernel_sources", "competition_sources", "model_sources"):
-        if key in meta and not isinstance(meta[key], list):
-            problems.append(f"{key}: must be a list")
-    for ref in meta.get("dataset_sources", []):
-        problems += _ref_problems("dataset_sources", ref)
-    if any(PLACEHOLDER in json.dumps(v) for v in meta.values()):
+    if PLACEHOLDER in json.dumps(meta):
         problems.append(f"{PLACEHOLDER} is not filled in")
+    for field, check, refs in (("id", api.validate_kernel_string, [meta["id"]]),
+                               ("dataset_sources", api.validate_dataset_string, meta.get("dataset_sources", [])),
+                               ("kernel_sources", api.validate_kernel_string, meta.get("kernel_sources", []))):
+        for ref in refs:
+            try:
+                check(ref)
+            except ValueError as err:
+                problems.append(f"{field}={ref!r}: {err}")
+    slug = meta["id"].split("/")[-1]
+    if slugify(meta["title"]) != slug:
+        problems.append(f"title={meta['title']!r} gives the slug {slugify(meta['title'])!r}, not {slug!r}: "
+                        "Kaggle would create the kernel under another id")
+    for key, allowed in (("language", api.valid_push_language_types), ("kernel_type", api.valid_push_kernel_types)):
+        if meta[key] not in allowed:
+            problems.append(f"{key}={meta[key]!r}: allowed {list(allowed)}")
+    shape = meta.get("machine_shape")
+    if shape in REFUSED_SHAPES:
+        problems.append(f"machine_shape={shape!r} is refused: {REFUSED_SHAPES[shape]}; allowed {list(GPU_SHAPES)}")
+    elif shape not in GPU_SHAPES:
+        problems.append(f"machine_shape={shape!r}: allowed {list(GPU_SHAPES)} (NvidiaTeslaT4 is GPU T4 x2)")
+    if meta.get("enable_gpu") is not True:
+        problems.append(f"enable_gpu={meta.get('enable_gpu')!r}: must be true for machine_shape {shape!r}")
     if folder is not None and not (Path(folder) / meta["code_file"]).is_file():
         problems.append(f"code_file={meta['code_file']!r}: no such file in {folder}")
     return problems
 
 
-def dataset_metadata_problems(meta: dict) -> list[str]:
-    """What `kaggle datasets create` would refuse; [] if fine."""
-    problems = []
-    for key in ("id", "title", "licenses"):
-        if not meta.get(key):
-            problems.append(f"{key}: required")
-    if problems:
-        return problems
-    problems += _ref_problems("id", meta["id"], min_slug=6, max_slug=50)
-    if not 6 <= len(meta["title"]) <= 50:
-        problems.append(f"title={meta['title']!r}: 6..50 characters")
-    subtitle = meta.get("subtitle")
-    if subtitle and not 20 <= len(subtitle) <= 80:
-        problems.append(f"subtitle: 20..80 characters, has {len(subtitle)}")
-    licenses = meta["licenses"]
-    if not (isinstance(licenses, list) and len(licenses) == 1 and isinstance(licenses[0], dict)):
-        problems.append("licenses: exactly one {'name': ...}")
-    elif licenses[0].get("name") not in DATASET_LICENSES:
-        problems.append(f"licenses: {licenses[0].get('name')!r} is not a Kaggle licence name")
-    if any(PLACEHOLDER in json.dumps(v) for v in meta.values()):
-        problems.append(f"{PLACEHOLDER} is not filled in")
-    return problems
+def notebook_kernel_metadata(user: str, notebook: Path) -> dict:
+    """The runner kernel's metadata (GPU T4 x2, the bundle attached) turned into the notebook
+    kernel {user}/pixelbyte-NN-name, titled so that it slugifies to that id."""
+    meta = fill(load_template(KERNEL_METADATA), user)
+    meta.update(id=f"{user}/{notebook_slug(notebook.stem)}", code_file=notebook.name, kernel_type="notebook",
+                title="PixelByte " + notebook.stem.replace("_", " ").title())
+    if notebook.stem in NOTEBOOK_INPUTS:
+        meta["kernel_sources"] = [f"{user}/{notebook_slug(NOTEBOOK_INPUTS[notebook.stem])}"]
+    return meta
 
 
-def _check(problems: list[str], what: str) -> None:
+def check_kernel_metadata(meta: dict, folder: Path) -> None:
+    problems = kernel_metadata_problems(meta, folder)
     if problems:
-        raise KaggleSetupError(f"{what}:\n  " + "\n  ".join(problems))
+        raise KaggleSetupError(f"{folder / KERNEL_METADATA}:\n  " + "\n  ".join(problems))
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -231,7 +239,86 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Building the bundle and the kernel folder (local files only)
+# The notebooks' setup cell (kaggle/setup_cell.py): import pixelbyte, else install it
+
+
+def setup_cell_source() -> str:
+    return SETUP_CELL.read_text().rstrip("\n")
+
+
+def is_setup_cell(cell) -> bool:
+    """A code cell whose first line is the setup cell's first line (the marker)."""
+    marker = setup_cell_source().splitlines()[0]
+    return cell.cell_type == "code" and cell.source.splitlines()[:1] == [marker]
+
+
+def with_setup_cell(nb):
+    """``nb`` (nbformat) with the canonical setup cell as its first code cell: inserted, or an
+    older copy refreshed and moved there. Other cells are left as they are."""
+    import nbformat
+
+    nb = copy.deepcopy(nb)
+    found = [c for c in nb.cells if is_setup_cell(c)]
+    cells = [c for c in nb.cells if not is_setup_cell(c)]
+    cell = found[0] if found else nbformat.v4.new_code_cell()
+    cell.source = setup_cell_source()
+    first_code = next((i for i, c in enumerate(cells) if c.cell_type == "code"), len(cells))
+    nb.cells = cells[:first_code] + [cell] + cells[first_code:]
+    return nb
+
+
+def read_notebook(path: Path):
+    """A notebook from its .ipynb (nbformat) or its Jupytext percent .py."""
+    if path.suffix == ".py":
+        import jupytext
+        return jupytext.read(path)
+    import nbformat
+    return nbformat.read(path, as_version=4)
+
+
+def write_notebook(nb, path: Path) -> None:
+    if path.suffix == ".py":
+        import jupytext
+        jupytext.write(nb, path, fmt="py:percent")
+    else:
+        import nbformat
+        nbformat.write(nb, path)
+
+
+def setup_cell_problem(path: Path) -> str | None:
+    """Why ``path`` does not carry exactly the canonical setup cell first; None if it does."""
+    nb = read_notebook(path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    found = [c for c in code if is_setup_cell(c)]
+    if not found:
+        return "has no setup cell"
+    if len(found) > 1:
+        return f"has {len(found)} setup cells"
+    if found[0] is not code[0]:
+        return "has the setup cell, but not as its first code cell"
+    if found[0].source != setup_cell_source():
+        return f"has a setup cell that differs from {SETUP_CELL.relative_to(ROOT)}"
+    return None
+
+
+def refresh_setup_cells(notebooks: list[Path]) -> list[Path]:
+    """Insert or refresh the setup cell in each notebook's .py source and its paired .ipynb
+    (outputs kept); returns the files that changed."""
+    changed = []
+    for notebook in notebooks:
+        for path in (notebook.with_suffix(".py"), notebook.with_suffix(".ipynb")):
+            if not path.exists():
+                continue
+            nb = read_notebook(path)
+            updated = with_setup_cell(nb)
+            if [(c.cell_type, c.source) for c in updated.cells] != [(c.cell_type, c.source) for c in nb.cells]:
+                write_notebook(updated, path)
+                changed.append(path)
+    return changed
+
+
+# --------------------------------------------------------------------------------------------
+# Building the bundle and the kernel folders (local files only)
 
 
 def git_commit() -> str | None:
@@ -243,22 +330,17 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
-def package_version() -> str:
-    text = (ROOT / "pyproject.toml").read_text()
-    return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
-
-
 def build_wheel(dest: Path) -> Path:
     """`pip wheel --no-deps` of a clean copy of the package (no stale build/ files in it)."""
     with tempfile.TemporaryDirectory(prefix="pixelbyte-wheel-") as tmp:
-        src = Path(tmp) / "src"
+        src, dist = Path(tmp) / "src", Path(tmp) / "dist"
         src.mkdir()
         for name in ("pyproject.toml", "README.md", "LICENSE"):
             if (ROOT / name).exists():
                 shutil.copy2(ROOT / name, src / name)
         shutil.copytree(ROOT / "pixelbyte", src / "pixelbyte",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest), str(src)]
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)]
         try:  # offline builds: use this environment's setuptools instead of fetching one
             import setuptools  # noqa: F401
             import wheel  # noqa: F401
@@ -267,10 +349,32 @@ def build_wheel(dest: Path) -> Path:
             pass
         print("+ " + shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-    wheels = sorted(dest.glob(f"pixelbyte-{package_version()}-*.whl"))
-    if not wheels:
-        raise KaggleSetupError(f"pip wheel left no pixelbyte wheel in {dest}")
-    return wheels[-1]
+        wheels = sorted(dist.glob("pixelbyte-*.whl"))
+        if len(wheels) != 1:
+            raise KaggleSetupError(f"pip wheel left {[w.name for w in wheels]} instead of one pixelbyte wheel")
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(wheels[0], dest))
+
+
+def wheel_version(wheel: Path) -> str:
+    from packaging.utils import parse_wheel_filename
+
+    return str(parse_wheel_filename(Path(wheel).name)[1])
+
+
+def copy_notebook(notebook: Path, dest: Path, parameters: dict | None = None) -> Path:
+    """``notebook`` written to ``dest`` with the setup cell and, if given, papermill's injected
+    ``parameters`` cell (how a Kaggle notebook kernel gets parameters: it runs as it is)."""
+    import nbformat
+
+    path = Path(dest) / notebook.name
+    nbformat.write(with_setup_cell(nbformat.read(notebook, as_version=4)), path)
+    if parameters:
+        from papermill.iorw import load_notebook_node
+        from papermill.parameterize import parameterize_notebook
+
+        nbformat.write(parameterize_notebook(load_notebook_node(str(path)), parameters), path)
+    return path
 
 
 def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> Path:
@@ -278,9 +382,9 @@ def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> P
 
     pixelbyte-<version>-py3-none-any.whl, extra wheels (``wheels``: e.g. mamba_ssm / causal_conv1d
     wheels built for Kaggle's torch, or pure-python requirements for offline kernels), the
-    notebooks NN_*.ipynb, params_paper.json, params_ci.json, runner.py, pixelbyte-bundle.json
-    (manifest, the runner's marker) and dataset-metadata.json (not uploaded as a file).
-    Flat because `kaggle datasets create` skips sub-folders unless zipped.
+    notebooks NN_*.ipynb (with the setup cell), params_paper.json, params_ci.json, runner.py,
+    pixelbyte-bundle.json (manifest, the runner's marker) and dataset-metadata.json (read by the
+    upload, not a dataset file). Flat because `kaggle datasets create` skips sub-folders.
     """
     if out.exists():
         shutil.rmtree(out)
@@ -295,15 +399,11 @@ def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> P
                 raise KaggleSetupError(f"--wheels {item}: {f} is not a wheel file")
             shutil.copy2(f, out / f.name)
             extra.append(f.name)
-    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if not notebooks:
-        raise KaggleSetupError(f"no notebooks/NN_*.ipynb in {ROOT}")
-    for nb in notebooks:
-        shutil.copy2(nb, out / nb.name)
+    notebooks = [copy_notebook(nb, out) for nb in pipeline.notebook_paths()]
     for name in (*PARAMS_FILES, "runner.py"):
         shutil.copy2(KAGGLE_DIR / name, out / name)
     manifest = {
-        "name": "pixelbyte", "version": package_version(), "wheel": wheel.name,
+        "name": "pixelbyte", "version": wheel_version(wheel), "wheel": wheel.name,
         "extra_wheels": extra, "notebooks": [nb.name for nb in notebooks],
         "params": list(PARAMS_FILES), "git_commit": git_commit(),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -314,8 +414,8 @@ def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> P
 
 
 def write_dataset_metadata(user: str, folder: Path) -> dict:
+    """The filled dataset-metadata.json; its rules are checked by the kaggle library on upload."""
     meta = fill(load_template(DATASET_METADATA), user)
-    _check(dataset_metadata_problems(meta), f"{DATASET_METADATA} for {user}")
     _write_json(folder / DATASET_METADATA, meta)
     return meta
 
@@ -338,13 +438,28 @@ def stage_kernel(user: str, params_file: Path, out: Path = KERNEL_DIR) -> Path:
     out.mkdir(parents=True)
     meta = fill(load_template(KERNEL_METADATA), user)
     (out / meta["code_file"]).write_text(embed_params((KAGGLE_DIR / "runner.py").read_text(), params))
-    _check(kernel_metadata_problems(meta, out), f"{KERNEL_METADATA} for {user}")
+    check_kernel_metadata(meta, out)
+    _write_json(out / KERNEL_METADATA, meta)
+    return out
+
+
+def stage_notebook_kernel(user: str, notebook: Path, out: Path) -> Path:
+    """``out``: the notebook (setup cell; `run_dir` pointed at the kernel output it reads, if it
+    reads one) + its kernel-metadata.json."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    needs = NOTEBOOK_INPUTS.get(notebook.stem)
+    parameters = {"run_dir": f"{KAGGLE_INPUT}/{notebook_slug(needs)}/{NOTEBOOK_RUN_DIR}"} if needs else None
+    copy_notebook(notebook, out, parameters)
+    meta = notebook_kernel_metadata(user, notebook)
+    check_kernel_metadata(meta, out)
     _write_json(out / KERNEL_METADATA, meta)
     return out
 
 
 # --------------------------------------------------------------------------------------------
-# Running the kaggle CLI
+# Talking to Kaggle
 
 
 def _display(path: Path) -> str:
@@ -352,38 +467,62 @@ def _display(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def kaggle_executable() -> list[str]:
-    """The kaggle CLI: on PATH, else next to this Python (a venv's bin/ need not be on PATH)."""
-    found = shutil.which("kaggle")
-    beside = Path(sys.executable).parent / ("kaggle.exe" if os.name == "nt" else "kaggle")
-    if found:
-        return [found]
-    if beside.exists():
-        return [str(beside)]
-    raise KaggleSetupError("the kaggle CLI is not installed: pip install -e '.[kaggle]'")
+def push_problems(response) -> list[str]:
+    """What a `kernels push` response reports without failing (the CLI prints it and exits 0)."""
+    if response is None:
+        return ["no response"]
+    problems = [f"error: {response.error}"] if response.error else []
+    for label, items in (("dataset sources", response.invalid_dataset_sources),
+                         ("kernel sources", response.invalid_kernel_sources),
+                         ("competition sources", response.invalid_competition_sources),
+                         ("model sources", response.invalid_model_sources),
+                         ("tags", response.invalid_tags)):
+        if items:
+            problems.append(f"not valid {label}: {list(items)}")
+    return problems
 
 
-def run_kaggle(args: list[str], print_only: bool, capture: bool = False, note: str = ""):
-    """Print `kaggle <args>` and run it from the repository root (unless print_only)."""
-    print(shlex.join(["kaggle", *args]) + (f"   # {note}" if note else ""), flush=True)
-    if print_only:
-        return None
-    result = subprocess.run([*kaggle_executable(), *args], cwd=ROOT, text=True,
-                            capture_output=capture)
-    if capture:
-        print(result.stdout or "", end="", flush=True)
-        print(result.stderr or "", end="", file=sys.stderr, flush=True)
-    return result
-
-
-def _fail_if(result, what: str) -> None:
-    if result is not None and result.returncode != 0:
-        import importlib.util
-
+def push_kernel(api, folder: Path, timeout: int | None = None) -> None:
+    """`kaggle kernels push` of a staged folder, its machine_shape sent as --accelerator too: a
+    CLI too old for it then fails loudly ("unrecognized arguments") instead of running elsewhere."""
+    meta = json.loads((Path(folder) / KERNEL_METADATA).read_text())
+    shape = meta["machine_shape"]
+    print_command(["kernels", "push", "-p", _display(folder), "--accelerator", shape,
+                   *(["-t", str(timeout)] if timeout else [])])
+    if api is None:
+        return
+    response = call(f"kaggle kernels push {meta['id']}", api.kernels_push, str(folder),
+                    timeout=str(timeout) if timeout else None, acc=shape)
+    problems = push_problems(response)
+    if problems:
         hint = ""
-        if importlib.util.find_spec("six") is None:  # kaggle 2.2.5 imports six, does not require it
-            hint = " (if it says \"No module named 'six'\": pip install six)"
-        raise KaggleSetupError(f"`kaggle {what}` failed with exit code {result.returncode}{hint}")
+        if response is not None and response.invalid_dataset_sources:
+            hint = ("\n  upload the bundle first (python -m pixelbyte.kaggle_cli upload) and wait until "
+                    f"`kaggle datasets status {meta['dataset_sources'][0]}` says ready")
+        if response is not None and response.invalid_kernel_sources:
+            hint += "\n  a kernel source must exist and have run once (push-notebooks pushes in order)"
+        raise KaggleSetupError(f"kaggle kernels push {meta['id']}: " + "; ".join(problems) + hint)
+    print(f"{meta['id']}: version {response.version_number} pushed, running on {shape}: {response.url}", flush=True)
+
+
+def kernel_state(api, ref: str) -> tuple[str, str]:
+    """(status, failure message) of a kernel's latest session: the response's status field
+    (queued, running, complete, error, ...), never a search through printed text."""
+    response = call(f"kaggle kernels status {ref}", api.kernels_status, ref)
+    return response.status.name.lower(), response.failure_message or ""
+
+
+def wait_for_kernel(api, ref: str, interval: float, sleep=time.sleep) -> tuple[str, str]:
+    """Poll until the kernel reaches a terminal state; prints each change; returns the last."""
+    last = None
+    while True:
+        state, message = kernel_state(api, ref)
+        if state != last:
+            print(f"{time.strftime('%H:%M:%S')} {ref}: {state}" + (f" ({message})" if message else ""), flush=True)
+            last = state
+        if state in TERMINAL_STATES:
+            return state, message
+        sleep(interval)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,83 +530,133 @@ def _fail_if(result, what: str) -> None:
 
 
 def cmd_bundle(args) -> None:
-    user = find_username(args.user)
+    user = args.user or connect(None, print_only=True)[1]
     out = build_bundle(user, Path(args.out), args.wheels)
     files = sorted(p.name for p in out.iterdir())
     print(f"bundle for {dataset_id(user)} in {_display(out)}: {', '.join(files)}")
 
 
 def cmd_upload(args) -> None:
-    user = find_username(args.user)
+    api, user = connect(args.user, args.print_only)
     folder = Path(args.path)
     if not (folder / BUNDLE_MARKER).exists():
         raise KaggleSetupError(f"no bundle in {_display(folder)}: run "
                                "`python -m pixelbyte.kaggle_cli bundle` (or make kaggle-bundle) first")
     ref = write_dataset_metadata(user, folder)["id"]
     manifest = json.loads((folder / BUNDLE_MARKER).read_text())
-    message = args.message or (f"pixelbyte {manifest['version']} "
-                               f"({manifest.get('git_commit') or 'no git'}, {manifest['built']})")
+    notes = args.message or (f"pixelbyte {manifest['version']} "
+                             f"({manifest.get('git_commit') or 'no git'}, {manifest['built']})")
     create = ["datasets", "create", "-p", _display(folder), *(["--public"] if args.public else [])]
-    version = ["datasets", "version", "-p", _display(folder), "-m", message]
+    version = ["datasets", "version", "-p", _display(folder), "-m", notes]
     mode = args.mode
     if mode == "auto":
-        if args.print_only:
-            run_kaggle(["datasets", "status", ref], True)
-            run_kaggle(create, True, note="if the status command fails: first upload")
-            run_kaggle(version, True, note="otherwise")
+        print_command(["datasets", "status", ref], note="fails when the dataset does not exist yet")
+        if api is None:
+            print_command(create, note="first upload")
+            print_command(version, note="later uploads")
             return
-        exists = run_kaggle(["datasets", "status", ref], False, capture=True).returncode == 0
-        mode = "version" if exists else "create"
-    _fail_if(run_kaggle(create if mode == "create" else version, args.print_only, capture=False),
-             f"datasets {mode}")
-    if not args.print_only:
-        print(f"uploaded. Before `push`, wait until `kaggle datasets status {ref}` says ready.")
+        from requests.exceptions import HTTPError
+        try:
+            api.dataset_status(ref)
+            mode = "version"
+        except HTTPError:
+            mode = "create"
+    print_command(create if mode == "create" else version)
+    if api is None:
+        return
+    if mode == "create":
+        result = call("kaggle datasets create", api.dataset_create_new, str(folder), public=args.public, quiet=False)
+    else:
+        result = call("kaggle datasets version", api.dataset_create_version, str(folder), notes, quiet=False)
+    if result.error or (result.status or "").lower() != "ok" or result.invalid_tags:
+        raise KaggleSetupError(f"kaggle datasets {mode} {ref}: status {result.status!r}, error {result.error!r}"
+                               + (f", not valid tags {list(result.invalid_tags)}" if result.invalid_tags else ""))
+    print(f"uploaded {ref} ({result.url}). Before `push`, wait until `kaggle datasets status {ref}` says ready.")
 
 
 def cmd_push(args) -> None:
-    user = find_username(args.user)
-    folder = stage_kernel(user, Path(args.params), Path(args.path))
-    push = ["kernels", "push", "-p", _display(folder)]
-    if args.timeout:
-        push += ["-t", str(args.timeout)]
-    _fail_if(run_kaggle(push, args.print_only), "kernels push")
-    if not args.print_only:
-        print(f"pushed {kernel_id(user)}: follow it with `python -m pixelbyte.kaggle_cli status "
-              f"--wait` or `kaggle kernels logs {kernel_id(user)} --follow`")
+    api, user = connect(args.user, args.print_only)
+    push_kernel(api, stage_kernel(user, Path(args.params), Path(args.path)), args.timeout)
+    if api is not None:
+        print(f"follow it with `python -m pixelbyte.kaggle_cli status --wait` or "
+              f"`kaggle kernels logs {kernel_id(user)} --follow`")
+
+
+def cmd_push_notebooks(args) -> None:
+    """Each notebook as a notebook kernel, in pipeline order; one that reads another notebook's
+    outputs is pushed once that notebook kernel has completed."""
+    api, user = connect(args.user, args.print_only)
+    for notebook in pipeline.notebook_paths(args.only):
+        folder = stage_notebook_kernel(user, notebook, Path(args.path) / notebook.stem)
+        needs = NOTEBOOK_INPUTS.get(notebook.stem)
+        if needs:
+            ref = f"{user}/{notebook_slug(needs)}"
+            print_command(["kernels", "status", ref], note=f"{notebook.stem} reads its outputs: wait until complete")
+            if api is not None:
+                state, message = wait_for_kernel(api, ref, args.interval)
+                if state != "complete":
+                    raise KaggleSetupError(f"{ref} ended {state} {message!r}: {notebook.stem} reads its "
+                                           "outputs and was not pushed")
+        push_kernel(api, folder)
+
+
+def _kernel_ref(user: str, kernel: str | None) -> str:
+    if not kernel:
+        return kernel_id(user)
+    return kernel if "/" in kernel else f"{user}/{kernel}"
 
 
 def cmd_status(args) -> None:
-    ref = kernel_id(find_username(args.user))
-    while True:
-        result = run_kaggle(["kernels", "status", ref], args.print_only, capture=True)
-        if result is None:
-            return
-        _fail_if(result, "kernels status")
-        state = result.stdout.lower()
-        if not args.wait or any(word in state for word in ("complete", "error", "cancel")):
-            return
-        time.sleep(args.interval)
+    api, user = connect(args.user, args.print_only)
+    ref = _kernel_ref(user, args.kernel)
+    print_command(["kernels", "status", ref])
+    if api is None:
+        return
+    if args.wait:
+        state, message = wait_for_kernel(api, ref, args.interval)
+    else:
+        state, message = kernel_state(api, ref)
+        print(f"{ref}: {state}" + (f" ({message})" if message else ""))
+    if state in TERMINAL_STATES and state != "complete":
+        raise KaggleSetupError(f"{ref} ended {state}" + (f": {message}" if message else "")
+                               + f"; its log: kaggle kernels logs {ref}")
 
 
 def cmd_output(args) -> None:
-    ref = kernel_id(find_username(args.user))
+    api, user = connect(args.user, args.print_only)
+    ref = _kernel_ref(user, args.kernel)
     out = Path(args.out) if args.out else ROOT / "runs" / f"kaggle-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not args.print_only:
-        out.mkdir(parents=True, exist_ok=True)
-    _fail_if(run_kaggle(["kernels", "output", ref, "-p", _display(out)], args.print_only),
-             "kernels output")
-    if not args.print_only:
-        files = [p for p in out.rglob("*") if p.is_file()]
-        print(f"{len(files)} files in {_display(out)}; the run is in {_display(out / 'run')}, "
-              f"the runner's summary in {_display(out / 'runner.json')}")
+    print_command(["kernels", "output", ref, "-p", _display(out)])
+    if api is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    files, _ = call(f"kaggle kernels output {ref}", api.kernels_output, ref, str(out), quiet=False)
+    print(f"{len(files)} files in {_display(out)}; the run is in {_display(out / 'run')}, "
+          f"the runner's summary in {_display(out / 'runner.json')}")
+
+
+def cmd_setup_cell(args) -> None:
+    notebooks = pipeline.notebook_paths()
+    if args.check:
+        problems = [f"{path.relative_to(ROOT)}: {problem}" for nb in notebooks
+                    for path in (nb.with_suffix(".py"), nb) if path.exists()
+                    for problem in [setup_cell_problem(path)] if problem]
+        if problems:
+            raise KaggleSetupError("\n  ".join(["setup cell:", *problems,
+                                                "fix: python -m pixelbyte.kaggle_cli setup-cell"]))
+        print(f"{len(notebooks)} notebooks carry the setup cell of {SETUP_CELL.relative_to(ROOT)}")
+        return
+    changed = refresh_setup_cells(notebooks)
+    print(f"setup cell inserted or refreshed in {[str(p.relative_to(ROOT)) for p in changed]}" if changed
+          else "every notebook already carries the setup cell")
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--user", default=None,
-                        help="Kaggle username (default $KAGGLE_USERNAME, then kaggle.json)")
+                        help="Kaggle username (default: the kaggle library's credentials)")
     common.add_argument("--print-only", action="store_true",
-                        help="print the kaggle commands instead of running them")
+                        help="print the kaggle CLI commands instead of calling Kaggle")
     ap = argparse.ArgumentParser(prog="python -m pixelbyte.kaggle_cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -481,7 +670,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upload", parents=[common], help="upload the bundle as a Kaggle dataset")
     p.add_argument("--path", default=str(BUNDLE_DIR), help="bundle folder")
     p.add_argument("--mode", choices=("auto", "create", "version"), default="auto",
-                   help="auto: `datasets status` decides between create and version")
+                   help="auto: create the dataset if `datasets status` does not find it, else version it")
     p.add_argument("-m", "--message", default=None, help="version notes")
     p.add_argument("--public", action="store_true", help="create the dataset public (default private)")
     p.set_defaults(func=cmd_upload)
@@ -493,14 +682,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=None, help="session timeout in seconds (kaggle -t)")
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("status", parents=[common], help="kaggle kernels status")
+    p = sub.add_parser("push-notebooks", parents=[common],
+                       help="push every notebook as a notebook kernel (GPU T4 x2, bundle attached)")
+    p.add_argument("--only", nargs="*", default=None, help="notebook names (default all)")
+    p.add_argument("--path", default=str(NOTEBOOK_KERNELS_DIR), help="staging folder, one sub-folder each")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between polls of an input kernel")
+    p.set_defaults(func=cmd_push_notebooks)
+
+    p = sub.add_parser("status", parents=[common], help="a kernel's state (exit 1 if it failed)")
+    p.add_argument("--kernel", default=None, help="slug or user/slug (default the runner kernel)")
     p.add_argument("--wait", action="store_true", help="poll until complete, error or cancelled")
     p.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("output", parents=[common], help="download the kernel's outputs")
+    p = sub.add_parser("output", parents=[common], help="download a kernel's outputs")
+    p.add_argument("--kernel", default=None, help="slug or user/slug (default the runner kernel)")
     p.add_argument("--out", default=None, help="folder (default runs/kaggle-<timestamp>)")
     p.set_defaults(func=cmd_output)
+
+    p = sub.add_parser("setup-cell", help="insert or refresh the setup cell in notebooks/NN_*.py and .ipynb")
+    p.add_argument("--check", action="store_true", help="only check; exit 1 naming the notebooks that differ")
+    p.set_defaults(func=cmd_setup_cell)
     return ap
 
 

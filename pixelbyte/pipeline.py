@@ -110,7 +110,9 @@ def new_run_folder(root: Path = ROOT / "runs") -> Path:
 def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | None = None,
         progress: bool = True, notebooks: Path = NOTEBOOKS, prepare_only: bool = False,
         log_output: bool = False) -> list[Path]:
-    """Execute (or only prepare) the notebooks found in ``notebooks``; returns their paths."""
+    """Execute (or only prepare) the notebooks found in ``notebooks``; returns their paths.
+    ``log_output`` streams every cell's output to this process's log as it comes (hours-long
+    runs on Kaggle), instead of only into the executed notebook."""
     import papermill as pm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,8 @@ def main(argv=None):
     ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     ap.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_*.ipynb notebooks")
     ap.add_argument("--prepare-only", action="store_true", help="inject the parameters, do not execute")
+    ap.add_argument("--log-output", action="store_true",
+                    help="stream cell outputs to the log (no progress bar): long unattended runs")
     args = ap.parse_args(argv)
     folder = Path(args.notebooks)
     try:
@@ -146,7 +150,8 @@ def main(argv=None):
     except (ValueError, OSError) as err:
         sys.exit(f"pixelbyte.pipeline: {err}")
     start = time.time()
-    done = run(out, params, args.only, args.kernel, notebooks=folder, prepare_only=args.prepare_only)
+    done = run(out, params, args.only, args.kernel, progress=not args.log_output, notebooks=folder,
+               prepare_only=args.prepare_only, log_output=args.log_output)
     if args.prepare_only:
         return
     print(f"\n[pixelbyte] finished in {time.time() - start:.0f} s. Look at:")

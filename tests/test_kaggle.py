@@ -1,33 +1,47 @@
-"""Kaggle packaging, offline: metadata, the kaggle_cli commands (--print-only) and the runner.
+"""Kaggle packaging, offline: metadata, the kaggle_cli commands and the runner.
 
 No network and no Kaggle credentials are needed. What is checked:
-- kaggle/kernel-metadata.json and dataset-metadata.json, filled for a user, pass our checks
-  (pixelbyte.kaggle_cli.*_problems) AND the kaggle CLI's own push/create code paths
-  (KaggleApi.kernels_push / dataset_create_new with the network calls replaced by mocks);
-- the CLI prints the expected kaggle commands with the username substituted, finds the
-  username from --user / KAGGLE_USERNAME / kaggle.json, and explains missing credentials;
-- kaggle/runner.py --dry-run against a fake /kaggle/input (the bundle mounted as
-  datasets/<user>/<slug>/ plus a PixelBytes-like parquet) executes every notebook that exists
-  and leaves the notebooks and their outputs in the fake /kaggle/working.
+- kaggle/kernel-metadata.json (runner and notebook kernels) and dataset-metadata.json, filled for
+  a user, pass pixelbyte.kaggle_cli's checks AND go through the real kaggle library
+  (`KaggleApi`: its metadata validation and request building) with only the HTTP client
+  mocked; what Kaggle answers (invalid sources, errors, kernel states) is faked at that level;
+- the commands `--print-only` prints run through the kaggle CLI's own parser (`kaggle.cli.main`);
+- the runner's decisions (installs, kernel check fallback, AMP, budgets and deadline, DDP retry,
+  runner.json after every notebook) with fakes, a real notebook stopped at its budget, and
+  kaggle/runner.py --dry-run against a fake /kaggle/input executing every notebook.
 """
 from __future__ import annotations
 
+import email
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+import tomllib
+import zipfile
 from pathlib import Path
+from unittest import mock
 
+import nbformat
 import pytest
 
 from pixelbyte import kaggle_cli as kc
+from pixelbyte import kaggle_env, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT / "kaggle"
 USER = "alice-test"
+# The kaggle library picks (and creates) its config folder when first imported: point it at a
+# throw-away folder before anything imports it, so no test reads or writes ~/.kaggle.
+os.environ["KAGGLE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="kaggle-config-")
+SUBPROCESS_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")},
+                  "PYTHONPATH": str(ROOT), "KAGGLE_CONFIG_DIR": os.environ["KAGGLE_CONFIG_DIR"]}
+
 
 def _notebook_parameters(source: Path) -> set[str]:
     """Names assigned in a notebook's tagged parameters cell (the source of truth)."""
@@ -51,12 +65,51 @@ def load_runner(path: Path = KAGGLE / "runner.py"):
 
 @pytest.fixture
 def no_credentials(monkeypatch, tmp_path):
-    """A HOME without kaggle.json and no KAGGLE_* variables."""
-    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "KAGGLE_API_TOKEN",
-                 "XDG_CONFIG_HOME"):
+    """A HOME without kaggle.json and no KAGGLE_* variables but the throw-away config folder."""
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture
+def api(monkeypatch, no_credentials):
+    """The real KaggleApi with only its HTTP client mocked (``api.client``); kaggle_cli uses it."""
+    pytest.importorskip("kagglesdk")
+    instance = kc.kaggle_api_class()()
+    instance.config_values = {"username": USER}
+    client = mock.MagicMock()
+    client.__enter__.return_value = client                  # `with build_kaggle_client() as kaggle`
+    instance.build_kaggle_client = lambda: client
+    instance.upload_files = lambda *args, **kwargs: None    # no blob uploads
+    instance.client = client
+    monkeypatch.setattr(kc, "kaggle_api", lambda: instance)
+    return instance
+
+
+def push_response(**fields):
+    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelResponse
+
+    response = ApiSaveKernelResponse()
+    response.version_number, response.url = 3, "https://www.kaggle.com/code/x"
+    for name, value in fields.items():
+        setattr(response, name, value)
+    return response
+
+
+def session_status(state: str, message: str = ""):
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusResponse
+    from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
+
+    response = ApiGetKernelSessionStatusResponse()
+    response.status = KernelWorkerStatus[state]
+    response.failure_message = message
+    return response
+
+
+def cli(capsys, *argv) -> list[str]:
+    kc.main(list(argv))
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("kaggle ")]
 
 
 @pytest.fixture(scope="module")
@@ -81,61 +134,191 @@ def test_kernel_metadata_is_valid_for_t4x2():
     meta = kc.fill(kc.load_template("kernel-metadata.json"), USER)
     assert kc.kernel_metadata_problems(meta, KAGGLE) == []
     assert meta["id"] == f"{USER}/pixelbyte-runner"
-    assert meta["kernel_type"] == "script" and meta["kernel_type"] in kc.KERNEL_TYPES
-    assert meta["language"] == "python"
+    assert (meta["kernel_type"], meta["language"]) == ("script", "python")
     assert meta["machine_shape"] == "NvidiaTeslaT4"        # GPU T4 x2
     assert meta["enable_gpu"] is True and meta["enable_tpu"] is False
-    for key in kc.KERNEL_BOOLEANS:
-        assert isinstance(meta[key], bool), key
     assert (KAGGLE / meta["code_file"]).is_file()
     assert meta["dataset_sources"] == [f"{USER}/pixelbyte-bundle"]
     assert "docker_image" not in meta                      # pinning an image can override the accelerator
 
 
-def test_dataset_metadata_is_valid():
-    meta = kc.fill(kc.load_template("dataset-metadata.json"), USER)
-    assert kc.dataset_metadata_problems(meta) == []
-    assert meta["id"] == f"{USER}/pixelbyte-bundle"
-    assert len(meta["licenses"]) == 1
+@pytest.mark.parametrize("notebook", pipeline.notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_kernel_metadata_is_valid(notebook, tmp_path):
+    meta = kc.notebook_kernel_metadata(USER, notebook)
+    (tmp_path / notebook.name).write_text("{}")
+    assert kc.kernel_metadata_problems(meta, tmp_path) == []
+    assert meta["id"] == f"{USER}/pixelbyte-{notebook.stem.replace('_', '-')}"
+    assert (meta["kernel_type"], meta["code_file"], meta["machine_shape"]) == ("notebook", notebook.name,
+                                                                             "NvidiaTeslaT4")
+    assert meta["dataset_sources"] == [f"{USER}/pixelbyte-bundle"] and meta["enable_gpu"] is True
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"id": "alice/Pixelbyte_Runner"}, "slug"),
-    ({"id": "alice/runr"}, "characters"),
-    ({"id": "pixelbyte-runner"}, "<username>/<slug>"),
-    ({"title": "Something Else"}, "title"),
+@pytest.mark.parametrize("shape", kc.GPU_SHAPES)
+def test_every_gpu_shape_is_accepted(shape):
+    meta = {**kc.fill(kc.load_template("kernel-metadata.json"), USER), "machine_shape": shape}
+    assert kc.kernel_metadata_problems(meta, KAGGLE) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"id": "alice/Pixelbyte_Runner"}, "gives the slug"),
+    ({"id": "alice/runr"}, "five characters"),                 # the kaggle library's rule
+    ({"id": "pixelbyte-runner"}, "form of"),
+    ({"title": "Something Else"}, "another id"),
     ({"kernel_type": "notebooks"}, "kernel_type"),
     ({"language": "python3"}, "language"),
-    ({"machine_shape": "T4x2"}, "machine_shape"),
-    ({"enable_gpu": "true"}, "enable_gpu"),
-    ({"is_private": 1}, "is_private"),
+    ({"machine_shape": "T4x2"}, "allowed ['NvidiaTeslaT4'"),
+    ({"machine_shape": None}, "machine_shape=None"),
+    ({"machine_shape": "NvidiaTeslaP100"}, "refused: retired"),
+    ({"machine_shape": "TpuV5E8"}, "refused: a TPU"),
+    ({"enable_gpu": False}, "enable_gpu"),
     ({"dataset_sources": ["pixelbyte-bundle"]}, "dataset_sources"),
     ({"code_file": "missing.py"}, "code_file"),
     ({"id": "{username}/pixelbyte-runner"}, "{username}"),
 ])
-def test_kernel_metadata_problems_are_caught(change, field):
+def test_kernel_metadata_problems_are_caught(change, message):
     meta = {**kc.fill(kc.load_template("kernel-metadata.json"), "alice"), **change}
     problems = kc.kernel_metadata_problems(meta, KAGGLE)
-    assert problems and any(field in p for p in problems), problems
+    assert problems and any(message in p for p in problems), problems
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"id": "alice/pixel"}, "6..50"),
-    ({"title": "Short"}, "title"),
-    ({"subtitle": "too short"}, "subtitle"),
-    ({"licenses": [{"name": "MIT"}]}, "licenses"),
-    ({"licenses": [{"name": "CC0-1.0"}, {"name": "other"}]}, "exactly one"),
+# --------------------------------------------------------------------------------------------
+# The kaggle library: version floor, requests it builds, answers it gets (HTTP mocked)
+
+
+@pytest.mark.parametrize("version", ["1.6.17", "1.7.4.5", "1.8.3"])
+def test_a_kaggle_cli_that_drops_machine_shape_is_refused(monkeypatch, no_credentials, version):
+    monkeypatch.setattr(kc, "kaggle_version", lambda: version)
+    with pytest.raises(SystemExit, match=rf"kaggle {re.escape(version)} is too old.*machine_shape.*>=1\.8\.4"):
+        kc.main(["push", "--user", USER])
+    monkeypatch.setattr(kc, "kaggle_version", lambda: None)
+    with pytest.raises(SystemExit, match="not installed"):
+        kc.main(["status"])
+    kc.require_kaggle("2.2.5")
+    kc.require_kaggle(kc.KAGGLE_MIN_VERSION)
+
+
+def test_push_sends_the_accelerator_and_the_staged_metadata(api, capsys, tmp_path):
+    save = api.client.kernels.kernels_api_client.save_kernel
+    save.return_value = push_response()
+    lines = cli(capsys, "push", "--path", str(tmp_path / "kernel"), "--timeout", "600")
+    assert lines == [f"kaggle kernels push -p {tmp_path / 'kernel'} --accelerator NvidiaTeslaT4 -t 600"]
+    request = save.call_args.args[0]                      # built by KaggleApi.kernels_push itself
+    assert request.slug == f"{USER}/pixelbyte-runner" and request.new_title == "PixelByte Runner"
+    assert request.machine_shape == "NvidiaTeslaT4" and request.enable_gpu is True
+    assert (request.kernel_type, request.language) == ("script", "python")
+    assert request.is_private is True and request.enable_internet is True
+    assert request.session_timeout_seconds == 600
+    assert list(request.dataset_data_sources) == [f"{USER}/pixelbyte-bundle"]
+    assert "EMBEDDED_PARAMS = json.loads(" in request.text
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"invalid_dataset_sources": [f"{USER}/pixelbyte-bundle"]}, "(?s)not valid dataset sources.*upload the bundle"),
+    ({"invalid_kernel_sources": [f"{USER}/pixelbyte-02-training"]}, "not valid kernel sources"),
+    ({"error": "Notebook quota exceeded"}, "error: Notebook quota exceeded"),
 ])
-def test_dataset_metadata_problems_are_caught(change, field):
-    meta = {**kc.fill(kc.load_template("dataset-metadata.json"), "alice"), **change}
-    problems = kc.dataset_metadata_problems(meta)
-    assert problems and any(field in p for p in problems), problems
+def test_push_fails_on_what_the_cli_only_prints(api, tmp_path, fields, message):
+    """`kaggle kernels push` prints "The following are not valid dataset sources..." and exits 0."""
+    api.client.kernels.kernels_api_client.save_kernel.return_value = push_response(**fields)
+    with pytest.raises(SystemExit, match=message):
+        kc.main(["push", "--path", str(tmp_path / "kernel")])
 
 
-def test_title_slug_rule_matches_the_kaggle_cli_slugify():
-    slugify = pytest.importorskip("slugify").slugify      # python-slugify, a kaggle dependency
-    for title in ("PixelByte Runner", "PixelByte Bundle", "My  Kernel -- v2", "T4 x2: run!"):
-        assert kc.slugify_title(title) == slugify(title)
+def test_status_reads_the_status_field_not_the_text(api, monkeypatch, capsys):
+    """A username like "error-complete" must not end the wait (the old substring match did)."""
+    api.config_values = {"username": "error-complete"}
+    states = api.client.kernels.kernels_api_client.get_kernel_session_status
+    states.side_effect = [session_status("QUEUED"), session_status("RUNNING"), session_status("COMPLETE")]
+    kc.main(["status", "--wait", "--interval", "0"])
+    assert states.call_count == 3
+    request = states.call_args.args[0]
+    assert (request.user_name, request.kernel_slug) == ("error-complete", "pixelbyte-runner")
+    out = capsys.readouterr().out
+    assert "error-complete/pixelbyte-runner: running" in out and out.rstrip().endswith("complete")
+    states.side_effect = [session_status("ERROR", "OOM in 02_training")]
+    with pytest.raises(SystemExit, match="ended error: OOM in 02_training"):
+        kc.main(["status", "--kernel", "pixelbyte-02-training"])
+
+
+def test_upload_creates_then_versions_through_the_library(api, bundle, capsys):
+    from kagglesdk.datasets.types.dataset_api_service import ApiCreateDatasetResponse
+    from requests.exceptions import HTTPError
+
+    datasets = api.client.datasets.dataset_api_client
+    ok = ApiCreateDatasetResponse()
+    ok.status, ok.url = "ok", "https://www.kaggle.com/datasets/x"
+    datasets.create_dataset.return_value = datasets.create_dataset_version.return_value = ok
+    datasets.get_dataset_status.side_effect = HTTPError("404")          # not there yet: create
+    cli(capsys, "upload", "--path", str(bundle))
+    request = datasets.create_dataset.call_args.args[0]
+    assert (request.owner_slug, request.slug, request.title) == (USER, "pixelbyte-bundle", "PixelByte Bundle")
+    assert request.license_name == "other" and request.is_private is True
+    datasets.get_dataset_status.side_effect = None                       # there: new version
+    cli(capsys, "upload", "--path", str(bundle), "-m", "new notebooks")
+    assert datasets.create_dataset_version.call_args.args[0].body.version_notes == "new notebooks"
+    refused = ApiCreateDatasetResponse()
+    refused.status, refused.error = "error", "Invalid license name"
+    datasets.create_dataset_version.return_value = refused
+    with pytest.raises(SystemExit, match="Invalid license name"):
+        kc.main(["upload", "--path", str(bundle)])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"title": "Short"}, "title must be between 6 and 50"),
+    ({"subtitle": "too short"}, "Subtitle length"),
+    ({"licenses": [{"name": "CC0-1.0"}, {"name": "other"}]}, "exactly one license"),
+])
+def test_the_library_refuses_bad_dataset_metadata(api, bundle, tmp_path, monkeypatch, change, message):
+    from requests.exceptions import HTTPError
+
+    api.client.datasets.dataset_api_client.get_dataset_status.side_effect = HTTPError("404")
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / kc.BUNDLE_MARKER).write_text((bundle / kc.BUNDLE_MARKER).read_text())
+    template = {**kc.load_template(kc.DATASET_METADATA), **change}
+    monkeypatch.setattr(kc, "load_template", lambda name: template)
+    with pytest.raises(SystemExit, match=message):
+        kc.main(["upload", "--path", str(folder)])
+
+
+def test_push_notebooks_pushes_in_order_and_waits_for_inputs(api, capsys, tmp_path):
+    save = api.client.kernels.kernels_api_client.save_kernel
+    save.return_value = push_response()
+    states = api.client.kernels.kernels_api_client.get_kernel_session_status
+    states.side_effect = [session_status("RUNNING"), session_status("COMPLETE")]
+    kc.main(["push-notebooks", "--path", str(tmp_path), "--interval", "0"])
+    notebooks = pipeline.notebook_paths()
+    requests = [c.args[0] for c in save.call_args_list]
+    assert [r.slug for r in requests] == [f"{USER}/{kc.notebook_slug(nb.stem)}" for nb in notebooks]
+    for request, notebook in zip(requests, notebooks):
+        assert (request.kernel_type, request.machine_shape) == ("notebook", "NvidiaTeslaT4")
+        assert list(request.dataset_data_sources) == [f"{USER}/pixelbyte-bundle"]
+        cells = json.loads(request.text)["cells"]
+        first_code = next(c for c in cells if c["cell_type"] == "code")
+        assert first_code["source"] == kc.setup_cell_source(), notebook.stem
+        needs = kc.NOTEBOOK_INPUTS.get(notebook.stem)
+        assert list(request.kernel_data_sources) == ([f"{USER}/{kc.notebook_slug(needs)}"] if needs else [])
+        if needs:
+            injected = next(c for c in cells if "injected-parameters" in c["metadata"].get("tags", []))
+            assert f'run_dir = "/kaggle/input/{kc.notebook_slug(needs)}/outputs"' in injected["source"]
+    assert states.call_count == 2                     # waited for 02 before pushing 03
+    save.reset_mock()
+    states.side_effect = [session_status("ERROR", "boom")]
+    with pytest.raises(SystemExit, match="ended error.*03_generation reads its outputs"):
+        kc.main(["push-notebooks", "--path", str(tmp_path), "--only", "02_training", "03_generation"])
+    assert [c.args[0].slug for c in save.call_args_list] == [f"{USER}/pixelbyte-02-training"]
+
+
+def test_notebooks_default_run_dir_is_the_one_push_notebooks_mounts():
+    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert re.search(rf'^run_dir = "{kc.NOTEBOOK_RUN_DIR}"', source.read_text(), re.M), source.name
+
+
+def test_output_downloads_through_the_library(api, capsys, tmp_path):
+    output = api.client.kernels.kernels_api_client.list_kernel_session_output.return_value
+    output.files, output.next_page_token, output.log = [], "", "fake log"
+    cli(capsys, "output", "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "pixelbyte-runner.log").read_text() == "fake log"
 
 
 KAGGLE_CLI_RUN = textwrap.dedent("""
@@ -163,43 +346,36 @@ KAGGLE_CLI_RUN = textwrap.dedent("""
             exit_codes[command] = 0
         except SystemExit as err:
             exit_codes[command] = err.code
-    kernel = client.kernels.kernels_api_client.save_kernel.call_args.args[0]
-    dataset = client.datasets.dataset_api_client.create_dataset.call_args.args[0]
+    kernels = [c.args[0] for c in client.kernels.kernels_api_client.save_kernel.call_args_list]
     print("RESULT " + json.dumps({
         "exit_codes": exit_codes,
-        "slug": kernel.slug, "title": kernel.new_title, "language": kernel.language,
-        "kernel_type": kernel.kernel_type, "is_private": kernel.is_private,
-        "enable_gpu": kernel.enable_gpu, "enable_internet": kernel.enable_internet,
-        "machine_shape": kernel.machine_shape, "dataset_sources": list(kernel.dataset_data_sources),
-        "timeout": kernel.session_timeout_seconds, "text": kernel.text,
-        "dataset": [dataset.owner_slug, dataset.slug, dataset.title, dataset.license_name,
-                    dataset.is_private],
+        "kernels": [[k.slug, k.kernel_type, k.machine_shape, k.enable_gpu, list(k.dataset_data_sources)]
+                    for k in kernels],
         "versioned": client.datasets.dataset_api_client.create_dataset_version.called}))
 """)
 
 
 def test_printed_commands_run_through_the_kaggle_cli_itself(capsys, bundle, tmp_path):
-    """Every command `--print-only` prints goes through kaggle 2.2.5's own `kaggle.cli.main`
-    (argument parsing, metadata reading and validation, request building) with only the HTTP
-    client mocked: the commands are well-formed and the staged metadata is what the CLI sends."""
+    """Every command `--print-only` prints goes through kaggle's own `kaggle.cli.main` (argument
+    parsing, --accelerator included, metadata reading and validation, request building)."""
     pytest.importorskip("kagglesdk")
-    kernel_dir, out = tmp_path / "kernel", tmp_path / "out"
+    out = tmp_path / "out"
     commands = [
-        *cli(capsys, "push", "--user", USER, "--print-only", "--path", str(kernel_dir), "--timeout", "600"),
+        *cli(capsys, "push", "--user", USER, "--print-only", "--path", str(tmp_path / "kernel")),
+        *cli(capsys, "push-notebooks", "--user", USER, "--print-only", "--path", str(tmp_path / "notebooks")),
         *cli(capsys, "upload", "--user", USER, "--print-only", "--path", str(bundle)),
         *cli(capsys, "status", "--user", USER, "--print-only"),
         *cli(capsys, "output", "--user", USER, "--print-only", "--out", str(out)),
     ]
     commands = [c.split("   # ")[0] for c in commands]       # drop the printed notes
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
-    env["KAGGLE_CONFIG_DIR"] = str(tmp_path / "kaggle-config")   # no credentials, no ~ writes
+    env = dict(SUBPROCESS_ENV)
     if importlib.util.find_spec("six") is None:
         # kaggle 2.2.5 imports `six` (kaggle/models/upload_file.py) without requiring it; its
         # one use (six.iteritems) is not reached here, so a stand-in module is enough.
         stub = tmp_path / "stub"
         stub.mkdir()
         (stub / "six.py").write_text("def iteritems(d):\n    return iter(d.items())\n")
-        env["PYTHONPATH"] = os.pathsep.join([str(stub), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(stub), env["PYTHONPATH"]])
     script = tmp_path / "kaggle_cli_run.py"
     script.write_text(KAGGLE_CLI_RUN)
     proc = subprocess.run([sys.executable, str(script), USER, json.dumps(commands)], cwd=ROOT,
@@ -209,82 +385,86 @@ def test_printed_commands_run_through_the_kaggle_cli_itself(capsys, bundle, tmp_
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     status_probe = f"kaggle datasets status {USER}/pixelbyte-bundle"
     assert result["exit_codes"] == {c: (1 if c == status_probe else 0) for c in commands}
-    assert result["slug"] == f"{USER}/pixelbyte-runner"
-    assert result["title"] == "PixelByte Runner"
-    assert (result["language"], result["kernel_type"]) == ("python", "script")
-    assert result["machine_shape"] == "NvidiaTeslaT4"
-    assert result["enable_gpu"] is True and result["enable_internet"] is True
-    assert result["is_private"] is True and result["timeout"] == 600
-    assert result["dataset_sources"] == [f"{USER}/pixelbyte-bundle"]
-    assert "EMBEDDED_PARAMS = json.loads(" in result["text"]
-    assert result["dataset"] == [USER, "pixelbyte-bundle", "PixelByte Bundle", "other", True]
+    slugs = [f"{USER}/pixelbyte-runner"] + [f"{USER}/{kc.notebook_slug(nb.stem)}" for nb in pipeline.notebook_paths()]
+    assert [k[0] for k in result["kernels"]] == slugs
+    for slug, kernel_type, shape, gpu, sources in result["kernels"]:
+        assert (shape, gpu, sources) == ("NvidiaTeslaT4", True, [f"{USER}/pixelbyte-bundle"]), slug
+        assert kernel_type == ("script" if slug.endswith("runner") else "notebook")
     assert result["versioned"] is True
     assert (out / "pixelbyte-runner.log").read_text() == "fake log"
 
 
-# --------------------------------------------------------------------------------------------
-# Parameters
+def kaggle_cli_subprocess(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixelbyte.kaggle_cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_params_files_use_contract_names_and_sizes():
-    for name in kc.PARAMS_FILES:
-        params = json.loads((KAGGLE / name).read_text())
-        for notebook, values in params.items():
-            allowed = set.union(*CONTRACT_PARAMS.values()) if notebook == "*" else CONTRACT_PARAMS[notebook]
-            assert set(values) <= allowed, (name, notebook, set(values) - allowed)
-        assert params["*"]["dataset"] == "auto"
-    paper = json.loads((KAGGLE / "params_paper.json").read_text())
-    training = paper["02_training"]
-    assert training["nproc"] == 2 and training["device"] == "cuda" and training["amp"] is True
-    assert (training["seq_length"], training["stride"], training["batch_size"]) == (256, 32, 32)
-    assert training["lr"] == 1e-3 and training["epochs"] == 200
-    assert paper["04_model_comparison"]["configs"] == "paper"   # all model families
-    ci = json.loads((KAGGLE / "params_ci.json").read_text())
-    assert ci["*"]["limit"] <= 24
-    assert all(v.get("max_steps", 0) <= 3 for v in ci.values())
-    assert all(v.get("device", "cpu") == "cpu" for v in ci.values())
-
-
-def test_runner_adapts_to_the_gpus_present():
-    runner = load_runner()
-    paper = json.loads((KAGGLE / "params_paper.json").read_text())
-    assert runner.adapt_to_gpus(paper, 2) == paper
-    one = runner.adapt_to_gpus(paper, 1)["02_training"]
-    assert one["nproc"] == 1 and one["device"] == "cuda"
-    none = runner.adapt_to_gpus(paper, 0)
-    assert none["02_training"]["device"] == "cpu" and none["02_training"]["amp"] is False
-    assert none["02_training"]["nproc"] == 1 and none["03_generation"]["device"] == "cpu"
+def test_username_and_credentials_are_the_kaggle_librarys(tmp_path):
+    pytest.importorskip("kagglesdk")
+    config = tmp_path / "config"
+    config.mkdir()
+    env = {**SUBPROCESS_ENV, "HOME": str(tmp_path / "home"), "KAGGLE_CONFIG_DIR": str(config)}
+    proc = kaggle_cli_subprocess(["status", "--print-only"], {**env, "KAGGLE_USERNAME": "from-env", "KAGGLE_KEY": "k"})
+    assert proc.stdout.splitlines() == ["kaggle kernels status from-env/pixelbyte-runner"], proc.stderr
+    (config / "kaggle.json").write_text(json.dumps({"username": "from-json", "key": "k"}))
+    (config / "kaggle.json").chmod(0o600)
+    proc = kaggle_cli_subprocess(["status", "--print-only"], env)
+    assert proc.stdout.splitlines()[-1] == "kaggle kernels status from-json/pixelbyte-runner", proc.stderr
+    (config / "kaggle.json").unlink()
+    proc = kaggle_cli_subprocess(["push", "--print-only"], env)
+    assert proc.returncode == 1 and "no Kaggle credentials" in proc.stderr and "--user" in proc.stderr
+    assert "kaggle auth login" in proc.stdout                       # the library's own help
 
 
 # --------------------------------------------------------------------------------------------
-# Commands (--print-only)
+# The package: version, extras, bundle
 
 
-def cli(capsys, *argv) -> list[str]:
-    kc.main(list(argv))
-    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("kaggle ")]
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_one_version_number_from_pyproject(bundle):
+    import pixelbyte
+
+    version = pyproject()["project"]["version"]
+    assert pixelbyte.__version__ == importlib.metadata.version("pixelbyte") == version
+    manifest = json.loads((bundle / kc.BUNDLE_MARKER).read_text())
+    assert manifest["version"] == kc.wheel_version(bundle / manifest["wheel"]) == version
+
+
+def test_extras_the_runner_and_kaggle_need():
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert sorted(extras["gpu"]) == sorted(kaggle_env.pinned_requirements())     # one set of pins
+    assert {r.split(">=")[0] for r in extras["run"]} == {"papermill", "ipykernel"}  # no jupytext
+    assert "kaggle>=" + kc.KAGGLE_MIN_VERSION in extras["kaggle"]
 
 
 def test_bundle_holds_wheel_notebooks_params_and_manifest(bundle):
+    from packaging.requirements import Requirement
+
     manifest = json.loads((bundle / kc.BUNDLE_MARKER).read_text())
     assert (bundle / manifest["wheel"]).is_file() and manifest["wheel"].endswith("-py3-none-any.whl")
-    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = [p.name for p in pipeline.notebook_paths()]
     assert manifest["notebooks"] == notebooks
-    assert all((bundle / nb).is_file() for nb in notebooks)
+    for name in notebooks:
+        assert kc.setup_cell_problem(bundle / name) is None, name
     for name in (*kc.PARAMS_FILES, "runner.py"):
         assert (bundle / name).read_bytes() == (KAGGLE / name).read_bytes()
     meta = json.loads((bundle / kc.DATASET_METADATA).read_text())
     assert meta["id"] == f"{USER}/pixelbyte-bundle"
     assert not [p for p in bundle.iterdir() if p.is_dir()]   # flat: datasets skip folders
-    runner = load_runner()
-    requirements = runner.wheel_requirements(bundle / manifest["wheel"])
-    names = {runner.requirement_name(r) for r in requirements}
-    assert {"numpy", "datasets", "papermill", "ipykernel"} <= names and "pytest" not in names
+    with zipfile.ZipFile(bundle / manifest["wheel"]) as wheel:
+        info = email.message_from_bytes(wheel.read(next(n for n in wheel.namelist() if n.endswith("METADATA"))))
+    requires = [Requirement(r) for r in info.get_all("Requires-Dist")]
+    for_run = {r.name for r in requires if r.marker is None or r.marker.evaluate({"extra": "run"})}
+    assert {"numpy", "datasets", "papermill", "ipykernel"} <= for_run
+    assert not {"jupytext", "nbformat", "pytest"} & for_run                     # what offline kernels skip
 
 
 def test_upload_print_only(capsys, bundle):
     lines = cli(capsys, "upload", "--user", USER, "--print-only", "--path", str(bundle))
-    assert lines[0] == f"kaggle datasets status {USER}/pixelbyte-bundle"
+    assert lines[0].startswith(f"kaggle datasets status {USER}/pixelbyte-bundle")
     assert lines[1].startswith(f"kaggle datasets create -p {bundle}")
     assert lines[2].startswith(f"kaggle datasets version -p {bundle} -m ")
     lines = cli(capsys, "upload", "--user", USER, "--print-only", "--path", str(bundle), "--mode", "version",
@@ -300,10 +480,9 @@ def test_upload_without_bundle_says_build_it(tmp_path):
 def test_push_print_only_stages_kernel_with_embedded_params(capsys, tmp_path):
     folder = tmp_path / "kernel"
     lines = cli(capsys, "push", "--user", USER, "--print-only", "--path", str(folder), "--timeout", "43200")
-    assert lines == [f"kaggle kernels push -p {folder} -t 43200"]
+    assert lines == [f"kaggle kernels push -p {folder} --accelerator NvidiaTeslaT4 -t 43200"]
     meta = json.loads((folder / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{USER}/pixelbyte-runner"
-    assert meta["dataset_sources"] == [f"{USER}/pixelbyte-bundle"]
     assert sorted(p.name for p in folder.iterdir()) == ["kernel-metadata.json", "runner.py"]
     staged = load_runner(folder / "runner.py")
     assert staged.EMBEDDED_PARAMS == json.loads((KAGGLE / "params_paper.json").read_text())
@@ -320,45 +499,91 @@ def test_status_and_output_print_only(capsys, tmp_path):
     assert re.fullmatch(rf"kaggle kernels output {USER}/pixelbyte-runner -p runs/kaggle-\d{{8}}-\d{{6}}", default)
 
 
-def test_username_from_env_then_kaggle_json(capsys, no_credentials, monkeypatch):
-    monkeypatch.setenv("KAGGLE_USERNAME", "from-env")
-    assert cli(capsys, "status", "--print-only") == ["kaggle kernels status from-env/pixelbyte-runner"]
-    monkeypatch.delenv("KAGGLE_USERNAME")
-    for folder in (no_credentials / ".kaggle", no_credentials / ".config" / "kaggle"):
-        folder.mkdir(parents=True)
-        (folder / "kaggle.json").write_text(json.dumps({"username": "from-json", "key": "k"}))
-        assert kc.find_username() == "from-json"
-        (folder / "kaggle.json").unlink()
-    assert kc.find_username("given") == "given"
-
-
-def test_missing_credentials_say_where_to_put_them(no_credentials, capsys):
-    with pytest.raises(SystemExit) as err:
-        kc.main(["push", "--print-only"])
-    message = str(err.value)
-    assert "--user" in message and "KAGGLE_USERNAME" in message
-    assert "~/.kaggle/kaggle.json" in message and "~/.config/kaggle/kaggle.json" in message
-
-
-def test_bad_username_is_refused(no_credentials):
-    with pytest.raises(SystemExit, match="owner slug"):
-        kc.main(["status", "--print-only", "--user", "Not A User"])
-
-
 def test_makefile_has_the_kaggle_targets():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^KAGGLE_CLI = .* -m pixelbyte\.kaggle_cli$", makefile, re.M)
-    for target in ("bundle", "upload", "push", "status", "output"):
+    for target in ("bundle", "upload", "push", "push-notebooks", "status", "output", "setup-cell"):
         assert re.search(rf"^kaggle-{target}:.*\n\t\$\(KAGGLE_CLI\) {target}\b", makefile, re.M), target
     for target in ("setup", "run", "test"):
         assert f"{target}:\n\tpython3 tasks.py {target}" in makefile
 
 
 # --------------------------------------------------------------------------------------------
-# The runner
+# Parameters and the 12 h session
 
 
-def test_runner_finds_the_bundle_under_either_mount_layout(tmp_path, bundle):
+def test_params_files_use_contract_names_and_sizes():
+    for name in kc.PARAMS_FILES:
+        params = json.loads((KAGGLE / name).read_text())
+        assert set(params["runner"]) <= set(load_runner().RUNNER_SETTINGS)
+        for notebook, values in params.items():
+            if notebook == "runner":
+                continue
+            allowed = set.union(*CONTRACT_PARAMS.values()) if notebook == "*" else CONTRACT_PARAMS[notebook]
+            assert set(values) <= allowed, (name, notebook, set(values) - allowed)
+        assert params["*"]["dataset"] == "auto"
+    paper = json.loads((KAGGLE / "params_paper.json").read_text())
+    training = paper["02_training"]
+    assert training["nproc"] == 2 and training["device"] == "cuda" and training["amp"] is True
+    assert (training["seq_length"], training["stride"], training["batch_size"]) == (256, 32, 32)
+    assert training["lr"] == 1e-3 and training["epochs"] == 200        # the paper's, capped by max_steps
+    assert paper["04_model_comparison"]["configs"] == "paper"         # all model families
+    ci = json.loads((KAGGLE / "params_ci.json").read_text())
+    assert ci["*"]["limit"] <= 24
+    assert all(v.get("max_steps", 0) <= 3 for k, v in ci.items() if k != "runner")
+    assert all(v.get("device", "cpu") == "cpu" for k, v in ci.items() if k != "runner")
+
+
+# Estimates (not measured: no T4 here), the README's budget table uses the same ones.
+INSTALL_S = 5 * 60                 # pip of pixelbyte[run] on the Kaggle image (most already there)
+BYSMAMBA_STEP_S = 0.5              # 02's BysMamba step (B 32, L 256, bidirectional) on the PyTorch scan
+EVAL_S = 60                        # one validation pass of 02
+
+
+def test_the_paper_run_fits_the_12_hour_session():
+    from pixelbyte import compare
+
+    paper = json.loads((KAGGLE / "params_paper.json").read_text())
+    settings = paper["runner"]
+    budgets = settings["budget_s"]
+    assert set(budgets) == set(CONTRACT_PARAMS)                         # every notebook has one
+    assert sum(budgets.values()) + settings["kernel_install_s"] + INSTALL_S <= settings["deadline_s"]
+    assert settings["deadline_s"] <= 12 * 3600 - 45 * 60                # time left to save outputs
+    assert settings["kernel_install_s"] <= 15 * 60
+    training = paper["02_training"]
+    evals = training["max_steps"] // training["eval_every"]
+    assert 0 < training["max_steps"] * BYSMAMBA_STEP_S + evals * EVAL_S <= 0.9 * budgets["02_training"]
+    comparison = paper["04_model_comparison"]
+    runs = len(compare.plan(comparison["configs"], comparison["objectives"])[0])
+    assert runs * comparison["budget_s"] <= 0.7 * budgets["04_model_comparison"]   # 30 % for scoring
+    assert comparison["max_chunks"] > 0                                   # not every held-out chunk
+
+
+def test_runner_adapts_to_the_gpus_present():
+    runner = load_runner()
+    paper = json.loads((KAGGLE / "params_paper.json").read_text())
+    assert runner.adapt_to_gpus(paper, 2) == paper
+    one = runner.adapt_to_gpus(paper, 1)["02_training"]
+    assert one["nproc"] == 1 and one["device"] == "cuda"
+    none = runner.adapt_to_gpus(paper, 0)
+    assert none["02_training"]["device"] == "cpu" and none["02_training"]["amp"] is False
+    assert none["02_training"]["nproc"] == 1 and none["03_generation"]["device"] == "cpu"
+
+
+def test_amp_is_decided_per_model_family():
+    runner = load_runner()
+    paper, _ = runner.split_settings(json.loads((KAGGLE / "params_paper.json").read_text()))
+    params, decisions = runner.apply_amp_policy(paper)
+    assert params["02_training"]["amp"] is False and "NaN" in decisions["02_training"]
+    lstm, decisions = runner.apply_amp_policy({"02_training": {**paper["02_training"], "model": "lstm"}})
+    assert lstm["02_training"]["amp"] is True and decisions["02_training"] == "amp on as asked"
+
+
+# --------------------------------------------------------------------------------------------
+# The runner: finding, installing, the kernels
+
+
+def test_runner_finds_the_bundle_under_either_mount_layout(tmp_path):
     runner = load_runner()
     for layout in ("pixelbyte-bundle", "datasets/someone/pixelbyte-bundle"):
         root = tmp_path / layout.replace("/", "_") / "input"
@@ -395,45 +620,222 @@ def test_runner_picks_a_pixelbytes_parquet_and_skips_others(tmp_path):
     assert runner.resolve_dataset(tmp_path / "nothing", tmp_path, allow_hub=False)[0] == "embedded"
 
 
-def test_runner_installs_without_touching_torch(monkeypatch, tmp_path, bundle):
-    """The install steps' pip calls (pip itself mocked): the wheel with --no-deps, then its
-    requirements without torch, offline from the bundle first, PyPI only when that fails."""
+def test_runner_installs_pixelbyte_with_pips_extras_and_constraints(monkeypatch, tmp_path, bundle):
+    """pip resolves pixelbyte[run] from the wheel itself (no METADATA parsing here), offline from
+    the bundle first, PyPI only when that fails; torch stays pinned by the constraints file."""
     runner = load_runner()
     calls, answers = [], []
-    monkeypatch.setattr(runner, "pip_install", lambda *args: calls.append(args) or answers.pop(0))
+    monkeypatch.setattr(runner, "pip", lambda *args, **kw: calls.append(args) or answers.pop(0))
     constraints = tmp_path / "constraints.txt"
+    wheel = json.loads((bundle / kc.BUNDLE_MARKER).read_text())["wheel"]
+    requirement = f"pixelbyte[run] @ {(bundle / wheel).resolve().as_uri()}"
 
-    answers[:] = [True, True]                                # everything already satisfied
-    runner.install_pixelbyte(bundle, online=False, constraints=constraints)
-    assert calls[0][:2] == ("--no-deps", "--force-reinstall") and calls[0][2].endswith(".whl")
-    assert calls[1][:5] == ("--no-index", "--find-links", str(bundle), "-c", str(constraints))
-    assert not any(a.startswith(("torch", "triton")) for a in calls[1])
-    assert any(a.startswith("papermill") for a in calls[1])
-
+    answers[:] = ["ok"]
+    runner.install_pixelbyte(bundle, wheel, online=False, constraints=constraints)
+    assert calls == [(requirement, "-c", str(constraints), "--no-index", "--find-links", str(bundle))]
     calls.clear()
-    answers[:] = [True, False, True]                         # offline misses one: PyPI
-    runner.install_pixelbyte(bundle, online=True, constraints=constraints)
-    assert calls[2][:2] == ("-c", str(constraints)) and "--no-index" not in calls[2]
-    answers[:] = [True, False]
+    answers[:] = ["pip exit code 1", "ok"]                   # offline misses one: PyPI
+    runner.install_pixelbyte(bundle, wheel, online=True, constraints=constraints)
+    assert calls[1] == (requirement, "-c", str(constraints))
+    answers[:] = ["pip exit code 1"]
     with pytest.raises(SystemExit, match="internet"):
-        runner.install_pixelbyte(bundle, online=False, constraints=constraints)
+        runner.install_pixelbyte(bundle, wheel, online=False, constraints=constraints)
 
 
-def test_runner_mamba_install_and_fallback(monkeypatch, tmp_path):
+def test_pip_is_logged_and_time_limited(monkeypatch, capsys):
     runner = load_runner()
+    seen = []
+    monkeypatch.setattr(runner, "run_process", lambda cmd, timeout_s=None, env=None: seen.append((cmd, timeout_s)))
+    assert runner.pip("mamba-ssm==2.3.1", timeout_s=900).startswith("timed out after")
+    cmd, timeout = seen[0]
+    assert cmd[1:4] == ["-m", "pip", "install"] and "-q" not in cmd and timeout == 900
+    assert "mamba-ssm==2.3.1" in capsys.readouterr().out                  # the command is in the log
+
+
+def test_kernel_sources_fastest_first(tmp_path):
+    runner = load_runner()
+    facts = {"torch": "2.10.0+cu128", "cuda": "12.8", "python": "cp312", "cxx11_abi": True, "gpus": 2}
+    constraints = tmp_path / "c.txt"
+    assert runner.kernel_sources(tmp_path, online=False, constraints=constraints, facts=facts) == []
+    (tmp_path / "mamba_ssm-2.3.1+cu12torch2.10cxx11abiTRUE-cp312-cp312-linux_x86_64.whl").write_text("")
+    sources = runner.kernel_sources(tmp_path, online=True, constraints=constraints, facts=facts)
+    assert [name for name, _ in sources] == ["bundle wheels", "release wheels", "PyPI sdists"]
+    assert sources[0][1][0] == "--no-deps"
+    assert sources[1][1][2:] == kaggle_env.prebuilt_wheel_urls("2.10.0+cu128", "12.8", "cp312", True)
+    assert sources[2][1][-2:] == ["causal-conv1d==1.6.1", "mamba-ssm==2.3.1"]
+
+
+def test_prebuilt_wheel_urls_are_the_release_file_names():
+    """Named as causal-conv1d's and mamba's setup.py name them (and as their releases list them)."""
+    assert kaggle_env.prebuilt_wheel_urls("2.10.0+cu128", "12.8", "cp312", True) == [
+        "https://github.com/Dao-AILab/causal-conv1d/releases/download/v1.6.1.post4/"
+        "causal_conv1d-1.6.1+cu12torch2.10cxx11abiTRUE-cp312-cp312-linux_x86_64.whl",
+        "https://github.com/state-spaces/mamba/releases/download/v2.3.1/"
+        "mamba_ssm-2.3.1+cu12torch2.10cxx11abiTRUE-cp312-cp312-linux_x86_64.whl"]
+
+
+@pytest.fixture
+def mamba_fakes(monkeypatch):
+    """The runner with pip, the kernel check and the uninstall replaced by recorders."""
+    runner = load_runner()
+    fake = {"pip": [], "outcomes": [], "checks": [], "uninstalled": False}
+
+    def pip(*args, timeout_s=None):
+        fake["pip"].append((args, timeout_s))
+        outcome, seconds = fake["outcomes"].pop(0)
+        time.sleep(seconds)
+        return outcome
+
+    monkeypatch.setattr(runner, "pip", pip)
+    monkeypatch.setattr(runner, "kernels_work", lambda: fake["checks"].pop(0))
+    monkeypatch.setattr(runner, "pip_uninstall", lambda *names: fake.update(uninstalled=names))
+    return runner, fake
+
+
+FACTS = {"torch": "2.10.0+cu128", "cuda": "12.8", "python": "cp312", "cxx11_abi": True, "gpus": 2}
+
+
+def test_mamba_kernels_kept_only_when_the_cuda_check_passes(mamba_fakes, tmp_path):
+    runner, fake = mamba_fakes
+    record = runner.install_mamba_kernels(tmp_path, True, tmp_path / "c", {**FACTS, "gpus": 0}, 900)
+    assert record["backend"] == "torch" and "no GPU" in record["reason"] and fake["pip"] == []
+    fake["checks"] = [(True, "forward + backward match")]
+    assert runner.install_mamba_kernels(tmp_path, True, tmp_path / "c", FACTS, 900)["backend"] == "cuda"
+    fake["checks"] = [(False, "ImportError: No module named 'mamba_ssm'"), (True, "forward + backward match")]
+    fake["outcomes"] = [("ok", 0)]
+    record = runner.install_mamba_kernels(tmp_path, True, tmp_path / "c", FACTS, 900)
+    assert record["backend"] == "cuda" and record["attempts"][0]["source"] == "release wheels"
+    # installed and importable, but the CUDA step fails: removed, so backend "auto" cannot pick it
+    fake["checks"] = [(False, "no module"), (False, "RuntimeError: no kernel image"), (False, "differs")]
+    fake["outcomes"] = [("ok", 0), ("ok", 0)]
+    record = runner.install_mamba_kernels(tmp_path, True, tmp_path / "c", FACTS, 900)
+    assert record["backend"] == "torch" and fake["uninstalled"] == ("mamba-ssm", "causal-conv1d")
+    assert "no kernel image" in record["reason"]
+
+
+def test_mamba_install_time_limit_falls_back_to_torch(mamba_fakes, tmp_path, capsys):
+    """The release wheels hang (pip compiles): the limit stops it, the sdists are not tried, and
+    the fallback is in the log and in what runner.json records."""
+    runner, fake = mamba_fakes
+    fake["checks"] = [(False, "No module named 'mamba_ssm'")]
+    fake["outcomes"] = [("timed out after 1 s", 1.2)]
+    record = runner.install_mamba_kernels(tmp_path, True, tmp_path / "c", FACTS, limit_s=1.0)
+    assert record["backend"] == "torch"
+    assert record["attempts"] == [{"source": "release wheels", "outcome": "timed out after 1 s"},
+                                  {"source": "PyPI sdists", "outcome": "not tried: the 1 s limit is spent"}]
+    assert 0 < fake["pip"][0][1] <= 1.0                                    # pip got the time left
+    assert "WARNING: BysMamba uses the pure-PyTorch scan" in capsys.readouterr().out
+    assert "timed out" in record["reason"]
+
+
+def test_kernel_check_runs_in_a_fresh_process(monkeypatch):
+    """On a machine without CUDA the real check answers "no CUDA device" (exit 1), parsed."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    ok, detail = load_runner().kernels_work()
+    import torch
+
+    if not torch.cuda.is_available():
+        assert (ok, detail) == (False, "no CUDA device")
+
+
+# --------------------------------------------------------------------------------------------
+# The runner: running the notebooks
+
+
+def fake_summary(names):
+    return {"status": {n: "pending" for n in names}, "notebooks": {n: {} for n in names}}
+
+
+def test_budgets_and_the_deadline_bound_each_notebook(tmp_path):
+    runner = load_runner()
+    names = ["01_a", "02_b", "03_c"]
+    settings = {"deadline_s": 1000, "budget_s": {"01_a": 100, "02_b": 5000}}
+    timeouts, summary = {}, fake_summary(names)
+    run = lambda name, params, timeout: timeouts.setdefault(name, timeout) and "ok"  # noqa: E731
+    runner.run_notebooks(names, {}, settings, time.time(), tmp_path, summary, lambda: None, run)
+    assert timeouts["01_a"] == 100                                         # its budget
+    assert 990 < timeouts["02_b"] <= 1000 and 990 < timeouts["03_c"] <= 1000   # the deadline
+    summary = fake_summary(names)
+    runner.run_notebooks(names, {}, settings, time.time() - 950, tmp_path, summary, lambda: None, run)
+    assert summary["status"]["01_a"].startswith("skipped:") and "deadline" in summary["status"]["01_a"]
+
+
+def test_runner_json_is_written_after_every_notebook(tmp_path):
+    runner = load_runner()
+    names = ["01_a", "02_b"]
+    summary, path = fake_summary(names), tmp_path / "runner.json"
+    write = lambda: path.write_text(json.dumps(summary))  # noqa: E731
+    seen = []
+
+    def run(name, params, timeout):
+        seen.append(json.loads(path.read_text())["status"])               # what a killed run leaves
+        return "ok" if name == "01_a" else "failed: ValueError: boom"
+
+    runner.run_notebooks(names, {}, {"deadline_s": 1000, "budget_s": {}}, time.time(), tmp_path, summary, write, run)
+    assert seen == [{"01_a": "running", "02_b": "pending"}, {"01_a": "ok", "02_b": "running"}]
+    assert json.loads(path.read_text())["status"] == {"01_a": "ok", "02_b": "failed: ValueError: boom"}
+    assert json.loads(path.read_text())["notebooks"]["02_b"]["seconds"] >= 0
+
+
+def test_a_failed_two_process_start_is_retried_with_one_process(tmp_path):
+    runner = load_runner()
+    names, settings = ["02_training"], {"deadline_s": 1000, "budget_s": {}}
     calls = []
-    monkeypatch.setattr(runner, "pip_install", lambda *args: calls.append(args) or True)
-    works = []
-    monkeypatch.setattr(runner, "mamba_works", lambda: works.pop(0))
-    assert runner.install_mamba(tmp_path, online=True, constraints=tmp_path / "c", n_gpus=0) == "torch"
-    assert calls == []                                       # no GPU: nothing installed
-    works[:] = [False, True]
-    assert runner.install_mamba(tmp_path, online=True, constraints=tmp_path / "c", n_gpus=2) == "cuda"
-    assert calls[-1][0] == "--no-build-isolation" and "mamba-ssm>=2.2" in calls[-1]
-    (tmp_path / "mamba_ssm-2.2.4-cp311-cp311-linux_x86_64.whl").write_text("")
-    works[:] = [False, False]                                # installed but does not import
-    assert runner.install_mamba(tmp_path, online=False, constraints=tmp_path / "c", n_gpus=2) == "torch"
-    assert calls[-1][0] == "--no-deps" and calls[-1][1].endswith("linux_x86_64.whl")
+
+    def run(name, params, timeout):
+        calls.append(params[name]["nproc"])
+        return "ok" if params[name]["nproc"] == 1 else "failed: CalledProcessError: torchrun exit 1"
+
+    summary = fake_summary(names)
+    runner.run_notebooks(names, {"02_training": {"nproc": 2}}, settings, time.time(), tmp_path, summary, lambda: None, run)
+    assert calls == [2, 1] and summary["status"]["02_training"] == "ok"
+    assert "torchrun" in summary["notebooks"]["02_training"]["retried_single_process"]
+    # it had trained (metrics rows were logged): a real failure, no retry
+    (tmp_path / "02_training").mkdir()
+    (tmp_path / "02_training" / "metrics.csv").write_text("step,loss\n10,2.3\n")
+    calls.clear()
+    summary = fake_summary(names)
+    runner.run_notebooks(names, {"02_training": {"nproc": 2}}, settings, time.time(), tmp_path, summary, lambda: None, run)
+    assert calls == [2] and summary["status"]["02_training"].startswith("failed")
+    assert not runner.ddp_start_failed({"nproc": 1}, tmp_path / "nothing")
+
+
+def test_pipeline_streams_cell_output_to_the_log(monkeypatch, tmp_path):
+    import papermill
+
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: seen.update(kwargs))
+    pipeline.run(tmp_path, {}, only=["01_data_exploration"], log_output=True, progress=False)
+    assert seen["log_output"] is True and seen["progress_bar"] is False
+
+
+@pytest.mark.slow
+def test_a_notebook_past_its_budget_is_stopped_with_its_children(tmp_path, monkeypatch):
+    """A real notebook (papermill, Jupyter kernel) that starts a child process and hangs: stopped
+    at its budget, its kernel's children too, and the reason is its status."""
+    runner = load_runner()
+    monkeypatch.setattr(runner, "STOP_GRACE_S", 20)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    folder, pid_file = tmp_path / "notebooks", tmp_path / "child.pid"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("out_dir = run_dir = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(f"import subprocess, time\nchild = subprocess.Popen(['sleep', '600'])\n"
+                                  f"open({str(pid_file)!r}, 'w').write(str(child.pid))\ntime.sleep(600)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "01_hang.ipynb")
+    started = time.time()
+    status = runner.run_notebook("01_hang", {}, 20, folder, tmp_path / "out", tmp_path, kernel=None)
+    assert status.startswith("failed: stopped after 20 s"), status
+    assert time.time() - started < 60
+    child = int(pid_file.read_text())
+    for _ in range(50):                                      # the kernel's group was killed
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail(f"the notebook's child process {child} outlived the stop")
 
 
 def test_runner_dry_run_executes_the_notebooks_into_working(tmp_path, bundle):
@@ -445,19 +847,25 @@ def test_runner_dry_run_executes_the_notebooks_into_working(tmp_path, bundle):
         if item.name != kc.DATASET_METADATA:                  # not uploaded as a file
             (mounted / item.name).write_bytes(item.read_bytes())
     parquet = write_pixelbytes_parquet(fake_input / "pixelbytes-pokemon" / "data" / "train-00000.parquet", 30)
-    env = dict(os.environ, KAGGLE_INPUT=str(fake_input), KAGGLE_WORKING=str(working),
+    env = dict(SUBPROCESS_ENV, KAGGLE_INPUT=str(fake_input), KAGGLE_WORKING=str(working),
                MPLBACKEND="Agg", TQDM_DISABLE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                HF_DATASETS_CACHE=str(tmp_path / "hf-cache"))
     proc = subprocess.run([sys.executable, str(mounted / "runner.py"), "--dry-run"], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     summary = json.loads((working / "runner.json").read_text())
     notebooks = [Path(n).stem for n in json.loads((mounted / kc.BUNDLE_MARKER).read_text())["notebooks"]]
     assert summary["status"] == {name: "ok" for name in notebooks}
+    for name in notebooks:
+        entry = summary["notebooks"][name]
+        assert 0 < entry["seconds"] <= entry["timeout_s"] <= 600, (name, entry)
     assert summary["dataset"] == str(parquet) and summary["dry_run"] is True
+    assert summary["nccl_env"] == {"NCCL_CUMEM_HOST_ENABLE": "0"}
+    assert summary["mamba"]["backend"] == "torch" and summary["settings"]["deadline_s"] == 1800
     used = json.loads((working / "params_used.json").read_text())
-    assert used["*"]["dataset"] == str(parquet) and used["*"]["limit"] == 24
+    assert used["*"]["dataset"] == str(parquet) and used["*"]["limit"] == 24 and "runner" not in used
+    assert "[pixelbyte] 01_data_exploration: executing" in proc.stdout     # papermill log output
     run = working / "run"
     for name in notebooks:
         assert (run / f"{name}.ipynb").is_file(), name
