@@ -428,12 +428,13 @@ def ddp_start_failed(values: dict, out_dir: Path) -> bool:
 
 
 def run_notebook(name: str, params: dict, timeout_s: float, notebooks: Path, out: Path, scratch: Path,
-                 kernel: str | None) -> str:
+                 kernel: str | None, prepare_only: bool = False) -> str:
     """Execute one notebook with pixelbyte.pipeline in its own process; "ok" or "failed: why"."""
     params_file = scratch / f"params_{name}.json"
     params_file.write_text(json.dumps(params, indent=1))
     cmd = [sys.executable, "-m", "pixelbyte.pipeline", "--out", str(out), "--params", str(params_file),
-           "--only", name, "--notebooks", str(notebooks), "--log-output", *(["--kernel", kernel] if kernel else [])]
+           "--only", name, "--notebooks", str(notebooks), "--log-output", *(["--kernel", kernel] if kernel else []),
+           *(["--prepare-only"] if prepare_only else [])]
     log(f"{name}: executing, at most {timeout_s:.0f} s")
     code = run_process(cmd, timeout_s)
     if code == 0:
@@ -531,6 +532,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="notebook names to run (default all)")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU-sized params (params_ci.json), no installs, no hub: a local rehearsal")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="stage the notebooks with their parameters injected, do not execute them")
     # Kaggle starts scripts with its own argv; ignore what we do not know.
     args, unknown = ap.parse_known_args(argv)
     if unknown:
@@ -576,7 +579,7 @@ def main(argv=None) -> int:
     (working / "params_used.json").write_text(json.dumps(params, indent=2) + "\n")
     write()
     run = functools.partial(run_notebook, notebooks=notebooks, out=out, scratch=scratch,
-                            kernel=summary["jupyter_kernel"])
+                            kernel=summary["jupyter_kernel"], prepare_only=args.prepare_only)
     run_notebooks(names, params, settings, started, out, summary, write, run)
     shutil.rmtree(scratch, ignore_errors=True)
     summary["outputs"] = list_outputs(working)

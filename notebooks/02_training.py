@@ -24,6 +24,23 @@
 # parameter; `unit="window"` with `objective="next"` is the paper's setup (Kaggle runner:
 # seq 256, stride 32, batch 32, 2 GPUs).
 
+# %%
+# pixelbyte setup: on Kaggle, install pixelbyte from the attached bundle; a no-op where it is installed
+try:
+    import pixelbyte
+except ImportError:
+    import glob, importlib, os, subprocess, sys
+    inputs = os.environ.get("KAGGLE_INPUT", "/kaggle/input")
+    wheels = sorted(glob.glob(f"{inputs}/**/pixelbyte-*.whl", recursive=True), key=os.path.getmtime)
+    source = wheels[-1] if wheels else os.environ.get("PIXELBYTE_SOURCE")
+    if not source:
+        raise ImportError(f"pixelbyte is not installed and no pixelbyte-*.whl is under {inputs}: add the "
+                          "pixelbyte-bundle dataset as an input, or set PIXELBYTE_SOURCE to a pip "
+                          "requirement such as git+https://github.com/OWNER/pixelbyte")
+    subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
+    importlib.invalidate_caches()
+    import pixelbyte
+
 # %% tags=["parameters"]
 dataset = "embedded"      # "embedded", "ffurfaro/PixelBytes-Pokemon" or a parquet path
 limit = 0                 # first N items only, 0 keeps all
@@ -44,6 +61,7 @@ d_conv = 4                # Mamba causal conv width
 expand = 2                # Mamba inner expansion
 objective = "causal"      # causal: every position predicts its token | next: the token after the window
 positions = True          # position inputs: segment, row, column, declared (h, w); needs unit "item"
+dropout = 0.0             # after the embedding, between LSTM layers, on residual branches
 batch_size = 16           # global batch (all GPUs together)
 lr = 3e-3                 # AdamW peak learning rate
 min_lr = 3e-4             # end of the cosine decay
@@ -85,7 +103,7 @@ run = RunConfig.from_flat(
     source=dataset, limit=limit or None, test_size=test_size, split_seed=split_seed,
     unit=unit, orders=orders, seq_length=seq_length, stride=stride,
     model=model, bidirectional=bidirectional, embedding=embedding, conv=conv, dim=dim, hidden=hidden,
-    depth=depth, d_conv=d_conv, expand=expand, objective=objective, positions=positions,
+    depth=depth, d_conv=d_conv, expand=expand, objective=objective, positions=positions, dropout=dropout,
     batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, epochs=epochs,
     max_steps=max_steps or None, budget_s=budget_s, eval_every=eval_every, eval_batches=eval_batches or None,
     seed=seed, device=device, amp=amp, out_dir=out_dir)

@@ -23,9 +23,26 @@
 # modelling both modalities -- each beside its baseline. Then the free vs constrained
 # dimension check and the paper's generation metrics.
 
+# %%
+# pixelbyte setup: on Kaggle, install pixelbyte from the attached bundle; a no-op where it is installed
+try:
+    import pixelbyte
+except ImportError:
+    import glob, importlib, os, subprocess, sys
+    inputs = os.environ.get("KAGGLE_INPUT", "/kaggle/input")
+    wheels = sorted(glob.glob(f"{inputs}/**/pixelbyte-*.whl", recursive=True), key=os.path.getmtime)
+    source = wheels[-1] if wheels else os.environ.get("PIXELBYTE_SOURCE")
+    if not source:
+        raise ImportError(f"pixelbyte is not installed and no pixelbyte-*.whl is under {inputs}: add the "
+                          "pixelbyte-bundle dataset as an input, or set PIXELBYTE_SOURCE to a pip "
+                          "requirement such as git+https://github.com/OWNER/pixelbyte")
+    subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
+    importlib.invalidate_caches()
+    import pixelbyte
+
 # %% tags=["parameters"]
-checkpoint = ""          # "" = <run_dir>/02_training/best_model; "pretrained" = the shipped model; or a folder / hub id
-dataset = ""             # "" = the dataset the model was trained on (from its run); else must be that one
+checkpoint = ""          # empty: <run_dir>/02_training/best_model; pretrained: the shipped model; or a folder / hub id
+dataset = ""             # empty: the dataset the model was trained on (its run); else it must be that one
 skill_items = 32         # held-out items scored by the skills report
 n_examples = 8           # sprites / captions shown
 n_candidates = 4         # caption -> sprite by ranking: sampled images ranked by p(caption | image), 0 skips
@@ -50,8 +67,6 @@ from pixelbyte import data, evaluate, generate as gen, plots, skills
 from pixelbyte.models import PixelByteModel
 from pixelbyte.params import check, check_local_or_hub
 
-checkpoint = checkpoint or str(Path(run_dir) / "02_training" / "best_model")
-check_local_or_hub("checkpoint", checkpoint)
 for name, value, minimum in (("skill_items", skill_items, 1), ("n_examples", n_examples, 1),
                              ("n_candidates", n_candidates, 0), ("max_chunks", max_chunks, 0),
                              ("top_k", top_k, 0), ("threads", threads, 0), ("seed", seed, 0)):
@@ -59,6 +74,8 @@ for name, value, minimum in (("skill_items", skill_items, 1), ("n_examples", n_e
 check("temperature", temperature, float, minimum=0.0)
 check("device", device, str, choices=("cpu", "cuda"))
 check("dataset", dataset, str)
+checkpoint = checkpoint or str(Path(run_dir) / "02_training" / "best_model")
+check_local_or_hub("checkpoint", checkpoint)
 if threads:
     torch.set_num_threads(threads)
 out = Path(out_dir)

@@ -135,7 +135,8 @@ class CompareConfig:
             ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, int)) \
                 and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
             if not ok:
-                raise ValueError(f"CompareConfig.{f.name}={value!r}: expected a {kind.__name__} >= {minimum}")
+                raise ValueError(f"CompareConfig.{f.name}={value!r}: expected {'a number' if kind is float else 'an integer'} "
+                                 f">= {minimum}")
         if self.lr <= 0:
             raise ValueError(f"CompareConfig.lr={self.lr!r}: must be > 0")
 
@@ -231,16 +232,20 @@ class Splits:
         return self._classifier
 
 
-def _pad(item: evaluate.CopyItem, n: int) -> evaluate.CopyItem:
+def _pad(item: copying.CopyItem, n: int) -> copying.CopyItem:
     """The item after ``n`` empty windows (id 0): a ``next`` window then sees all of it."""
+    from . import copying
+
     windows = np.concatenate([np.zeros((n, 3, 3), np.uint8), item.windows])
-    return evaluate.CopyItem(item.kind, windows, item.copy_start + n, item.copy_end + n)
+    return copying.CopyItem(item.kind, windows, item.copy_start + n, item.copy_end + n)
 
 
 def copy_task_data(cfg: CompareConfig, objective: str):
     """(training WindowDataset, {kind: held-out padded CopyItems}) of the copy tasks."""
-    train = {k: evaluate.copy_task_items(k, cfg.copy_items, seed=cfg.seed) for k in COPY_KINDS}
-    held = {k: evaluate.copy_task_items(k, max(8, cfg.copy_items // 4), seed=cfg.seed + 1) for k in COPY_KINDS}
+    from . import copying
+
+    train = {k: copying.copy_task_items(k, cfg.copy_items, seed=cfg.seed) for k in COPY_KINDS}
+    held = {k: copying.copy_task_items(k, max(8, cfg.copy_items // 4), seed=cfg.seed + 1) for k in COPY_KINDS}
     window = max(len(i.windows) for items in (*train.values(), *held.values()) for i in items)
     padded = [_pad(i, window).windows for k in COPY_KINDS for i in train[k]]
     dataset = data.WindowDataset(padded, window, 1, objective)
@@ -252,13 +257,15 @@ def copy_task_data(cfg: CompareConfig, objective: str):
 
 
 def _copy_scores(model: PixelByteModel, cfg: CompareConfig, copy_data, out_dir: Path) -> dict:
+    from . import copying
+
     dataset, held = copy_data
     tuned = copy.deepcopy(model)
     train_cfg = replace_train(model.run.train, max_steps=cfg.copy_steps, eval_every=0, warmup_steps=0,
                               budget_s=0.0, out_dir=str(out_dir))
     Trainer(tuned, dataset, None, train_cfg).fit(overwrite=True)
     window = dataset.seq_length                   # re-run models see windows as long as in training
-    return {f"copy_{kind}_acc": evaluate.score_copy(tuned, items, window=window)["token_accuracy"]
+    return {f"copy_{kind}_acc": copying.score_copy(tuned, items, window=window)["token_accuracy"]
             for kind, items in held.items()}
 
 

@@ -4,7 +4,12 @@ Sources (``load_pixelbytes``):
 - ``"embedded"`` (default): emoji sprites shipped in ``pixelbyte/data/`` (see its README card);
 - ``"ffurfaro/PixelBytes-Pokemon"`` or any hub id: ``datasets.load_dataset`` (used on Kaggle);
 - a local parquet file or a folder of parquet files with ``image`` + ``caption`` columns.
-The ``pixelbyte`` column is computed with the project's encoder when a source lacks it.
+The ``pixelbyte`` column is computed with the project's encoder when a source lacks it; a
+``None`` caption is then read as an empty one (the item is its shape and image), with one warning
+that counts those rows; a ``None`` or unreadable image is refused, naming its row. A ``pixelbyte``
+column a source brings is checked item by item: (L, 3, 3) windows of ids 0..112, L >= 1 (a
+column of flat ids is refused, naming the row and the shape found; build the windows with
+``tokenizer.windows_from_ids``).
 
 Storage (``WindowDataset``): every item's windows are concatenated once into one uint8 array of
 shape (N_tokens, 3, 3) -- 9 bytes per token -- and a sample is a view into it, so stride 1
@@ -13,6 +18,7 @@ costs one int64 start offset per window, not a copy of the window.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +105,45 @@ def load_pixelbytes(source: str = EMBEDDED, split: str = "train", limit: int | N
         ds = ds.select(range(min(limit, len(ds))))
     if len(ds) == 0:
         raise ValueError(f"dataset {source!r} (split {split!r}, limit {limit}) has no items")
-    if "pixelbyte" not in ds.column_names:
-        seqs = [tok.encode_item(img, cap, max_side=max_side, resize=resize)
-                for img, cap in zip(ds["image"], ds["caption"])]
-        ds = _with_pixelbyte_column(ds, seqs)
+    if "pixelbyte" in ds.column_names:
+        _windows(_pixelbyte_column(ds), f"dataset {source!r}, column 'pixelbyte'")
+    else:
+        ds = _with_pixelbyte_column(ds, _encode_rows(ds, source, max_side, resize))
     return ds
+
+
+def _encode_rows(ds, source: str, max_side: int, resize: bool) -> list[np.ndarray]:
+    """``encode_item`` on every row; an error names the row and the column. A None caption is
+    read as "" (the item is then its shape and image), with one warning counting those rows."""
+    import datasets
+
+    captions = ds["caption"]
+    missing = [i for i, caption in enumerate(captions) if caption is None]
+    if missing:
+        warnings.warn(f"dataset {source!r}: column 'caption' is None in {len(missing)} of {len(ds)} rows "
+                      f"(rows {_first_rows(missing)}); those items are encoded as an empty caption is: "
+                      f"shape + image, no caption segment", stacklevel=3)
+    feature = ds.features["image"]
+    decoded = not isinstance(feature, datasets.Image)          # else decoded here, row by row
+    images = ds["image"] if decoded else ds.cast_column("image", datasets.Image(decode=False))["image"]
+    seqs = []
+    for row, (image, caption) in enumerate(zip(images, captions)):
+        where = f"dataset {source!r}, row {row}"
+        if caption is not None and not isinstance(caption, str):
+            raise ValueError(f"{where}, column 'caption': expected a string (or None), "
+                             f"got {type(caption).__name__} {caption!r}")
+        if image is None:
+            raise ValueError(f"{where}, column 'image': None; every item needs an image")
+        try:
+            image = image if decoded else feature.decode_example(image)
+            seqs.append(tok.encode_item(image, caption or "", max_side=max_side, resize=resize))
+        except Exception as err:                 # an unreadable file, an empty image, a bad mode...
+            raise ValueError(f"{where}, column 'image': {err}") from err
+    return seqs
+
+
+def _first_rows(rows: list[int], n: int = 5) -> str:
+    return str(rows) if len(rows) <= n else f"[{', '.join(map(str, rows[:n]))}, ...]"
 
 
 def _with_pixelbyte_column(ds, seqs: list[np.ndarray]):
@@ -123,22 +163,109 @@ def _with_pixelbyte_column(ds, seqs: list[np.ndarray]):
 
 
 def sequences(ds) -> list[np.ndarray]:
-    """Pixelbyte column -> one (L_i, 3, 3) uint8 array per item (read straight from Arrow)."""
+    """Pixelbyte column -> one (L_i, 3, 3) uint8 array per item (read straight from Arrow).
+    Every item must be (L, 3, 3) windows of ids 0..112 with L >= 1: an error names the row."""
+    column = _pixelbyte_column(ds)
+    windows, lengths = _windows(column, "column 'pixelbyte'")
+    ends = np.cumsum(lengths)
+    return [windows[a:b] for a, b in zip(ends - lengths, ends)]
+
+
+def _pixelbyte_column(ds):
     import pyarrow as pa
 
     column = ds.with_format("arrow")["pixelbyte"]        # respects .select() views
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    offsets = column.offsets.to_numpy()
-    values = column.flatten()                             # windows of the selected rows only
-    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) \
-            or pa.types.is_fixed_size_list(values.type):
-        values = values.flatten()
-    values = values.to_numpy(zero_copy_only=False)
-    if len(values) and (values.min() < 0 or values.max() >= tok.VOCAB_SIZE):
-        raise ValueError(f"pixelbyte column holds ids outside 0..{tok.VOCAB_SIZE - 1}")
-    values = values.astype(np.uint8).reshape(-1, 3, 3)
-    starts = offsets - offsets[0]
-    return [values[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _is_list(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) \
+        or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _list_lengths(array, always: bool = False) -> np.ndarray | None:
+    """Length of each list of an Arrow list array, -1 for a null entry; None (unless ``always``)
+    when every entry is a list of 3 (fixed-size lists of 3 without nulls: nothing to check)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_fixed_size_list(array.type):
+        if array.type.list_size == 3 and not array.null_count and not always:
+            return None
+        return np.where(array.is_valid().to_numpy(zero_copy_only=False), array.type.list_size, -1)
+    return pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False)
+
+
+def _windows(column, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A pixelbyte column (Arrow) -> (all windows (N, 3, 3) uint8, windows per item (n_items,)).
+
+    Checked item by item: L >= 1 windows of 3 rows of 3 integer ids in 0..VOCAB_SIZE-1. The
+    first item that breaks it is named with the shape found, e.g. ``row 0: found shape (54,)``
+    for a column of flat ids (which would otherwise be cut into windows across items)."""
+    import pyarrow as pa
+
+    if not _is_list(column.type):
+        raise ValueError(f"{where} holds {column.type} values; expected (L, 3, 3) windows per item")
+    lengths = _list_lengths(column, always=True).astype(np.int64)        # windows per item
+    sizes, level = [lengths], column.flatten()      # sizes[d][i]: length of list i at depth d (0: items)
+    while _is_list(level.type) and len(sizes) < 3:
+        sizes.append(_list_lengths(level))
+        level = level.flatten()
+
+    def row_of(index: int, depth: int) -> int:
+        """The item that holds entry ``index`` of depth ``depth`` (len(sizes): the ids)."""
+        for d in range(depth - 1, -1, -1):
+            index = index // 3 if sizes[d] is None else \
+                int(np.searchsorted(np.cumsum(np.maximum(sizes[d], 0)), index, side="right"))
+        return index
+
+    bad = [int(i) for i in np.flatnonzero(lengths < 1)[:1]]                 # None, or no windows
+    for d in (1, 2):                                                        # 3 rows of 3 ids each
+        if d < len(sizes) and sizes[d] is not None:
+            bad += [row_of(int(i), d) for i in np.flatnonzero(sizes[d] != 3)[:1]]
+    leaf_ok = len(sizes) == 3 and pa.types.is_integer(level.type)
+    if len(level) and not leaf_ok:                                          # too few / many axes, not ids
+        bad.append(row_of(0, len(sizes)))
+    elif level.null_count:
+        bad.append(row_of(int(np.flatnonzero(~level.is_valid().to_numpy(zero_copy_only=False))[0]), 3))
+    if bad:
+        row = min(bad)
+        found = _nested_shape(column[row].as_py())
+        if len(found) == 1 and found[0]:
+            hint = ("; token ids become windows with tokenizer.windows_from_ids(ids), flattened windows "
+                    "with np.reshape(item, (-1, 3, 3))")
+        elif len(found) == 2 and found[1] == 9:
+            hint = "; windows stored as 9 ids each: np.reshape(item, (-1, 3, 3))"
+        else:
+            hint = ""
+        kind = "" if _is_list(level.type) or pa.types.is_integer(level.type) else \
+            f" of {level.type} values (token ids are integers)"
+        found = f"shape {_shape_text(found)}" if column[row].is_valid else "None"
+        raise ValueError(f"{where}, row {row}: found {found}{kind}, expected (L, 3, 3) windows "
+                         f"(L >= 1 tokens, each its 3x3 context){hint}")
+    values = level.to_numpy(zero_copy_only=False)
+    out_of_vocabulary = (values < 0) | (values >= tok.VOCAB_SIZE)
+    if out_of_vocabulary.any():
+        first = int(np.argmax(out_of_vocabulary))
+        raise ValueError(f"{where}, row {row_of(first, 3)}: token id {int(values[first])} outside the "
+                         f"vocabulary 0..{tok.VOCAB_SIZE - 1}")
+    return values.astype(np.uint8, copy=False).reshape(-1, 3, 3), lengths
+
+
+def _nested_shape(value) -> tuple:
+    """Shape of nested lists; a ragged axis as 'min..max': [[1, 2], [3]] -> (2, '1..2')."""
+    shape, level = [], [value]
+    while level and all(isinstance(v, list) for v in level):
+        sizes = [len(v) for v in level]
+        shape.append(sizes[0] if min(sizes) == max(sizes) else f"{min(sizes)}..{max(sizes)}")
+        level = [x for v in level for x in v]
+    return tuple(shape)
+
+
+def _shape_text(shape: tuple) -> str:
+    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
 
 
 def split_items(n_items: int, test_size: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +384,7 @@ class ItemDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(self.items[i]).long()                       # (L_i, 3, 3)
+        x = torch.from_numpy(self.items[i].astype(np.int64))             # (L_i, 3, 3), a copy
         y = x[:, 1, 1].clone()                                            # (L_i,)
         x[:, 1, 1] = 0
         return x, y

@@ -1,5 +1,5 @@
 """Evaluation: the paper's generation metrics (exactly as computed originally, with the
-baselines that put them in perspective), token-level metrics, and copy tasks.
+baselines that put them in perspective) and token-level metrics.
 
 Everything returns plain data: pandas DataFrames (one row per chunk / item / modality) or
 dicts of numbers; ``df.to_csv(path)`` saves them. No plotting here.
@@ -21,8 +21,7 @@ dicts of numbers; ``df.to_csv(path)`` saves them. No plotting here.
    windows (the dataset's own windows) and its generated tokens.
 2. ``token_metrics``: accuracy and bits per token of the model's objective over a dataset, split
    by modality of the target token (``tokenizer.MODALITIES``), the same numbers as training's.
-3. Copy tasks in the PixelBytes format (image rows repeated, caption repeated, selective copy)
-   with ``copy_task_dataset`` for training and ``score_copy`` for greedy exact-copy accuracy.
+Copy tasks (their items, training stream and greedy scoring) live in ``copying``.
 """
 from __future__ import annotations
 
@@ -236,130 +235,3 @@ def token_metrics(model, dataset, batch_size: int = 64, max_batches: int | None 
     rows += [{"modality": name, "tokens": int(sums[k, 0]), "accuracy": metrics[f"acc_{name}"],
               "bits_per_token": metrics[f"bpt_{name}"]} for k, name in enumerate(tok.MODALITIES)]
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------------
-# Copy tasks
-
-COPY_KINDS = ("image", "text", "selective")
-_LETTERS = np.array([ord(c) for c in "abcdefghijklmnopqrstuvwxyz"])
-
-
-@dataclass
-class CopyItem:
-    """A synthetic pixelbyte sequence whose tokens ``[copy_start, copy_end)`` repeat earlier
-    content: generate them greedily from ``ids[:copy_start]`` and compare."""
-    kind: str
-    windows: np.ndarray     # (L, 3, 3) uint8
-    copy_start: int
-    copy_end: int
-
-    @property
-    def ids(self) -> list[int]:
-        return tok.centre_ids(self.windows).astype(int).tolist()
-
-    @property
-    def prompt_ids(self) -> list[int]:
-        return self.ids[:self.copy_start]
-
-    @property
-    def target_ids(self) -> list[int]:
-        return self.ids[self.copy_start:self.copy_end]
-
-
-def _text_windows(text: str) -> np.ndarray:
-    return tok.segment_windows(tok.text_to_ids(text)[None])
-
-
-def image_copy_item(rng: np.random.Generator, height: int = 6, width: int = 6,
-                    n_colours: int = 4) -> CopyItem:
-    """A (height, width) sprite whose bottom half of rows repeats its top half, as a real item
-    (shape text + image, no caption, via ``tokenizer.encode_item``). The copy is the bottom
-    half's rows with their separators."""
-    if height < 2 or height % 2:
-        raise ValueError(f"height must be an even number >= 2, got {height}")
-    colours = rng.choice(len(tok.PALETTE), size=min(n_colours, len(tok.PALETTE)), replace=False)
-    top = rng.choice(colours, size=(height // 2, width))
-    image = tok.PALETTE[np.concatenate([top, top])]                      # (h, w, 3)
-    windows = tok.encode_item(image, "")
-    shape_len = len(str((height, width))) + 1
-    return CopyItem("image", windows, shape_len + (height // 2) * (width + 1), len(windows))
-
-
-def text_copy_item(rng: np.random.Generator, n_words: int = 2, min_len: int = 2,
-                   max_len: int = 5) -> CopyItem:
-    """A caption repeated after a separator, e.g. ``"abc def; abc def"``; the copy is the
-    second phrase and its segment end."""
-    words = ["".join(map(chr, rng.choice(_LETTERS, size=rng.integers(min_len, max_len + 1))))
-             for _ in range(n_words)]
-    phrase = " ".join(words)
-    windows = _text_windows(f"{phrase}; {phrase}")
-    return CopyItem("text", windows, len(phrase) + 2, len(windows))
-
-
-def selective_copy_item(rng: np.random.Generator, length: int = 16, n_recall: int = 4,
-                        marker: str = ":") -> CopyItem:
-    """Selective copying (Mamba paper style) as one text segment: ``n_recall`` letters
-    scattered among ``length`` spaces, the marker, then the letters in order,
-    e.g. ``"  k   b  x    q  :kbxq"``. The copy is the letters after the marker + segment end."""
-    if not 1 <= n_recall <= length:
-        raise ValueError(f"n_recall must be in 1..length ({length}), got {n_recall}")
-    letters = rng.choice(_LETTERS, size=n_recall)
-    filler = np.full(length, ord(" "))
-    filler[np.sort(rng.choice(length, size=n_recall, replace=False))] = letters
-    text = bytes(filler.astype(np.uint8)).decode() + marker + bytes(letters.astype(np.uint8)).decode()
-    windows = _text_windows(text)
-    return CopyItem("selective", windows, length + len(marker), len(windows))
-
-
-_MAKERS = {"image": image_copy_item, "text": text_copy_item, "selective": selective_copy_item}
-
-
-def copy_task_items(kind: str, n: int, seed: int = 0, **params) -> list[CopyItem]:
-    """``n`` copy-task items of ``kind`` (image | text | selective); ``params`` go to the
-    maker (``image_copy_item``, ``text_copy_item``, ``selective_copy_item``)."""
-    if kind not in _MAKERS:
-        raise ValueError(f"copy task kind must be one of {COPY_KINDS}, got {kind!r}")
-    rng = np.random.default_rng(seed)
-    return [_MAKERS[kind](rng, **params) for _ in range(n)]
-
-
-def copy_task_dataset(kind: str, n: int, seed: int = 0, **params) -> list[np.ndarray]:
-    """The same items as ``copy_task_items`` as plain (L, 3, 3) uint8 sequences, ready for
-    ``data.WindowDataset`` / ``data.make_datasets``."""
-    return [item.windows for item in copy_task_items(kind, n, seed, **params)]
-
-
-def score_copy_predictions(items: list[CopyItem], generated: list[list[int]]) -> dict:
-    """Exact-copy accuracy of generated continuations against the items' targets: token-level
-    (share of target tokens right, over all items) and whole-sequence (share of items with
-    every target token right). A short generation counts its missing tokens as wrong."""
-    if len(items) != len(generated):
-        raise ValueError(f"{len(items)} items but {len(generated)} generations")
-    right = exact = total = 0
-    per_item = []
-    for item, gen in zip(items, generated):
-        target = np.asarray(item.target_ids)
-        got = np.full(len(target), -1)
-        got[:min(len(gen), len(target))] = np.asarray(gen[:len(target)], dtype=np.int64)
-        hits = int((got == target).sum())
-        right, total, exact = right + hits, total + len(target), exact + int(hits == len(target))
-        per_item.append(hits / len(target))
-    return {"kinds": ",".join(sorted({i.kind for i in items})), "items": len(items), "tokens": total,
-            "token_accuracy": right / total if total else float("nan"),
-            "sequence_accuracy": exact / len(items) if items else float("nan"),
-            "per_item_token_accuracy": per_item}
-
-
-def score_copy(model, items: list[CopyItem], batch_size: int = 64, window: int | None = None,
-               use_state: bool | None = None) -> dict:
-    """Generate each item's copy greedily from its first part and score it
-    (``score_copy_predictions``)."""
-    generator = Generator(model, window=window, use_state=use_state)
-    generated = []
-    for b0 in range(0, len(items), batch_size):
-        batch = items[b0:b0 + batch_size]
-        gens = generator.generate([i.prompt_ids for i in batch], [i.copy_end - i.copy_start for i in batch],
-                                  temperature=0.0)
-        generated.extend(g.new for g in gens)
-    return score_copy_predictions(items, generated)

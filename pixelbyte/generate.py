@@ -33,6 +33,7 @@ text segments hold byte tokens only. Dimension consistency is then 100% by const
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -258,6 +259,22 @@ class Generation:
 # The generator
 
 
+@contextmanager
+def one_cpu_thread(device: torch.device):
+    """Token-by-token decoding is thousands of tiny ops: on a CPU one thread runs them several
+    times faster than two (measured 7 vs 95 ms per step on a busy 2-core machine), so decoding
+    runs single-threaded and the caller's setting comes back after."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _objective(model, objective: str | None) -> str:
     objective = objective or getattr(getattr(model, "config", None), "objective", None)
     if objective not in OBJECTIVES:
@@ -451,7 +468,7 @@ class Generator:
         if hasattr(self.model, "eval"):
             self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), one_cpu_thread(self.device):
                 state = self.model.init_state(n, device=self.device) if self.use_state else None
                 for t in range(n_steps):
                     if all(done):

@@ -31,11 +31,14 @@ def check(name: str, value, kind: type | tuple = None, minimum=None, choices=Non
 
 
 def check_local_or_hub(name: str, value: str) -> str:
-    """A local path that exists, or something shaped like a hub id ``owner/name``."""
+    """A local path that exists, a model shipped in the package (``models.PRETRAINED``), or
+    something shaped like a hub id ``owner/name``."""
     import re
 
+    from .models import PRETRAINED
+
     check(name, value, str)
-    if Path(value).exists():
+    if Path(value).exists() or value in PRETRAINED:
         return value
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value) and not value.startswith((".", "/")):
         return value            # a hub id: from_pretrained downloads it (needs network)

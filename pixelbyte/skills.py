@@ -119,11 +119,17 @@ class SpriteClassifier:
     def fit(self, images: list[np.ndarray], groups: list[str]) -> "SpriteClassifier":
         from sklearn.linear_model import LogisticRegression
 
-        self.model = LogisticRegression(C=self.C, max_iter=2000).fit(self.features(images), groups)
         self.groups = sorted(set(groups))
+        if not self.groups:
+            raise ValueError("the sprite classifier needs at least one training sprite with a caption group")
+        # one group only (a tiny subset): nothing to tell apart, every sprite is that group
+        self.model = LogisticRegression(C=self.C, max_iter=2000).fit(self.features(images), groups) \
+            if len(self.groups) > 1 else None
         return self
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
+        if self.model is None:
+            return np.array([self.groups[0]] * len(images))
         return self.model.predict(self.features(images))
 
 
@@ -160,6 +166,16 @@ class Skills:
         row = self.table[(self.table["skill"] == skill) & (self.table["metric"] == metric)]
         return float(row["value"].iloc[0]) if len(row) else math.nan
 
+    def markdown(self, digits: int = 3) -> str:
+        """The table as markdown: skill | metric | value | baseline (what the baseline is) | items."""
+        def fmt(v):
+            return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else \
+                (f"{v:.2e}" if 0 < abs(v) < 10 ** -digits else f"{v:.{digits}f}")
+        lines = ["| skill | metric | value | baseline | baseline is | items |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r.skill} | {r.metric} | {fmt(r.value)} | {fmt(r.baseline)} | {r.baseline_is} | {r.items} |"
+                  for r in self.table.itertuples()]
+        return "\n".join(lines)
+
     def wide(self, prefix: str = "") -> dict:
         """One flat dict ``{skill/metric: value}`` (a row of a comparison table)."""
         return {f"{prefix}{r.skill}/{r.metric}": r.value for r in self.table.itertuples()}
@@ -187,28 +203,26 @@ def _exact_image_probability(p: np.ndarray, shape: tuple[int, int]) -> float:
     return math.exp(h * w * math.log(colour) + (h - 1) * math.log(p[tok.ROW_END_ID]) + math.log(p[tok.SEG_END_ID]))
 
 
-def _dimension_rows(model, items, cfg, unigram) -> tuple[list[dict], dict]:
-    rows, examples = [], {}
+DIMENSION_ORDERS = {"data": "data order: shape -> image", "caption_first": "caption-first: caption, shape -> image"}
+
+
+def dimension_rows(outs_by_order: dict[str, list], items: list[Item], unigram: np.ndarray) -> list[dict]:
+    """Free dimension consistency per order from the generations (``generate.Generation``s)."""
     baseline = float(np.mean([_exact_image_probability(unigram, i.shape) for i in items]))
-    for order, label in (("data", "data order: shape -> image"), ("caption_first", "caption-first: caption, shape -> image")):
-        prompts = [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=order == "caption_first")
-                   for i in items]
-        outs = _generate(model, prompts, [2 * h * (w + 1) for h, w in (i.shape for i in items)], cfg)
-        counts = gen.dimension_consistency(outs)
-        rows.append({"skill": "dimensions", "metric": label, "value": counts["share_of_attempts"],
-                     "baseline": baseline, "baseline_is": "unigram sampler (exact probability)", "items": len(items)})
-        examples[f"free_{order}"] = [o.images[-1] if o.images else None for o in outs]
-    return rows, examples
+    return [{"skill": "dimensions", "metric": DIMENSION_ORDERS[order],
+             "value": gen.dimension_consistency(outs)["share_of_attempts"], "baseline": baseline,
+             "baseline_is": "unigram sampler (exact probability)", "items": len(items)}
+            for order, outs in outs_by_order.items()]
 
 
-def _caption_rows(model, items, cfg, train_captions, rng) -> tuple[list[dict], dict]:
-    outs = _generate(model, [i.prompt for i in items], [160] * len(items), cfg)
-    written = [o.texts[-1] if o.texts else "" for o in outs]
+def caption_rows(written: list[str], items: list[Item], train_captions: list[str], seed: int = 0) -> list[dict]:
+    """Group accuracy and name similarity of generated captions against the references."""
     refs = [i.caption for i in items]
     groups = [caption_group(c) for c in train_captions]
-    majority = max(set(groups), key=groups.count)
+    majority = max(sorted(set(groups)), key=groups.count)
+    rng = np.random.default_rng(seed)
     random_names = [caption_name(train_captions[k]) for k in rng.integers(0, len(train_captions), len(items))]
-    rows = [
+    return [
         {"skill": "sprite -> caption", "metric": "group accuracy",
          "value": float(np.mean([caption_group(w) == caption_group(r) for w, r in zip(written, refs)])),
          "baseline": float(np.mean([caption_group(r) == majority for r in refs])),
@@ -218,46 +232,70 @@ def _caption_rows(model, items, cfg, train_captions, rng) -> tuple[list[dict], d
          "baseline": float(np.mean([name_similarity(n, caption_name(r)) for n, r in zip(random_names, refs)])),
          "baseline_is": "name of a random training item", "items": len(items)},
     ]
-    return rows, {"captions": written}
 
 
-def _sprite_rows(model, items, cfg, classifier) -> tuple[list[dict], dict]:
-    prompts = [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=True) for i in items]
-    outs = _generate(model, prompts, [h * (w + 1) for h, w in (i.shape for i in items)], cfg, constrained=True)
-    drawn = [palette_indices(o.images[-1]) for o in outs]
+def sprite_rows(drawn: list[np.ndarray], items: list[Item], classifier: SpriteClassifier) -> list[dict]:
+    """Group accuracy of drawn sprites (palette indices) by the classifier, with its ceiling."""
     truth = np.array([caption_group(i.caption) for i in items])
-    rows = [
+    chance = 1 / len(classifier.groups)
+    return [
         {"skill": "caption -> sprite", "metric": "group accuracy (classifier)",
-         "value": float((classifier.predict(drawn) == truth).mean()),
-         "baseline": 1 / len(classifier.groups), "baseline_is": f"chance (1 / {len(classifier.groups)} groups)",
-         "items": len(items)},
+         "value": float((classifier.predict(drawn) == truth).mean()), "baseline": chance,
+         "baseline_is": f"chance (1 / {len(classifier.groups)} groups)", "items": len(items)},
         {"skill": "caption -> sprite", "metric": "classifier on the real held-out sprites (ceiling)",
-         "value": float((classifier.predict([i.image for i in items]) == truth).mean()),
-         "baseline": 1 / len(classifier.groups), "baseline_is": "chance", "items": len(items)},
+         "value": float((classifier.predict([i.image for i in items]) == truth).mean()), "baseline": chance,
+         "baseline_is": "chance", "items": len(items)},
     ]
-    return rows, {"drawn": [tok.PALETTE[d] for d in drawn]}
+
+
+def _generations(model, items: list[Item], cfg: SkillsConfig, caption_budget: int) -> dict:
+    """Everything the report samples: free images in both orders, captions, drawn sprites."""
+    images = {order: _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=order == "caption_first")
+                                       for i in items], [2 * h * (w + 1) for h, w in (i.shape for i in items)], cfg)
+              for order in DIMENSION_ORDERS}
+    captions = _generate(model, [i.prompt for i in items], [caption_budget] * len(items), cfg)
+    sprites = _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=True) for i in items],
+                        [h * (w + 1) for h, w in (i.shape for i in items)], cfg, constrained=True)
+    return {"images": images, "captions": [o.texts[-1] if o.texts else "" for o in captions],
+            "drawn": [palette_indices(o.images[-1]) for o in sprites]}
 
 
 def _bits_rows(model, test_seqs, unigram) -> list[dict]:
+    """Bits per token on the held-out items: whole items in both orders for causal models; for
+    ``next`` models (one target after each window) every token after a window of the length
+    they were trained on. Baseline: the unigram's bits on the same target tokens."""
+    if model.config.objective == "causal":
+        views = {f"bits per token ({o.replace('_', '-')})": data.ItemDataset(test_seqs, o)
+                 for o in ("data", "caption_first")}
+    else:
+        run = getattr(model, "run", None)
+        length = (run.context_length if run is not None else None) or gen.DEFAULT_WINDOW
+        length = min(length, min(len(s) for s in test_seqs) - 1)
+        views = {f"bits per token (next token after {length})": data.WindowDataset(test_seqs, length, 1, "next")}
     rows = []
-    for order in ("data", "caption_first"):
-        samples = data.ItemDataset(test_seqs, order)
+    for skill, samples in views.items():
         metrics = evaluate.token_metrics(model, samples, batch_size=16).set_index("modality")
-        centres = np.concatenate([tok.centre_ids(s) for s in test_seqs]).astype(np.int64)
-        kinds = tok.modality(centres)
+        targets = _targets(samples)
+        kinds = tok.modality(targets)
         for name in ("all", *tok.MODALITIES):
-            sel = np.ones(len(centres), bool) if name == "all" else kinds == tok.MODALITIES.index(name)
-            rows.append({"skill": f"bits per token ({order.replace('_', '-')})", "metric": name,
-                         "value": float(metrics.loc[name, "bits_per_token"]),
-                         "baseline": float(-np.log2(unigram[centres[sel]]).mean()) if sel.any() else math.nan,
+            sel = np.ones(len(targets), bool) if name == "all" else kinds == tok.MODALITIES.index(name)
+            rows.append({"skill": skill, "metric": name, "value": float(metrics.loc[name, "bits_per_token"]),
+                         "baseline": float(-np.log2(unigram[targets[sel]]).mean()) if sel.any() else math.nan,
                          "baseline_is": "training token frequencies (unigram)", "items": len(test_seqs)})
     return rows
+
+
+def _targets(samples) -> np.ndarray:
+    """Every target token of a dataset, as the loss counts them (padding dropped)."""
+    ys = [np.asarray(samples[i][1]).reshape(-1) for i in range(len(samples))]
+    ys = np.concatenate(ys).astype(np.int64)
+    return ys[ys != tok.PAD_ID]
 
 
 def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
             cfg: SkillsConfig | None = None, classifier: SpriteClassifier | None = None,
             copy: pd.DataFrame | None = None) -> Skills:
-    """The skills report of ``model`` on the first ``cfg.items`` held-out items (all of them for
+    """The skills report of ``model`` on ``cfg.items`` held-out items spread over the split (all for
     bits per token). ``classifier``: a fitted ``SpriteClassifier`` (fitted on ``train_seqs``
     when None); ``copy``: rows from ``copy_tasks`` to append (same columns)."""
     cfg = cfg or SkillsConfig()
@@ -267,20 +305,24 @@ def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
     train_items = [i for i in map(Item.of, train_seqs) if i is not None]
     classifier = classifier or fit_classifier(train_seqs)
     unigram = _unigram(train_seqs)
-    rng = np.random.default_rng(cfg.seed)
+    train_captions = [i.caption for i in train_items]
+    caption_budget = int(1.5 * max(len(c) for c in train_captions)) + 8 if train_captions else 160
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            dims, ex_dims = _dimension_rows(model, items, cfg, unigram)
-            captions, ex_caps = _caption_rows(model, items, cfg, [i.caption for i in train_items], rng)
-            sprites, ex_sprites = _sprite_rows(model, items, cfg, classifier)
+            made = _generations(model, items, cfg, caption_budget)
             bits = _bits_rows(model, test_seqs, unigram)
     finally:
         model.train(was_training)
-    table = pd.DataFrame(dims + captions + sprites + bits, columns=COLUMNS)
+    rows = (dimension_rows(made["images"], items, unigram) + caption_rows(made["captions"], items, train_captions, cfg.seed)
+            + sprite_rows(made["drawn"], items, classifier) + bits)
+    table = pd.DataFrame(rows, columns=COLUMNS)
     if copy is not None:
         table = pd.concat([table, copy[list(COLUMNS)]], ignore_index=True)
     examples = {"references": [tok.PALETTE[i.image] for i in items], "reference_captions": [i.caption for i in items],
-                "shapes": [i.shape for i in items], **ex_dims, **ex_caps, **ex_sprites}
+                "shapes": [i.shape for i in items], "captions": made["captions"],
+                "drawn": [tok.PALETTE[d] for d in made["drawn"]],
+                **{f"free_{order}": [o.images[-1] if o.images else None for o in outs]
+                   for order, outs in made["images"].items()}}
     return Skills(table, examples)

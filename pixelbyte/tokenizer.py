@@ -10,6 +10,16 @@ the caption -- and every token carries its causal 3x3 neighbourhood (the "PxBy" 
 Rows end with ``\\t`` (id 1) and a segment ends with ``\\n`` (id 2). Each segment is padded on its
 own, so the first token of a segment sees nothing. This reproduces the original dataset's
 encoder exactly (see tests/fixtures/pixelbytes_upstream_vectors.json).
+
+Input policies (``load_rgb``, ``normalize_text``, ``encode_item``):
+- pixel values become 8 bits by their type, never by clipping: uint8 as they are; 16 bits (PIL
+  modes ``I;16*`` and ``I``, uint16 arrays) ``round(v / 257)``, so 65535 -> 255; floats (PIL
+  mode ``F``, float arrays) must lie in [0, 1], ``round(v * 255)``; other integer arrays must
+  hold 0..255. Values outside the range are refused, naming the mode or dtype;
+- an empty image (a side of 0 pixels) is refused; so is one longer than ``max_side`` unless
+  ``resize=True``; alpha is composited on white;
+- a caption must be a string (``""`` for an item without one: shape + image only); ``None`` is
+  refused here, and ``data.load_pixelbytes`` reads a ``None`` caption as ``""`` with a warning.
 """
 from __future__ import annotations
 
@@ -117,22 +127,30 @@ def to_palette_rgb(rgb: np.ndarray) -> np.ndarray:
 def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.ndarray:
     """PIL image or (H, W, 3|4) array -> (H, W, 3) uint8 RGB.
 
-    Alpha is composited on white (transparent sprite backgrounds become white, as in the
-    Pokemon dataset). An image whose longer side exceeds ``max_side`` is refused, unless
-    ``resize=True``, which downscales it (nearest neighbour, keeping pixel-art edges).
+    Pixel values become 8 bits by their type (``to_8bit``: 16-bit and float images are scaled,
+    never clipped). Alpha is composited on white (transparent sprite backgrounds become white,
+    as in the Pokemon dataset). An empty image is refused, and so is one whose longer side
+    exceeds ``max_side``, unless ``resize=True``, which downscales it (nearest neighbour,
+    keeping pixel-art edges).
     """
     from PIL import Image
 
     if isinstance(image, Image.Image):
+        _check_not_empty(image.size[1], image.size[0])
         pil = image
+        if pil.mode in SIXTEEN_BIT_MODES or pil.mode == "F":
+            depth = "float" if pil.mode == "F" else "16"
+            pil = Image.fromarray(to_8bit(np.asarray(pil), depth, f"PIL mode {pil.mode!r}"), "L")
     else:
         arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise ValueError(f"image must have shape (H, W, 3) or (H, W, 4) with H, W > 0, got {arr.shape}")
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) or arr.min() < 0 or arr.max() > 255:
-                raise ValueError(f"image array must hold uint8 values 0..255, got dtype {arr.dtype}")
-            arr = arr.astype(np.uint8)
+        if arr.size == 0:
+            raise ValueError(f"image is empty ({'x'.join(map(str, arr.shape[:2]))} pixels, HxW): an item "
+                             f"needs an image with H, W > 0" if arr.ndim >= 2 else
+                             f"image is empty (an array of shape {arr.shape}): an item needs an image "
+                             f"with H, W > 0")
+        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+            raise ValueError(f"image must have shape (H, W, 3) or (H, W, 4), got {arr.shape}")
+        arr = to_8bit(arr, _array_depth(arr.dtype), f"array of dtype {arr.dtype}")
         pil = Image.fromarray(arr, "RGBA" if arr.shape[-1] == 4 else "RGB")
     if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
         rgba = pil.convert("RGBA")
@@ -150,6 +168,53 @@ def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.
     return np.asarray(pil, dtype=np.uint8)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")   # PIL modes read as 16-bit values
+PIXEL_DEPTHS = {"8": 255, "16": 65535}                          # integer depths and their top value
+
+
+def _check_not_empty(h: int, w: int):
+    if h == 0 or w == 0:
+        raise ValueError(f"image is empty ({h}x{w} pixels, HxW): an item needs an image with H, W > 0")
+
+
+def _array_depth(dtype: np.dtype) -> str:
+    """How an array's values are read: uint16 as 16 bits, floats as 0..1, other integers as 0..255."""
+    if dtype == np.uint16:
+        return "16"
+    if np.issubdtype(dtype, np.floating):
+        return "float"
+    if np.issubdtype(dtype, np.integer):
+        return "8"
+    raise ValueError(f"image array of dtype {dtype}: expected integer (uint8 0..255, uint16 0..65535) "
+                     f"or float (0..1) pixel values")
+
+
+def to_8bit(values: np.ndarray, depth: str, what: str) -> np.ndarray:
+    """Pixel values -> uint8 (same shape). ``depth``: "8" (0..255, kept), "16" (0..65535,
+    ``round(v / 257)``: 128 -> 0, 129 -> 1, 65535 -> 255) or "float" (0..1, ``round(v * 255)``,
+    halves up: 0.5 -> 128). Values outside the depth's range are refused, naming ``what``
+    (the PIL mode or the array dtype) and the range found: nothing is clipped."""
+    v = np.asarray(values)
+    if v.size == 0:
+        return v.astype(np.uint8)
+    if depth == "float":
+        if not np.isfinite(v).all():
+            raise ValueError(f"image ({what}) holds NaN or infinite values")
+        lo, hi = float(v.min()), float(v.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"image ({what}) holds values {lo:g}..{hi:g}; float pixel values must lie "
+                             f"in [0, 1] (for 0..255 floats, pass them as uint8)")
+        return np.floor(v.astype(np.float64) * 255 + 0.5).astype(np.uint8)
+    lo, hi, top = int(v.min()), int(v.max()), PIXEL_DEPTHS[depth]
+    if lo < 0 or hi > top:
+        rule = "16-bit values 0..65535" if depth == "16" else \
+            "8-bit values 0..255 (uint16 arrays are read as 16-bit, float arrays as 0..1)"
+        raise ValueError(f"image ({what}) holds values {lo}..{hi}; expected {rule}")
+    if depth == "16":
+        return ((v.astype(np.int64) + 128) // 257).astype(np.uint8)     # round(v / 257), exact
+    return v.astype(np.uint8, copy=False)
+
+
 def normalize_text(text: str) -> tuple[str, int]:
     """Text policy: NFKD, drop non-ASCII, lowercase; other unknown characters become a space.
 
@@ -158,6 +223,8 @@ def normalize_text(text: str) -> tuple[str, int]:
     ``\\t`` and ``\\n`` inside a caption, ...) are replaced by a space and counted, never a
     KeyError. Tabs and newlines must not survive: they are the row/segment separators.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__} {text!r}")
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     raw = np.frombuffer(ascii_text.encode(), dtype=np.uint8)
     ids = _BYTE_TO_ID[raw]
@@ -221,6 +288,9 @@ def encode_item(image, caption: str, max_side: int = MAX_IMAGE_SIDE, resize: boo
     windows, only the segments move (``reorder``)."""
     if order not in ITEM_ORDERS:
         raise ValueError(f"order={order!r}: allowed values are {list(ITEM_ORDERS)}")
+    if not isinstance(caption, str):
+        raise TypeError(f"caption={caption!r}: expected a string; use '' for an item without a caption "
+                        f"(load_pixelbytes reads a None caption as '' and warns)")
     rgb = load_rgb(image, max_side=max_side, resize=resize)
     h, w = rgb.shape[:2]
     clean, n_replaced = normalize_text(caption)

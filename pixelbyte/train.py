@@ -357,6 +357,8 @@ class Trainer:
             raise RunFolderBusy(f"{self.out_dir} is in use by another training (its lock "
                                 f"{self.out_dir / '.lock'} is held); wait for it to finish or "
                                 f"choose another out_dir") from None
+        except OSError as err:                                   # a read-only folder, a full disk
+            raise RunFolderBusy(f"cannot write to the output folder {self.out_dir}: {err.strerror or err}") from None
         try:
             for stale in self.out_dir.glob(".*.tmp*"):           # partial writes of a killed run
                 if stale.is_dir():                                # .best_model.tmp (save_pretrained)

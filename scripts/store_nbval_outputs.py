@@ -9,23 +9,22 @@ It executes every notebook with the CI parameters (notebooks/params_ci.json) lik
 command does, copies the outputs of the checked cells -- and only those -- into the paired
 .ipynb (all other cells stay output-free), and leaves the .py sources untouched.
 """
-import sys
 from pathlib import Path
 
 import nbformat
-import papermill as pm
+
+from pixelbyte import pipeline  # the same notebooks and CI parameters as the test command
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import tasks  # noqa: E402  (reuses the CI preparation so both run the same parameters)
 
 MARK = "NBVAL_CHECK_OUTPUT"
 
 
 def main():
     folder = ROOT / "build" / "nbval-store"
-    for prepared in tasks.prepare_notebooks(folder):
-        executed = pm.execute_notebook(str(prepared), str(prepared), cwd=str(folder), progress_bar=False)
+    params = pipeline.load_params(str(pipeline.NOTEBOOKS / "params_ci.json"))
+    for prepared in pipeline.run(folder, params, progress=False):
+        executed = nbformat.read(prepared, as_version=4)
         checked = {c.source: c for c in executed.cells if c.cell_type == "code" and MARK in c.source}
         source = ROOT / "notebooks" / prepared.name
         nb = nbformat.read(source, as_version=4)

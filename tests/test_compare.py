@@ -6,22 +6,24 @@ import pytest
 from matplotlib.figure import Figure
 
 from pixelbyte import compare, data, plots
-from pixelbyte.models import PAPER_BEST, PAPER_CONFIGS, PAPER_RESULTS, PixelByteModel
+from pixelbyte.config import DataConfig
+from pixelbyte.models import PAPER_BEST, PAPER_CONFIGS, PAPER_RESULTS, PixelByteModel, paper_config
 
 CONFIGS = "rnn_bi_pxby_conv_81_32_2,att_uni_pxby_conv_36_32_1"
 TINY = dict(seq_length=16, stride=8, batch_size=8, max_steps=3, max_chunks=2, metric_batches=2,
-            eval_batches=2, n_samples=1, copy_items=4, copy_steps=2, device="cpu")
+            eval_batches=2, skill_items=2, copy_items=4, copy_steps=2, device="cpu")
+DATA = DataConfig(limit=12, test_size=0.25)
 
 
 @pytest.fixture(scope="module")
 def seqs():
-    return data.sequences(data.load_pixelbytes("embedded", limit=12))
+    return data.load(DATA)
 
 
 @pytest.fixture(scope="module")
 def result(seqs, tmp_path_factory):
     return compare.compare(seqs, CONFIGS, "next,causal", compare.CompareConfig(**TINY),
-                           out_dir=tmp_path_factory.mktemp("first"), log=lambda *_: None)
+                           out_dir=tmp_path_factory.mktemp("first"), log=lambda *_: None, data_cfg=DATA)
 
 
 def test_plan_expands_sets_and_skips_impossible_causal_runs():
@@ -39,6 +41,8 @@ def test_plan_expands_sets_and_skips_impossible_causal_runs():
         compare.plan("best", "last")
     with pytest.raises(ValueError, match="CompareConfig.max_steps"):
         compare.CompareConfig(max_steps=-1)
+    with pytest.raises(ValueError, match="no run is possible.*bidirectional"):
+        compare.plan("rnn_bi_pxby_conv_81_32_2", "causal")
 
 
 def test_compare_gives_one_row_per_run_with_every_column(result):
@@ -47,14 +51,22 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
     assert list(table["run"]) == ["rnn_bi_pxby_conv_81_32_2/next", "att_uni_pxby_conv_36_32_1/next",
                                   "att_uni_pxby_conv_36_32_1/causal"]
     assert list(result.skipped["config"]) == ["rnn_bi_pxby_conv_81_32_2"]
-    assert (table["steps"] == 3).all() and (table["train_tokens"] == 3 * 8 * 16).all()
+    assert (table["steps"] == 3).all()
+    assert list(table["samples"]) == ["window", "window", "item"]         # causal runs: whole items
+    assert table.loc[table["samples"] == "window", "train_tokens"].round().eq(3 * 8 * 16).all()
     for run, params in zip(table["run"], table["params"]):
-        assert params == PixelByteModel(PAPER_CONFIGS[run.split("/")[0]]).num_parameters()
-    numeric = table.drop(columns=["run", "config", "family", "objective"]).astype(float)
+        name, objective = run.split("/")
+        positions = objective == "causal"                                # whole items get positions
+        assert params == PixelByteModel(paper_config(name, objective=objective, positions=positions)).num_parameters()
+    numeric = table.drop(columns=["run", "config", "family", "objective", "samples"]).astype(float)
     assert np.isfinite(numeric.to_numpy()).all()
     assert ((table["hamming_mean"] >= 0) & (table["hamming_mean"] <= 1)).all()
-    for column in ("dim_consistency", "dim_image", "copy_text_acc", "copy_image_acc"):
+    for column in (*compare.SKILL_COLUMNS, "copy_text_acc", "copy_image_acc"):
         assert table[column].between(0, 1).all(), column
+    assert set(result.reports) == set(table["run"])
+    for run, report in result.reports.items():                     # the columns are the report's numbers
+        assert table.set_index("run").loc[run, "dims_data"] == report.value("dimensions", "data order: shape -> image")
+    assert {"dimensions", "sprite -> caption", "caption -> sprite"} <= set(result.skill_baselines["skill"])
     val = result.histories[result.histories["split"] == "val"]
     assert set(val["run"]) == set(table["run"]) and (val.groupby("run")["step"].max() == 3).all()
     assert list(result.baselines["method"]) == ["repeat_last", "most_frequent_train",
@@ -64,19 +76,21 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
 
 def test_same_seed_gives_the_same_table(result, seqs, tmp_path):
     again = compare.compare(seqs, CONFIGS, "next,causal", compare.CompareConfig(**TINY), out_dir=tmp_path,
-                            log=lambda *_: None)
+                            log=lambda *_: None, data_cfg=DATA)
     timing = list(compare.TIMING_COLUMNS)
     pd.testing.assert_frame_equal(result.table.drop(columns=timing), again.table.drop(columns=timing))
 
 
 def test_budget_caps_the_steps_from_a_timing_probe(seqs, tmp_path):
-    cheap = dict(TINY, n_samples=0, copy_items=0, max_chunks=1, max_steps=5)
-    for budget, steps in ((1e-6, 1), (1e6, 5)):
-        splits = compare.Splits.make(seqs, compare.CompareConfig(**cheap, budget_s=budget))
-        row, _, _ = compare.run_config("att_uni_pxby_conv_36_32_1", "next", splits, tmp_path / str(steps),
-                                       log=lambda *_: None)
-        assert row["steps"] == steps
-        assert np.isnan(row["copy_text_acc"]) and np.isnan(row["dim_consistency"])
+    from pixelbyte.train import PROBE_STEPS
+
+    cheap = dict(TINY, skill_items=0, copy_items=0, max_chunks=1, max_steps=PROBE_STEPS + 4)
+    for budget, steps in ((1e-6, PROBE_STEPS), (1e6, PROBE_STEPS + 4)):
+        splits = compare.Splits.make(seqs, DATA, compare.CompareConfig(**cheap, budget_s=budget))
+        row, _, _, report = compare.run_config("att_uni_pxby_conv_36_32_1", "next", splits, tmp_path / str(steps),
+                                               log=lambda *_: None)
+        assert row["steps"] == steps                  # a tiny budget stops right after the probe
+        assert np.isnan(row["copy_text_acc"]) and np.isnan(row["dims_data"]) and report is None
 
 
 def test_paper_results_are_the_six_best_rows_and_are_labelled(result):
@@ -100,6 +114,8 @@ def test_views_and_plots(result):
     assert set(compare.best_per_family(result.table)) == {"rnn", "att"}
     assert isinstance(plots.validation_curves(result.histories), Figure)
     assert isinstance(plots.metric_bars(compare.bar_summary(result)), Figure)
-    sprites = compare.family_sprites(result, ["a small red square"], [(3, 4)])
-    assert [im.shape for images in sprites.values() for im in images] == [(3, 4, 3)] * 2
-    assert isinstance(plots.sprite_rows(sprites, [np.zeros((3, 4, 3), np.uint8)], ["caption"]), Figure)
+    references, captions, sprites = compare.family_sprites(result)
+    assert len(sprites) == 2 and len(references) == len(captions) == TINY["skill_items"]
+    for images in sprites.values():                    # drawn with the references' declared shapes
+        assert [im.shape for im in images] == [r.shape for r in references]
+    assert isinstance(plots.sprite_rows(sprites, references, captions), Figure)

@@ -302,3 +302,120 @@ def test_load_reads_a_runs_items():
     assert len(seqs) == 3
     for seq, expected in zip(seqs, data.sequences(data.load_pixelbytes("embedded", limit=3))):
         np.testing.assert_array_equal(seq, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad rows: named with their row and column
+
+
+def write_parquet(path, columns: dict):
+    import datasets
+    datasets.Dataset.from_dict(columns).to_parquet(str(path))
+    return str(path)
+
+
+def test_none_captions_are_read_as_empty_with_one_warning_naming_the_rows(tmp_path):
+    items = make_items(4)
+    repo = tmp_path / "repo"
+    write_hub_like_repo(repo, [(img, None if i in (1, 3) else cap) for i, (img, cap) in enumerate(items)],
+                        with_pixelbyte=False)
+    with pytest.warns(UserWarning) as record:
+        ds = data.load_pixelbytes(str(repo))
+    assert [str(w.message) for w in record] == [
+        f"dataset {str(repo)!r}: column 'caption' is None in 2 of 4 rows (rows [1, 3]); those items are "
+        f"encoded as an empty caption is: shape + image, no caption segment"]
+    for i, (seq, (img, cap)) in enumerate(zip(data.sequences(ds), items)):
+        np.testing.assert_array_equal(seq, tok.encode_item(img, "" if i in (1, 3) else cap))
+    assert [s.kind for s in tok.decode(tok.centre_ids(data.sequences(ds)[1]))] == ["text", "image"]
+
+
+def test_bad_images_and_captions_name_the_row_and_the_column(tmp_path):
+    import datasets
+    good = make_items(1)[0][0].tolist()                              # (h, w, 3) as nested lists
+    cases = [
+        ({"image": [good, []], "caption": ["a", "b"]},
+         r"row 1, column 'image': image is empty \(an array of shape \(0,\)\)"),
+        ({"image": [good, [[], [], []]], "caption": ["a", "b"]},
+         r"row 1, column 'image': image is empty \(3x0 pixels, HxW\): an item needs an image with H, W > 0"),
+        ({"image": [good, good, None], "caption": ["a", "b", "c"]},
+         r"row 2, column 'image': None; every item needs an image"),
+        ({"image": [good, good], "caption": [7, 8]},
+         r"row 0, column 'caption': expected a string \(or None\), got int 7"),
+        ({"image": [good, (np.array(good) * 300).tolist()], "caption": ["a", "b"]},
+         r"row 1, column 'image': image \(array of dtype int64\) holds values 0..\d+; expected 8-bit values"),
+    ]
+    for k, (columns, message) in enumerate(cases):
+        path = write_parquet(tmp_path / f"{k}.parquet", columns)
+        with pytest.raises(ValueError, match=rf"dataset '{path}', " + message):
+            data.load_pixelbytes(path)
+    corrupt = tmp_path / "corrupt.parquet"
+    datasets.Dataset.from_dict({"image": [{"bytes": b"not a png", "path": None}], "caption": ["a"]}) \
+        .cast_column("image", datasets.Image()).to_parquet(str(corrupt))
+    with pytest.raises(ValueError, match=rf"dataset '{corrupt}', row 0, column 'image': cannot identify image file"):
+        data.load_pixelbytes(str(corrupt))
+
+
+def flat_id_items():
+    """Three items as flat centre ids (not windows), 55 + 25 + 10 ids: divisible by 9 in total,
+    so the old reader cut them into 10 windows across items without complaint."""
+    seqs = [tok.encode_item(np.zeros((h, w, 3), np.uint8), "") for h, w in ((6, 7), (3, 5), (1, 2))]
+    ids = [tok.centre_ids(s).tolist() for s in seqs]
+    assert [len(i) for i in ids] == [55, 25, 10] and sum(map(len, ids)) % 9 == 0
+    return seqs, ids
+
+
+def test_a_pixelbyte_column_of_flat_ids_is_refused_naming_row_and_shape(tmp_path):
+    import datasets
+    seqs, ids = flat_id_items()
+    expected = (r"row 0: found shape \(55,\), expected \(L, 3, 3\) windows \(L >= 1 tokens, each its 3x3 "
+                r"context\); token ids become windows with tokenizer.windows_from_ids\(ids\)")
+    with pytest.raises(ValueError, match=r"column 'pixelbyte', " + expected):
+        data.sequences(datasets.Dataset.from_dict({"pixelbyte": ids}))
+    items = make_items(3)
+    path = write_parquet(tmp_path / "flat.parquet", {"image": [img.tolist() for img, _ in items],
+                                                      "caption": [c for _, c in items], "pixelbyte": ids})
+    with pytest.raises(ValueError, match=rf"dataset '{path}', column 'pixelbyte', " + expected):
+        data.load_pixelbytes(path)                                    # refused when loaded, not later
+    # what the message says to do works
+    fixed = datasets.Dataset.from_dict({"pixelbyte": [tok.windows_from_ids(i).tolist() for i in ids]})
+    for got, seq in zip(data.sequences(fixed), seqs):
+        np.testing.assert_array_equal(got, seq)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("flattened windows", r"row 0: found shape \(\d+, 9\), expected \(L, 3, 3\) windows .*"
+                          r"np.reshape\(item, \(-1, 3, 3\)\)"),
+    ("a bad window in row 2", r"row 2: found shape \(\d+, 2, 3\), expected \(L, 3, 3\)"),
+    ("a ragged window in row 1", r"row 1: found shape \(2, 3, 2..3\), expected \(L, 3, 3\)"),
+    ("an empty item", r"row 1: found shape \(0,\), expected \(L, 3, 3\) windows \(L >= 1 tokens"),
+    ("a None item", r"row 2: found None, expected \(L, 3, 3\) windows"),
+    ("float ids", r"row 0: found shape \(\d+, 3, 3\) of double values \(token ids are integers\)"),
+    ("ids outside the vocabulary", r"row 1: token id 200 outside the vocabulary 0..112"),
+    ("a string column", r"column 'pixelbyte' holds string values; expected \(L, 3, 3\) windows per item"),
+])
+def test_a_pixelbyte_column_of_the_wrong_shape_names_the_row(case, message):
+    import datasets
+    s = [x.tolist() for x in _seqs()[:3]]
+    column = {"flattened windows": [np.reshape(x, (-1, 9)).tolist() for x in s],
+              "a bad window in row 2": [s[0], s[1], np.asarray(s[2])[:, :2].tolist()],
+              "a ragged window in row 1": [s[0], [s[1][0], s[1][1][:2] + [[1, 2]]], s[2]],
+              "an empty item": [s[0], [], s[2]],
+              "a None item": [s[0], s[1], None],
+              "float ids": [np.asarray(x, float).tolist() for x in s],
+              "ids outside the vocabulary": [s[0], (np.asarray(s[1]) + 200).tolist()],
+              "a string column": ["(3, 4)", "abc"]}[case]
+    with pytest.raises(ValueError, match=message):
+        data.sequences(datasets.Dataset.from_dict({"pixelbyte": column}))
+
+
+def test_a_good_pixelbyte_column_reads_the_same_from_every_arrow_layout():
+    import datasets
+    seqs = _seqs()
+    as_lists = datasets.Dataset.from_dict({"pixelbyte": [s.tolist() for s in seqs]})      # list<list<list<int64>>>
+    fixed = data._with_pixelbyte_column(datasets.Dataset.from_dict({"caption": ["x"] * len(seqs)}), seqs)
+    for ds in (as_lists, fixed):
+        for got, seq in zip(data.sequences(ds), seqs):
+            np.testing.assert_array_equal(got, seq)
+        picked = data.sequences(ds.select([3, 0]))
+        np.testing.assert_array_equal(picked[0], seqs[3])
+        np.testing.assert_array_equal(picked[1], seqs[0])

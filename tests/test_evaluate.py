@@ -1,6 +1,7 @@
 """Evaluation: the paper's three scores on hand-made cases, the chunking, the full metric
 pipeline (a repeat-last model scores exactly like the repeat-last baseline; true tokens score
-perfectly; batching changes nothing), token-level metrics checked by hand, and copy tasks."""
+perfectly; batching changes nothing) and token-level metrics checked by hand. Copy tasks are
+tested in test_copying.py."""
 import math
 import types
 
@@ -35,25 +36,6 @@ class RepeatLastModel(torch.nn.Module):
 
     def step(self, x_t, state):
         return self.forward(x_t[:, None])[0][:, 0], state
-
-
-class OracleModel(torch.nn.Module):
-    """Predicts row b's known next token (rows = the batch order)."""
-    is_causal = True
-
-    def __init__(self, sequences):
-        super().__init__()
-        self.config = types.SimpleNamespace(objective="next")
-        self.sequences = [list(s) for s in sequences]
-
-    def init_state(self, batch_size, device=None):
-        return 0
-
-    def step(self, x_t, t):
-        logits = torch.zeros(len(x_t), V)
-        for b, seq in enumerate(self.sequences):
-            logits[b, seq[min(t + 1, len(seq) - 1)]] = 1.0
-        return logits, t + 1
 
 
 def make_items(n=4, seed=0):
@@ -230,60 +212,3 @@ def test_token_metrics_on_whole_items_count_no_padding(items):
     assert table.loc["structure", "tokens"] == (ids <= 2).sum() and table.loc["pixel", "tokens"] == (ids >= 58).sum()
     one_by_one = E.token_metrics(model, ds, batch_size=1).set_index("modality")
     pd.testing.assert_frame_equal(table, one_by_one, check_exact=False, rtol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# Copy tasks
-
-
-def test_copy_task_items_are_real_pixelbyte_sequences():
-    image = E.copy_task_items("image", 3, seed=0, height=4, width=5)
-    for item in image:
-        assert item.windows.shape == (7 + 4 * 6, 3, 3) and item.windows.dtype == np.uint8
-        np.testing.assert_array_equal(tok.windows_from_ids(item.ids), item.windows)
-        picture = tok.decode(item.ids)[1].image
-        np.testing.assert_array_equal(picture[:2], picture[2:])  # bottom half repeats the top
-        assert item.target_ids == item.ids[7 + 12:]                # rows 3-4: 5 pixels + \t | \n
-    text = E.copy_task_items("text", 3, seed=0)
-    for item in text:
-        phrase, copy = tok.decode(item.ids)[0].text.split("; ")
-        assert phrase == copy and item.target_ids == G.text_ids(copy) + [tok.SEG_END_ID]
-    selective = E.copy_task_items("selective", 3, seed=0, length=12, n_recall=3)
-    for item in selective:
-        text = tok.decode(item.ids)[0].text
-        filler, recall = text.split(":")
-        assert len(filler) == 12 and filler.replace(" ", "") == recall and len(recall) == 3
-        assert item.prompt_ids == G.text_ids(filler + ":")
-    assert E.copy_task_items("text", 2, seed=1)[0].ids == E.copy_task_items("text", 2, seed=1)[0].ids
-    with pytest.raises(ValueError, match="kind"):
-        E.copy_task_items("video", 1)
-
-
-@pytest.mark.parametrize("objective", ["next", "causal"])
-def test_copy_task_dataset_trains(objective):
-    seqs = E.copy_task_dataset("selective", 6, seed=0, length=10, n_recall=2)
-    assert all(s.shape == (14, 3, 3) for s in seqs)
-    ds = data.WindowDataset(seqs, seq_length=8, stride=2, objective=objective)
-    torch.manual_seed(0)
-    model = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, depth=1, objective=objective))
-    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
-    _, loss = model(x, y)
-    loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
-    result = E.score_copy(model, E.copy_task_items("selective", 4, seed=1, length=10, n_recall=2))
-    assert 0 <= result["token_accuracy"] <= 1 and result["items"] == 4 and result["tokens"] == 12
-
-
-def test_copy_scorers_oracle_and_wrong():
-    for kind in E.COPY_KINDS:
-        items = E.copy_task_items(kind, 5, seed=2)
-        perfect = E.score_copy_predictions(items, [i.target_ids for i in items])
-        assert perfect["token_accuracy"] == perfect["sequence_accuracy"] == 1.0
-        wrong = [i.target_ids[:-2] + [tok.SPACE_ID, tok.SPACE_ID] for i in items]
-        scored = E.score_copy_predictions(items, wrong)
-        assert scored["token_accuracy"] < 1 and scored["sequence_accuracy"] == 0.0
-        short = E.score_copy_predictions(items, [i.target_ids[:1] for i in items])
-        assert short["token_accuracy"] < 0.5
-        # through generation: an oracle copies perfectly, repeat-last does not
-        assert E.score_copy(OracleModel([i.ids for i in items]), items)["sequence_accuracy"] == 1.0
-        assert E.score_copy(RepeatLastModel(), items)["token_accuracy"] < 1

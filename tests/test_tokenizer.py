@@ -145,13 +145,80 @@ def test_large_images_refused_or_downscaled_on_request():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (np.zeros((4, 4), np.uint8), r"shape \(H, W, 3\)"),
-    (np.zeros((0, 4, 3), np.uint8), r"H, W > 0"),
-    (np.zeros((2, 2, 3), np.float32), "uint8"),
+    (np.zeros((4, 4), np.uint8), r"shape \(H, W, 3\) or \(H, W, 4\), got \(4, 4\)"),
+    (np.zeros((2, 2, 5), np.uint8), r"got \(2, 2, 5\)"),
+    (np.full((2, 2, 3), 255.0, np.float32), r"image \(array of dtype float32\) holds values 255..255; float pixel "
+                                            r"values must lie in \[0, 1\]"),
+    (np.full((1, 1, 3), np.nan), r"image \(array of dtype float64\) holds NaN or infinite values"),
+    (np.full((2, 2, 3), 300), r"image \(array of dtype int64\) holds values 300..300; expected 8-bit values 0..255 "
+                              r"\(uint16 arrays are read as 16-bit, float arrays as 0..1\)"),
+    (np.full((2, 2, 3), -1), r"holds values -1..-1; expected 8-bit values 0..255"),
+    (np.zeros((2, 2, 3), bool), r"image array of dtype bool: expected integer \(uint8 0..255, uint16 0..65535\) "
+                                r"or float \(0..1\) pixel values"),
+    (Image.fromarray(np.full((2, 2), 255.0, np.float32)), r"image \(PIL mode 'F'\) holds values 255..255; float "
+                                                          r"pixel values must lie in \[0, 1\]"),
+    (Image.fromarray(np.array([[70000, -5]], np.int32)), r"image \(PIL mode 'I'\) holds values -5..70000; expected "
+                                                         r"16-bit values 0..65535"),
 ])
 def test_bad_images_give_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
+        tok.load_rgb(bad)
+    with pytest.raises(ValueError, match=message):
         tok.encode_item(bad, "caption")
+
+
+# 16-bit values v -> round(v / 257); float values v in [0, 1] -> round(v * 255), halves up
+SIXTEEN_BIT = np.array([[0, 128, 129, 257, 32896, 65535]], np.uint16)
+SIXTEEN_BIT_8 = [0, 0, 1, 1, 128, 255]
+FLOATS = np.array([[0.0, 0.2, 0.499, 0.5, 1 / 255, 1.0]], np.float32)
+FLOATS_8 = [0, 51, 127, 128, 1, 255]
+
+
+@pytest.mark.parametrize("image, expected", [
+    (Image.fromarray(SIXTEEN_BIT), SIXTEEN_BIT_8),                                  # mode I;16
+    (Image.fromarray(SIXTEEN_BIT).convert("I"), SIXTEEN_BIT_8),                     # mode I (old 16-bit PNGs)
+    (Image.frombytes("I;16B", (6, 1), SIXTEEN_BIT.astype(">u2").tobytes()), SIXTEEN_BIT_8),
+    (np.stack([SIXTEEN_BIT] * 3, -1), SIXTEEN_BIT_8),                               # uint16 (H, W, 3)
+    (Image.fromarray(FLOATS), FLOATS_8),                                            # mode F
+    (np.stack([FLOATS] * 3, -1), FLOATS_8),                                         # float32 (H, W, 3)
+    (np.stack([FLOATS.astype(np.float64)] * 3, -1), FLOATS_8),
+    (np.stack([np.array([[0, 51, 127, 128, 1, 255]])] * 3, -1), FLOATS_8),          # int64 0..255: as it is
+], ids=["I;16", "I", "I;16B", "uint16", "F", "float32", "float64", "int64"])
+def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped(image, expected):
+    rgb = tok.load_rgb(image)
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 6, 3)
+    assert rgb[0, :, 0].tolist() == expected and (rgb[..., 0] == rgb[..., 2]).all()
+    assert tok.decode_item(tok.encode_item(image, "x"))[0].shape == (1, 6, 3)
+    assert tok.to_8bit(np.array([65535, 257, 0], np.uint16), "16", "u16").tolist() == [255, 1, 0]
+    assert tok.to_8bit(np.array([1.0, 0.5, 0.0]), "float", "f").tolist() == [255, 128, 0]
+
+
+@pytest.mark.parametrize("image, size", [
+    (Image.new("RGB", (0, 0)), "0x0"), (Image.new("RGB", (5, 0)), "0x5"), (Image.new("L", (0, 5)), "5x0"),
+    (Image.new("I;16", (0, 3)), "3x0"), (Image.new("F", (3, 0)), "0x3"),
+    (np.zeros((0, 5, 3), np.uint8), "0x5"), (np.zeros((5, 0, 3), np.uint8), "5x0"), (np.zeros((0, 5)), "0x5"),
+    (np.zeros((5, 0)), "5x0"), (np.zeros((0, 0, 4), np.uint8), "0x0"),
+], ids=lambda v: getattr(v, "mode", None) or str(getattr(v, "shape", v)))
+def test_empty_images_are_refused_on_every_path(image, size):
+    message = rf"image is empty \({size} pixels, HxW\): an item needs an image with H, W > 0"
+    with pytest.raises(ValueError, match=message):
+        tok.load_rgb(image)
+    with pytest.raises(ValueError, match=message):
+        tok.encode_item(image, "caption")
+    with pytest.raises(ValueError, match=r"image is empty \(an array of shape \(0,\)\)"):
+        tok.encode_item([], "caption")            # (load_pixelbytes: tests/test_data.py)
+
+
+def test_a_caption_must_be_a_string():
+    image = np.zeros((2, 2, 3), np.uint8)
+    for bad in (None, 5, b"bytes"):
+        with pytest.raises(TypeError, match=rf"caption={bad!r}: expected a string; use '' for an item "
+                                            r"without a caption \(load_pixelbytes reads a None caption as ''"):
+            tok.encode_item(image, bad)
+    with pytest.raises(TypeError, match="text must be a string, got NoneType None"):
+        tok.normalize_text(None)
+    with pytest.raises(TypeError, match="text must be a string"):
+        tok.encode_text(None)
 
 
 def test_empty_caption_gives_shape_and_image_only():

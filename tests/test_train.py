@@ -345,6 +345,9 @@ def test_corrupt_or_mismatched_checkpoint_is_reported_and_kept(finished_run):
         resume(batch_size=4)
     with pytest.raises(CheckpointError, match=r"train.max_steps: checkpoint 4, now 8"):
         resume(max_steps=8)                                             # the schedule's length
+    with pytest.raises(CheckpointError, match=r"train.epochs: checkpoint 1, now 3; train.max_steps: checkpoint 4, "
+                                              r"now None"):
+        resume(max_steps=None, epochs=3)
     assert last.read_bytes() == good
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         Trainer(small_model(), train_ds, val_ds, quick_cfg(out_dir / "new")).fit(resume=True)
@@ -688,6 +691,73 @@ def test_cli_trains_from_a_config_file_with_overrides(tmp_path, capsys):
     with pytest.raises(SystemExit, match="already holds a run"):            # a second time: refused ...
         main(["--config", str(out_dir / "run.json")])
     assert main(["--config", str(out_dir / "run.json"), "--resume"])["step"] == 2   # ... unless resumed
+
+
+TINY_CLI = ["--data.limit", "4", "--data.test-size", "0.25", "--samples.seq-length", "16", "--samples.stride", "64",
+            "--model.dim", "9", "--model.hidden", "8", "--model.depth", "1", "--train.batch-size", "2",
+            "--train.max-steps", "1", "--train.device", "cpu", "--train.no-progress"]
+
+
+def run_cli(out_dir, *extra, prefix=()):
+    """``python -m pixelbyte.train`` on 4 embedded items into ``out_dir``, as a user runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([*prefix, sys.executable, "-m", "pixelbyte.train", *TINY_CLI, "--train.out-dir",
+                           str(out_dir), *extra], capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+
+
+def one_line_error(proc) -> str:
+    """The CLI's error: exit status 1 and a single line on stderr, no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_cli_refuses_a_folder_locked_by_another_process_and_a_killed_holder_leaves_no_lock(tmp_path):
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    hold = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out_dir / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"            # another process holds the folder
+        assert one_line_error(run_cli(out_dir)) == (
+            f"pixelbyte.train: {out_dir} is in use by another training (its lock {out_dir / '.lock'} is held); "
+            f"wait for it to finish or choose another out_dir")
+        assert sorted(p.name for p in out_dir.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()                                                    # SIGKILL: no chance to clean up
+        holder.wait()
+    done = run_cli(out_dir)                                              # the OS released the dead holder's lock
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_checkpoint(out_dir / "last.pt")["step"] == 1
+
+
+def test_cli_out_dir_that_is_a_file_is_one_line(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert one_line_error(run_cli(a_file)) == f"pixelbyte.train: cannot create the output folder {a_file}: File exists"
+    assert one_line_error(run_cli(a_file / "run")) == \
+        f"pixelbyte.train: cannot create the output folder {a_file / 'run'}: Not a directory"
+
+
+def _without_write_access():
+    """A command prefix under which permission bits apply (root bypasses them: drop the capability)."""
+    if os.geteuid() != 0:
+        return ()
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: a read-only folder cannot be simulated")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+def test_cli_read_only_out_dir_is_one_line(tmp_path):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        proc = run_cli(read_only, prefix=_without_write_access())
+    finally:
+        read_only.chmod(0o755)
+    assert one_line_error(proc) == f"pixelbyte.train: cannot write to the output folder {read_only}: Permission denied"
 
 
 # ---------------------------------------------------------------------------------------------
