@@ -31,7 +31,8 @@ that is killed still leaves what it measured.
 
 Without CUDA (or with ``--tiny``) the CPU parts run at tiny sizes: the one-step comparison
 against an fp64 CPU step, a short CPU training, the scan against the fp64 reference, step ==
-forward, save / load; every GPU part is reported "skipped" with the reason. A CI test runs this.
+forward, save / load; every GPU part is reported "skipped" with the reason. A CI test runs this,
+and another runs the GPU mode's code paths with the CPU standing in for the GPU (``GPU = "cpu"``).
 
 Running it on the device tool's machine (one H200, torch 2.11 + CUDA 13, Python 3.12, no network)
 -------------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from pixelbyte.models import PixelByteModel
 RESULTS = Path(__file__).parent / "results"
 
 
-def measure(checkpoint: str, items: int, seed: int = 0, temperature: float = 0.8) -> dict:
+def measure(checkpoint: str, items: int, seed: int = 0, temperature: float = 0.8,
+            caption_temperature: float = 0.0) -> dict:
     model = PixelByteModel.from_pretrained(checkpoint).eval()
     run = model.run
     if run is None or run.data is None:
@@ -33,10 +34,11 @@ def measure(checkpoint: str, items: int, seed: int = 0, temperature: float = 0.8
     train_idx, test_idx = data.split(seqs, run.data)
     start = time.perf_counter()
     report = skills.measure(model, [seqs[i] for i in train_idx], [seqs[i] for i in test_idx],
-                            skills.SkillsConfig(items=items, seed=seed, temperature=temperature))
+                            skills.SkillsConfig(items=items, seed=seed, temperature=temperature,
+                                                caption_temperature=caption_temperature))
     return {"checkpoint": checkpoint, "model": model.config.to_dict(), "run": run.to_dict(),
             "parameters": model.num_parameters(), "held_out_items": len(test_idx), "scored_items": items,
-            "temperature": temperature, "seed": seed, "seconds": time.perf_counter() - start,
+            "temperature": temperature, "caption_temperature": caption_temperature, "seed": seed, "seconds": time.perf_counter() - start,
             "table": report.table.to_dict(orient="records"), "markdown": report.markdown(),
             "machine": {"torch": torch.__version__, "python": platform.python_version(),
                         "pixelbyte": __version__, "git_commit": git_commit()}}
@@ -47,10 +49,11 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default="pretrained", help="a save_pretrained folder, hub id or 'pretrained'")
     ap.add_argument("--items", type=int, default=64, help="held-out items scored by the generation skills")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of images")
+    ap.add_argument("--caption-temperature", type=float, default=0.0, help="captions: 0 = greedy")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/skills_<name>.json)")
     args = ap.parse_args(argv)
-    result = measure(args.checkpoint, args.items, args.seed, args.temperature)
+    result = measure(args.checkpoint, args.items, args.seed, args.temperature, args.caption_temperature)
     print(result["markdown"])
     print(f"\n{result['scored_items']} of {result['held_out_items']} held-out items, {result['seconds']:.0f} s")
     out = Path(args.out) if args.out else RESULTS / f"skills_{Path(args.checkpoint).name or 'model'}.json"

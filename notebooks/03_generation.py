@@ -46,7 +46,8 @@ dataset = ""             # empty: the dataset the model was trained on (its run)
 skill_items = 32         # held-out items scored by the skills report
 n_examples = 8           # sprites / captions shown
 n_candidates = 4         # caption -> sprite by ranking: sampled images ranked by p(caption | image), 0 skips
-temperature = 0.8        # sampling temperature
+temperature = 0.8        # sampling temperature of images
+caption_temperature = 0.0  # captions: 0 = greedy (the likeliest caption)
 top_k = 0                # 0 keeps all tokens
 max_chunks = 200         # paper metrics: chunks scored, 0 scores all
 seed = 0
@@ -72,6 +73,7 @@ for name, value, minimum in (("skill_items", skill_items, 1), ("n_examples", n_e
                              ("top_k", top_k, 0), ("threads", threads, 0), ("seed", seed, 0)):
     check(name, value, int, minimum=minimum)
 check("temperature", temperature, float, minimum=0.0)
+check("caption_temperature", caption_temperature, float, minimum=0.0)
 check("device", device, str, choices=("cpu", "cuda"))
 check("dataset", dataset, str)
 checkpoint = checkpoint or str(Path(run_dir) / "02_training" / "best_model")
@@ -115,13 +117,15 @@ print(f"{len(seqs)} items: {len(train_seqs)} trained on, {len(test_seqs)} held o
 
 # %%
 report = skills.measure(model, train_seqs, test_seqs,
-                        skills.SkillsConfig(items=skill_items, temperature=temperature, top_k=top_k or None, seed=seed))
+                        skills.SkillsConfig(items=skill_items, temperature=temperature,
+                                            caption_temperature=caption_temperature, top_k=top_k or None, seed=seed))
 report.table.to_csv(out / "skills.csv", index=False)
 report.table
 
 # %% [markdown]
 # ## Sprite -> caption
-# The prompt is the sprite's shape and image segments; the model writes the next segment.
+# The prompt is the sprite's shape and image segments; the model writes the next segment
+# (greedily by default: `caption_temperature`).
 
 # %%
 ex = report.examples

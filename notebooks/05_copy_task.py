@@ -33,12 +33,19 @@
 # Length generalisation: a model trained at size L is scored at 2L and 4L (image rows, words,
 # spaces, sprite side), and the table says where each family falls below 90% token accuracy.
 #
-# The defaults fit a 2-core CPU in a few minutes. On a GPU (Kaggle), the same tasks scale up
-# with these parameters (`kaggle/params_paper.json`, entry `"05_copy_task"`):
-# `{"dim": 128, "lstm_hidden": 256, "attention_hidden": 256, "mamba_state": 16, "image_rows": 12,
-# "text_words": 4, "selective_length": 64, "selective_recall": 16, "sprite_side": 0,
-# "batch_size": 64, "budget_s": {"image": 300, "text": 300, "selective": 900, "sprite": 600},
-# "max_steps": 20000, "eval_items": 256, "sweep_items": 256, "device": "cuda"}`.
+# The defaults fit a 2-core CPU in about three minutes (`workers = 2`: two trainings at once,
+# one core each). On a GPU (Kaggle), the same tasks scale up -- wider models, more image rows,
+# longer phrases, selective copy over 64 spaces with 8 letters, sprites at their stored size
+# (24 px, 1,200-token items) -- with these parameters (`kaggle/params_paper.json`, entry
+# `"05_copy_task"`; about 2 h on a T4):
+#
+#     {"dim": 128, "lstm_hidden": 256, "attention_hidden": 256, "mamba_state": 16,
+#      "image_rows": 12, "image_width": 12, "text_words": 4, "selective_length": 64,
+#      "selective_recall": 8, "sprite_side": 24, "batch_size": 64, "lr": 0.002,
+#      "max_steps": {"image": 3000, "text": 6000, "selective": 20000, "sprite": 4000},
+#      "budget_s": {"image": 240, "text": 420, "selective": 900, "sprite": 540},
+#      "eval_points": 10, "eval_items": 256, "sweep_items": 256, "device": "cuda", "threads": 0,
+#      "workers": 1}
 
 # %%
 # pixelbyte setup: on Kaggle, install pixelbyte from the attached bundle; a no-op where it is installed
@@ -75,17 +82,17 @@ image_rows = 6            # image repeat: rows (even: the bottom half repeats th
 image_width = 6           # image repeat: columns
 image_colours = 4         # image repeat: colours per image
 text_words = 2            # text repeat: words of 2-5 letters in the phrase
-selective_length = 16     # selective copy: spaces the letters hide among
-selective_recall = 4      # selective copy: letters to recall
+selective_length = 8      # selective copy: spaces the letters hide among
+selective_recall = 2      # selective copy: letters to recall
 sprite_side = 8           # sprite copy: sprites resized (nearest neighbour) so their longer side is this many px
 size_factors = "1,2,4"    # length generalisation: score at these multiples of the trained size
-batch_size = 32           # items per optimizer step
+batch_size = {"image": 16, "text": 32, "selective": 32, "sprite": 16}  # items per optimizer step, by task (or one for all)
 lr = 3e-3                 # AdamW peak learning rate (warmup, cosine decay to lr / 10)
-max_steps = 3000          # optimizer steps per (family, task) at most ...
-budget_s = {"image": 8, "text": 8, "selective": 30, "sprite": 12}  # ... and seconds of training per task (0: no cap)
+max_steps = {"image": 200, "text": 500, "selective": 800, "sprite": 200}  # optimizer steps per run, by task ...
+budget_s = 150            # ... unless this many seconds of training run out first (by task or one for all; 0: no cap)
 eval_points = 8           # points of each accuracy-vs-steps curve
-eval_items = 64           # held-out items scored at each point
-sweep_items = 64          # held-out items scored at each size
+eval_items = 128          # held-out items scored at each point of the curves
+sweep_items = {"image": 256, "text": 256, "selective": 256, "sprite": 64}  # held-out items scored at each size, by task
 seed = 0
 device = "cpu"            # cpu | cuda | auto
 threads = 1               # torch CPU threads, 0 keeps torch's default
@@ -115,9 +122,9 @@ for name, value, minimum in (("dim", dim, 1), ("depth", depth, 1), ("lstm_hidden
                              ("image_rows", image_rows, 2), ("image_width", image_width, 1),
                              ("image_colours", image_colours, 1), ("text_words", text_words, 1),
                              ("selective_length", selective_length, 1), ("selective_recall", selective_recall, 1),
-                             ("sprite_side", sprite_side, 1), ("batch_size", batch_size, 1),
-                             ("max_steps", max_steps, 1), ("eval_points", eval_points, 1),
-                             ("eval_items", eval_items, 1), ("sweep_items", sweep_items, 1), ("seed", seed, 0),
+                             ("sprite_side", sprite_side, 1),
+                             ("eval_points", eval_points, 1),
+                             ("eval_items", eval_items, 1), ("seed", seed, 0),
                              ("threads", threads, 0), ("workers", workers, 1), ("limit", limit, 0)):
     check(name, value, int, minimum=minimum)
 check("lr", lr, float, minimum=1e-12)
@@ -135,9 +142,14 @@ except ValueError:
     factors = []
 if not factors or factors[0] != 1 or any(f < 1 for f in factors) or factors != sorted(set(factors)):
     raise ParameterError(f"parameter size_factors={size_factors!r}: increasing integers starting at 1, e.g. '1,2,4'")
-budgets = budget_s if isinstance(budget_s, dict) else {t: budget_s for t in task_list}
+steps, budgets, batches, n_scored = ({t: value.get(t) for t in task_list} if isinstance(value, dict) else
+                                     {t: value for t in task_list}
+                                     for value in (max_steps, budget_s, batch_size, sweep_items))
 for t in task_list:
-    check(f"budget_s[{t!r}]", budgets.get(t), float, minimum=0)
+    check(f"sweep_items[{t!r}]", n_scored[t], int, minimum=1)
+    check(f"max_steps[{t!r}]", steps[t], int, minimum=1)
+    check(f"budget_s[{t!r}]", budgets[t], float, minimum=0)
+    check(f"batch_size[{t!r}]", batches[t], int, minimum=1)
 if threads:
     torch.set_num_threads(threads)
 out = Path(out_dir)
@@ -156,10 +168,10 @@ pd.DataFrame([{"family": f, "config": c.name, "parameters": config_parameters(c)
 
 # %% [markdown]
 # ## The tasks
-# Every item is a real PixelBytes stream; the copy (the part after `|` below) is what the model
-# generates from everything before it, and the only part it is trained and scored on. Sprite
-# copy draws from the dataset's sprites: the training split's for training, the held-out split's
-# for every score.
+# Every item is a real PixelBytes stream; the copy (after `->` below; `|` is the segment end
+# `\n`) is what the model generates from everything before it, and the only part it is trained
+# and scored on. Sprite copy draws from the dataset's sprites: the training split's for
+# training, the held-out split's for every score.
 
 # %%
 split_items_cfg = DataConfig(source=dataset, limit=limit or None, test_size=test_size)
@@ -204,20 +216,22 @@ figure
 
 # %% [markdown]
 # ## Training
-# Every (family, task) run starts from the same seed and trains on its own stream for
-# `max_steps` steps, or fewer when `budget_s` (seconds of training, per task) runs out first:
-# the pace is measured first and fixes the step count, so the learning-rate schedule and the
-# curve span the whole run. Equal wall-clock per task, not equal steps: a family that is slower
-# per step gets fewer steps (the table says how many). At `eval_points` points, `eval_items`
+# Every (family, task) run starts from the same seed and trains on its own stream for the
+# task's `max_steps` steps -- the same for every family, so the curves compare learning per
+# step -- or fewer when `budget_s` seconds of training run out first (the pace is measured
+# first and fixes the step count, so the learning-rate schedule and the curve span the whole
+# run; the table's `stopped_by` says which). At `eval_points` points, `eval_items`
 # held-out items are scored by greedy generation. Then each trained model is scored at every
 # size of `size_factors` (length generalisation), on `sweep_items` held-out items per size.
 # `workers` trainings run at once, one CPU core each.
 
 # %%
-plan = sorted(((family, t) for t in task_list for family in family_list),      # the longest runs first
-              key=lambda run: -(budgets[run[1]] or max_steps))
-jobs = [dict(model_config=configs[family], task=task_of[t], factors=factors, sweep_items=sweep_items,
-             max_steps=max_steps, budget_s=budgets[t], batch_size=batch_size, lr=lr, eval_points=eval_points,
+cost = {t: steps[t] * batches[t] * np.mean([len(i.ids) for i in copying.held_out_items(task, 16, seed, sprites_test)])
+        for t, task in task_of.items()}                        # tokens trained on: the longest runs first
+plan = sorted(((family, t) for t in task_list for family in family_list),
+              key=lambda run: -cost[run[1]] * (3 if run[0] == "bysmamba" else 1))
+jobs = [dict(model_config=configs[family], task=task_of[t], factors=factors, sweep_items=n_scored[t],
+             max_steps=steps[t], budget_s=budgets[t], batch_size=batches[t], lr=lr, eval_points=eval_points,
              eval_items=eval_items, seed=seed, device=device, sprites=sprites_train, held_out_sprites=sprites_test)
         for family, t in plan]
 
@@ -263,7 +277,7 @@ for ax, t in zip(axes, task_list):
             ax.plot(rows["step"], rows["pixel_accuracy"], color=COLOURS[family], ls=":", label=f"{family} pixel")
     ax.axhline(baseline_at.loc[t, "token_accuracy"], color="grey", lw=1, label="best baseline, token")
     if t == "sprite":
-        ax.axhline(baseline_at.loc[t, "pixel_accuracy"], color="grey", ls=":", lw=1, label="background, pixel")
+        ax.axhline(baseline_at.loc[t, "pixel_accuracy"], color="grey", ls=":", lw=1, label="best baseline, pixel")
     ax.set(title=task_of[t].label, xlabel="optimizer step", ylabel="accuracy on held-out items", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
 axes[-1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
@@ -293,6 +307,7 @@ for ax, t in zip(axes, task_list):
     ax.axvline(task_of[t].size, color="black", lw=0.8, ls=":")
     ax.set(title=task_of[t].kind, xlabel=copying.SIZE_NAMES[t], ylabel="accuracy on held-out items",
            xscale="log", ylim=(-0.02, 1.02))
+    ax.minorticks_off()
     ax.set_xticks(sorted(rows["size"].unique()), [str(s) for s in sorted(rows["size"].unique())])
     ax.grid(alpha=0.3)
 axes[-1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
@@ -305,8 +320,9 @@ plots.save_figure(fig, out / "accuracy_vs_size.png")
 # Per family and task, at the trained size: token, exact-sequence and (sprites) pixel accuracy
 # with the best baseline beside each, the accuracies at the larger sizes, the smallest size at
 # which token accuracy falls below 90% (`inf`: not within the sizes tested), what the curve
-# did at its end (`reached` 99% exact, `still rising`, `plateaued`), steps and tokens/s
-# (stream positions per second of training). Also written as `copy_table.csv` and `.json`.
+# did at its end (`reached` 99% exact, `still rising`, `plateaued`), steps (and whether
+# `max_steps` or the budget ended the run) and tokens/s (stream positions per second of
+# training). Also written as `copy_table.csv` and `.json`.
 
 # %%
 rows = []
@@ -316,7 +332,7 @@ for (family, t), final in finals.items():
     base = own[(own["method"] != "model") & (own["factor"] == 1)]
     curve = curves[(curves["family"] == family) & (curves["task"] == t)]
     row = {"family": family, "task": t, "trained_size": task_of[t].size, "parameters": final["parameters"],
-           "steps": final["steps"], "train_s": round(final["train_seconds"], 1),
+           "steps": final["steps"], "stopped_by": final["stopped_by"], "train_s": round(final["train_seconds"], 1),
            "tokens_per_s": round(final["tokens_per_s"]), "token_acc": model_rows.loc[1, "token_accuracy"],
            "baseline_token_acc": base["token_accuracy"].max(), "exact_acc": model_rows.loc[1, "sequence_accuracy"],
            "baseline_exact_acc": base["sequence_accuracy"].max(),
@@ -368,7 +384,7 @@ for t in ("image", "text"):
         goals.append({"goal": f"best family {t} token >= 0.99", "value": best["token_acc"],
                       "met": best["token_acc"] >= 0.99, "curve": f"{best['family']}: {trend}"})
 for _, r in table[table["task"] == "sprite"].iterrows():
-    goals.append({"goal": f"{r['family']} sprite pixel accuracy above the background's {r['baseline_pixel_acc']:.3f}",
+    goals.append({"goal": f"{r['family']} sprite pixel accuracy above the best baseline's {r['baseline_pixel_acc']:.3f}",
                   "value": r["pixel_acc"], "met": r["pixel_acc"] > r["baseline_pixel_acc"],
                   "curve": copying.curve_trend(curves[(curves["family"] == r["family"]) & (curves["task"] == "sprite")],
                                                "pixel_accuracy")})

@@ -7,6 +7,7 @@ beside trivial baselines, and a training run that records its accuracy curve.
     model, curve = train_copy(ModelConfig(model="bysmamba", objective="causal"), task, max_steps=600)
     scores = copy_scores(model, held_out_items(task, 64))   # model and baselines: token / exact / pixel accuracy
     rows = copy_rows(model, task, n_items=64)               # the skills report's columns (skills.measure(copy=rows))
+    runs = run_jobs([dict(model_config=cfg, task=task, max_steps=600), ...], workers=2)  # [(model, curve, sweep)]
 
 The tasks (``KINDS``). Every item is a real PixelBytes stream whose last part repeats earlier
 content; ``CopyItem.copy_start:copy_end`` marks that part, the prompt is everything before it.
@@ -31,7 +32,13 @@ position with the reference: token accuracy (share of copy tokens right), exact-
 (share of items copied without one error) and, where the copy holds pixels, pixel accuracy (share
 of the reference's colour tokens reproduced). Beside the model, trivial baselines on the same
 items: repeat the prompt's last token, repeat the prompt's most frequent token, and for sprites an
-all-background image (every pixel the background colour, row ends in place).
+all-background image (every pixel the background colour, row ends in place). ``copy_rows`` gives
+the same scores as rows of the skills report; ``size_sweep`` scores a model at other sizes of
+its task (length generalisation) and ``size_below`` finds where it falls below a threshold.
+
+Training (``train_copy``): a fresh model of a family, the ``Trainer`` on the task's stream, and a
+curve of greedy accuracy on held-out items at a few points. ``run_jobs`` runs several such
+trainings (each followed by its size sweep) in parallel processes, one CPU core each.
 """
 from __future__ import annotations
 
@@ -248,9 +255,12 @@ class CopyStream(Dataset):
     """An unlimited stream of copy items of one task, as whole causal samples.
 
     Item i is ``task.make(np.random.default_rng([seed, i]))`` (held-out streams:
-    ``[seed, i, 1]``, so they never repeat a training item): any index gives the same item on any
-    machine, in any order, so a resumed ``Trainer`` sees what it would have seen. ``n`` is the
-    virtual length (one epoch); take it as large as the training needs.
+    ``[seed, i, 1]``, other draws than any training stream's): any index gives the same item on
+    any machine, in any order, so a resumed ``Trainer`` sees what it would have seen. ``n`` is the
+    virtual length (one epoch); take it as large as the training needs. Held-out draws are
+    independent, not disjoint: where a task has few distinct items (selective copy of 2 letters
+    among 8 spaces has 28 x 26^2 = 18,928) a long training sees many of them; items of another
+    size never are, and held-out sprites are other sprites.
     ``x`` = the item's windows with centres zeroed (L, 3, 3), ``y`` = its tokens on the copy part
     and 0 elsewhere (L,): the loss and the metrics see the copy only. Batches are padded by
     ``collate`` (``ItemDataset.collate``: padding id 0, ignored by the loss).
@@ -304,8 +314,8 @@ class CopyStream(Dataset):
 
 
 def held_out_items(task: CopyTask, n: int, seed: int = 0, sprites: list[np.ndarray] | None = None) -> list[CopyItem]:
-    """``n`` items no training stream of any length holds (``CopyStream(..., held_out=True)``);
-    for sprites pass the held-out split's ``sprite_images``."""
+    """``n`` items of the held-out stream (``CopyStream(..., held_out=True)``: other draws than
+    the training streams'); for sprites pass the held-out split's ``sprite_images``."""
     return CopyStream(task, n, seed, sprites, held_out=True).items()
 
 
@@ -457,7 +467,7 @@ def size_sweep(model, tasks: list[CopyTask], n_items: int = 64, seed: int = 0,
     frames = []
     for task in tasks:
         scores = copy_scores(model, held_out_items(task, n_items, seed, sprites), batch_size)
-        frames.append(scores.assign(**{k: v for k, v in asdict(task).items()}, label=task.label))
+        frames.append(scores.assign(**asdict(task), label=task.label))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -10,7 +10,8 @@ What a trained PixelByte model must do (and how each is scored here):
   of attempts that give exactly h rows of w colours closed by ``\\n`` (an unfinished image is a
   failure). Baseline: a sampler drawing the training set's token frequencies (its chance of an
   exact image is computed, not sampled).
-- **sprite -> caption**: from a held-out sprite (shape + image), sample the caption; the share
+- **sprite -> caption**: from a held-out sprite (shape + image), write the caption (greedy by
+  default, ``caption_temperature``); the share
   whose *group* (the words after the last ". " up to ",": "smileys and emotion", "flags", ...)
   is the reference's, and how close the *name* (before the last ". ") is, as difflib's ratio
   (1 = the same string). Baselines: always answering the majority group of the training items;
@@ -145,7 +146,8 @@ def fit_classifier(train_seqs: list[np.ndarray]) -> SpriteClassifier:
 @dataclass
 class SkillsConfig:
     items: int = 32                 # held-out items scored (evenly spread over the split)
-    temperature: float = 0.8        # free sampling temperature (greedy decoding of small models loops)
+    temperature: float = 0.8        # sampling temperature of images (greedy images of small models degenerate)
+    caption_temperature: float = 0.0  # captions: 0 = greedy, as captioning is scored (the likeliest caption)
     top_k: int | None = None        # sample among the k likeliest tokens only (None = all)
     seed: int = 0
     batch_size: int = 32            # prompts generated at once
@@ -153,8 +155,10 @@ class SkillsConfig:
     def __post_init__(self):
         if not isinstance(self.items, int) or self.items < 1:
             raise ValueError(f"SkillsConfig.items={self.items!r}: expected an integer >= 1")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"SkillsConfig.temperature={self.temperature!r}: expected a number >= 0")
+        for name in ("temperature", "caption_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SkillsConfig.{name}={value!r}: expected a number >= 0")
 
 
 @dataclass
@@ -181,12 +185,12 @@ class Skills:
         return {f"{prefix}{r.skill}/{r.metric}": r.value for r in self.table.itertuples()}
 
 
-def _generate(model, prompts, budgets, cfg: SkillsConfig, constrained: bool = False):
+def _generate(model, prompts, budgets, cfg: SkillsConfig, constrained: bool = False, temperature=None):
     out = []
     for b in range(0, len(prompts), cfg.batch_size):
         out += gen.generate(model, prompts[b:b + cfg.batch_size], budgets[b:b + cfg.batch_size],
-                            temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed + b,
-                            stop_after_segments=1, constrained=constrained)
+                            temperature=cfg.temperature if temperature is None else temperature, top_k=cfg.top_k,
+                            seed=cfg.seed + b, stop_after_segments=1, constrained=constrained)
     return out
 
 
@@ -253,7 +257,8 @@ def _generations(model, items: list[Item], cfg: SkillsConfig, caption_budget: in
     images = {order: _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=order == "caption_first")
                                        for i in items], [2 * h * (w + 1) for h, w in (i.shape for i in items)], cfg)
               for order in DIMENSION_ORDERS}
-    captions = _generate(model, [i.prompt for i in items], [caption_budget] * len(items), cfg)
+    captions = _generate(model, [i.prompt for i in items], [caption_budget] * len(items), cfg,
+                         temperature=cfg.caption_temperature)
     sprites = _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=True) for i in items],
                         [h * (w + 1) for h, w in (i.shape for i in items)], cfg, constrained=True)
     return {"images": images, "captions": [o.texts[-1] if o.texts else "" for o in captions],

@@ -52,8 +52,8 @@ caption_first = gen.caption_to_sprite_prompt("red apple. food and drink, food fr
 
 ## Skills (held-out items, every figure beside its baseline)
 Measured by `python benchmarks/skills.py --checkpoint pretrained --items {scored}` on {scored} of the
-{held_out} held-out items (temperature {temperature}; free sampling for the dimensions,
-caption-first prompts with the declared shape kept for caption -> sprite).
+{held_out} held-out items (images sampled at temperature {temperature}, freely for the dimensions
+and from caption-first prompts with the declared shape kept for caption -> sprite; captions greedy).
 
 {table}
 

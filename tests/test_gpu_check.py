@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ def test_tiny_mode_runs_the_cpu_parts_and_skips_the_gpu_parts(tmp_path):
     assert table.splitlines()[0] in proc.stdout
 
 
+@pytest.mark.filterwarnings("ignore:TrainConfig.amp=True ignored")
 def test_the_gpu_code_paths_run_on_a_cpu_stand_in(monkeypatch, tmp_path):
     """The GPU mode's checks with the CPU standing in for the GPU (gpu_check.GPU = "cpu", CUDA's
     bookkeeping stubbed), tiny sizes: every item runs without an error (their numbers here say
