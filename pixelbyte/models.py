@@ -45,9 +45,11 @@ from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 
 from .mamba import BACKENDS, SCAN_IMPLS, Mamba
+from .mamba2 import SCAN_IMPLS as MAMBA2_SCAN_IMPLS, Mamba2
 from .tokenizer import VOCAB_SIZE
 
 MODELS = ("lstm", "attention", "bysmamba")
+SSMS = ("mamba", "mamba2")
 EMBEDDINGS = ("pxby", "center")
 OBJECTIVES = ("next", "causal")
 MAX_AUTO_HEADS = 4
@@ -74,7 +76,9 @@ class ModelConfig:
     vocab_size: int = VOCAB_SIZE  # 113 tokens
     dropout: float = 0.0          # after the embedding, between LSTM layers, on residual branches
     backend: str = "auto"         # bysmamba: Mamba backend, auto | cuda | torch
-    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile) | reference
+    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile, mamba only) | reference
+    ssm: str = "mamba"            # bysmamba: mixer, mamba (Mamba-1, selective scan) | mamba2 (SSD, scalar decay per head)
+    headdim: int = 27             # bysmamba, ssm=mamba2: channels per head (must divide expand * dim)
     objective: str = "next"       # next | causal (what the model is trained for; see module doc)
 
     def __post_init__(self):
@@ -96,10 +100,14 @@ class ModelConfig:
             fail("backend", f"allowed values are {list(BACKENDS)}")
         if self.scan_impl not in SCAN_IMPLS:
             fail("scan_impl", f"allowed values are {list(SCAN_IMPLS)}")
+        if self.ssm not in SSMS:
+            fail("ssm", f"allowed values are {list(SSMS)}")
+        if self.model == "bysmamba" and self.ssm == "mamba2" and self.scan_impl not in MAMBA2_SCAN_IMPLS:
+            fail("scan_impl", f"with ssm='mamba2' allowed values are {list(MAMBA2_SCAN_IMPLS)}")
         for name in ("bidirectional", "conv"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "expected True or False")
-        for name in ("dim", "hidden", "depth", "d_conv", "expand"):
+        for name in ("dim", "hidden", "depth", "d_conv", "expand", "headdim"):
             positive_int(name)
         positive_int("vocab_size", minimum=2)
         positive_int("proj_size", minimum=0)
@@ -134,6 +142,8 @@ class ModelConfig:
                 if getattr(self, name) % 2:
                     fail(name, "a bidirectional LSTM layer splits it between its two directions: "
                                "use an even number")
+        if self.model == "bysmamba" and self.ssm == "mamba2" and (self.expand * self.dim) % self.headdim:
+            fail("headdim", f"must divide expand * dim = {self.expand * self.dim} (ssm='mamba2')")
         if self.model == "attention" and self.head_dim < 2:
             fail("n_heads", f"dim={self.dim} / n_heads gives head_dim={self.head_dim}; rotary "
                             f"positions need head_dim >= 2")
@@ -378,8 +388,12 @@ class MambaBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, bidirectional: bool):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
-        self.mixer = Mamba(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
-                           backend=cfg.backend, scan_impl=cfg.scan_impl)
+        if cfg.ssm == "mamba2":
+            self.mixer = Mamba2(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
+                                headdim=cfg.headdim, backend=cfg.backend, scan_impl=cfg.scan_impl)
+        else:
+            self.mixer = Mamba(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
+                               backend=cfg.backend, scan_impl=cfg.scan_impl)
         with torch.no_grad():  # residual branches scaled by 1/sqrt(depth), as mamba_ssm's init
             self.mixer.out_proj.weight /= math.sqrt(cfg.depth)
         self.bi_norm = nn.LayerNorm(cfg.dim) if bidirectional else None
