@@ -78,7 +78,7 @@ class ModelConfig:
     backend: str = "auto"         # bysmamba: Mamba backend, auto | cuda | torch
     scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile, mamba only) | reference
     ssm: str = "mamba"            # bysmamba: mixer, mamba (Mamba-1, selective scan) | mamba2 (SSD, scalar decay per head)
-    headdim: int = 27             # bysmamba, ssm=mamba2: channels per head (must divide expand * dim)
+    headdim: int = 81             # bysmamba, ssm=mamba2: channels per head (must divide expand * dim)
     objective: str = "next"       # next | causal (what the model is trained for; see module doc)
 
     def __post_init__(self):

@@ -361,7 +361,7 @@ def test_model_option_builds_mamba2_mixers_and_keeps_the_default():
     assert all(isinstance(b.mixer, Mamba2) and b.mixer.nheads == 2 for b in model.backbone.blocks)
     # the paper's size: 81 dims, d_state 64, 2 layers; the budget rule gives expand=1
     paper = paper_config("ssm_uni_pxby_conv_81_64_2", ssm="mamba2")
-    assert (paper.expand, paper.headdim, PixelByteModel(paper).num_parameters()) == (1, 27, 81_178)
+    assert (paper.expand, paper.headdim, PixelByteModel(paper).num_parameters()) == (1, 81, 80_842)
 
 
 @pytest.mark.parametrize("kwargs, match", [
