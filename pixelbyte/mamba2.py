@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .mamba import BACKENDS, _compute_dtype, causal_conv1d, causal_conv1d_step, dt_bias_init
+from .mamba import BACKENDS, _compute_dtype, causal_conv1d_step, dt_bias_init
 
 SCAN_IMPLS = ("chunked", "reference")
 CHUNK_SIZE = 32  # tokens per chunk of the torch SSD (CPU: fastest of 16 / 32 / 64 / 128 here)
