@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .mamba import BACKENDS, SCAN_IMPLS
+from .mamba2 import SCAN_IMPLS as MAMBA2_SCAN_IMPLS
 from .tokenizer import VOCAB_SIZE
 
 EMBEDDED = "embedded"                        # the emoji sprites shipped in pixelbyte/data/
@@ -33,6 +34,7 @@ OBJECTIVES = ("next", "causal")              # next: the token after a window | 
 UNITS = ("window", "item")                   # what one training sample is
 ORDERS = ("data", "caption_first", "both")   # segment order of whole-item samples
 MODELS = ("lstm", "attention", "bysmamba")
+SSMS = ("mamba", "mamba2")                   # BysMamba's mixer: Mamba-1 (selective scan) | Mamba-2 (SSD)
 EMBEDDINGS = ("pxby", "center")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_AUTO_HEADS = 4
@@ -130,16 +132,18 @@ class ModelConfig:
     vocab_size: int = VOCAB_SIZE  # 113 tokens
     dropout: float = 0.0          # after the embedding, between LSTM layers, on residual branches
     backend: str = "auto"         # bysmamba: Mamba backend, auto | cuda | torch
-    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile) | reference
+    scan_impl: str = "chunked"    # bysmamba, torch backend: chunked | compiled (torch.compile, mamba only) | reference
     objective: str = "next"       # next | causal (what the model is trained for; see models.py)
     positions: bool = False       # add embeddings of where the predicted token sits (segment, row, column, declared h, w)
+    ssm: str = "mamba"            # bysmamba: mixer, mamba (Mamba-1, selective scan) | mamba2 (SSD, scalar decay per head: ~4x faster on a CPU)
+    headdim: int = 81             # bysmamba, ssm=mamba2: channels per head (must divide expand * dim)
 
     def __post_init__(self):
         for name, choices in (("model", MODELS), ("embedding", EMBEDDINGS), ("objective", OBJECTIVES),
-                              ("backend", BACKENDS), ("scan_impl", SCAN_IMPLS)):
+                              ("backend", BACKENDS), ("scan_impl", SCAN_IMPLS), ("ssm", SSMS)):
             _check_choice(self, name, choices)
         _check_bools(self, ("bidirectional", "conv", "positions"))
-        _check_ints(self, ("dim", "hidden", "depth", "d_conv", "expand"), 1)
+        _check_ints(self, ("dim", "hidden", "depth", "d_conv", "expand", "headdim"), 1)
         _check_ints(self, ["vocab_size"], 2)
         _check_ints(self, ["proj_size"], 0)
         if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
@@ -175,6 +179,11 @@ class ModelConfig:
                 if getattr(self, name) % 2:
                     _fail(self, name, "a bidirectional LSTM layer splits it between its two "
                                       "directions: use an even number")
+        if self.model == "bysmamba" and self.ssm == "mamba2":
+            if self.scan_impl not in MAMBA2_SCAN_IMPLS:
+                _fail(self, "scan_impl", f"with ssm='mamba2' allowed values are {list(MAMBA2_SCAN_IMPLS)}")
+            if (self.expand * self.dim) % self.headdim:
+                _fail(self, "headdim", f"must divide expand * dim = {self.expand * self.dim} (ssm='mamba2')")
         if self.model == "attention" and self.head_dim < 2:
             _fail(self, "n_heads", f"dim={self.dim} / n_heads gives head_dim={self.head_dim}; rotary "
                                    f"positions need head_dim >= 2")

@@ -293,6 +293,46 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 # --------------------------------------------------------------------------------------------
+# Pieces shared with the Mamba-2 mixer (pixelbyte/mamba2.py)
+# --------------------------------------------------------------------------------------------
+
+
+def dt_bias_init(n, dt_min, dt_max, dt_init_floor, device=None):
+    """softplus^-1(dt) with dt log-uniform in [dt_min, dt_max] (clamped >= dt_init_floor), for
+    n channels (Mamba) or heads (Mamba-2): softplus(x + bias) then starts in that range."""
+    dt = torch.exp(
+        torch.rand(n, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    ).clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
+
+
+def causal_conv1d(x, weight, bias=None):
+    """Depthwise causal conv over time, as nn.Conv1d(groups=channels, padding=K-1) keeping the
+    first L outputs, in the (B, L, channels) layout.
+
+    x : (B, L, Dc), weight : (Dc, 1, K) (conv1d.weight), bias : (Dc) -> (B, L, Dc).
+    K shifted multiply-adds instead of nn.Conv1d: no transposes to channels-first and back
+    (forward + backward ~1.4x faster on CPU here).
+    """
+    seqlen, width = x.shape[1], weight.shape[-1]
+    x = F.pad(x, (0, 0, width - 1, 0))  # (B, K - 1 + L, Dc), zeros before t = 0
+    weight = weight[:, 0]  # (Dc, K); tap K - 1 multiplies x_t
+    out = x[:, :seqlen] * weight[:, 0]
+    for k in range(1, width):
+        out = torch.addcmul(out, x[:, k:k + seqlen], weight[:, k])
+    return out if bias is None else out + bias
+
+
+def causal_conv1d_step(x, conv_state, weight, bias=None):
+    """One step of `causal_conv1d`: x : (B, Dc) -> (B, Dc); conv_state : (B, Dc, K), the last K
+    raw inputs, is shifted and updated in place."""
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))  # drop the oldest input
+    conv_state[:, :, -1] = x
+    x = (conv_state * weight[:, 0]).sum(-1)  # (B, Dc)
+    return x if bias is None else x + bias
+
+
+# --------------------------------------------------------------------------------------------
 # The mixer
 # --------------------------------------------------------------------------------------------
 
@@ -351,14 +391,9 @@ class Mamba(nn.Module):
         # weight ~ U(+-R^-0.5) keeps the variance of dt_proj's output ~1 at init
         dt_init_std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-        # bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]: delta starts in that range
-        dt = torch.exp(
-            torch.rand(self.d_inner, device=self.dt_proj.bias.device)
-            * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
-        inv_dt = dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
         with torch.no_grad():
-            self.dt_proj.bias.copy_(inv_dt)
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor,
+                                                 self.dt_proj.bias.device))
         self.dt_proj.bias._no_reinit = True  # a generic "zero all biases" init must skip it
 
     # ---------------------------------------------------------------------- backend choice
@@ -410,16 +445,7 @@ class Mamba(nn.Module):
         return self.out_proj(y)  # (B, L, D)
 
     def _causal_conv(self, x):
-        # x : (B, L, Dn) -> (B, L, Dn): conv1d's depthwise causal conv as d_conv shifted
-        # multiply-adds over time, in this layout (no transposes to channels-first and back:
-        # forward + backward ~1.4x faster on CPU than nn.Conv1d here)
-        seqlen = x.shape[1]
-        x = F.pad(x, (0, 0, self.d_conv - 1, 0))  # (B, d_conv - 1 + L, Dn), zeros before t = 0
-        weight = self.conv1d.weight[:, 0]  # (Dn, d_conv); tap d_conv - 1 multiplies x_t
-        out = x[:, :seqlen] * weight[:, 0]
-        for k in range(1, self.d_conv):
-            out = torch.addcmul(out, x[:, k:k + seqlen], weight[:, k])
-        return out if self.conv1d.bias is None else out + self.conv1d.bias
+        return causal_conv1d(x, self.conv1d.weight, self.conv1d.bias)  # (B, L, Dn)
 
     def _ssm_torch(self, x, dt, B, C):
         # x, dt : (B, L, Dn), B, C : (B, L, N) -> y : (B, L, Dn), last_state : (B, Dn, N)
@@ -511,15 +537,10 @@ class Mamba(nn.Module):
 
     def _conv_step(self, x, conv_state, ops):
         # x : (B, Dn), conv_state : (B, Dn, d_conv) holds the last d_conv raw inputs
-        weight = self.conv1d.weight.squeeze(1)  # (Dn, d_conv)
         if ops is not None and ops["causal_conv1d_update"] is not None:
-            return ops["causal_conv1d_update"](x, conv_state, weight, self.conv1d.bias, "silu")
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))  # drop the oldest input
-        conv_state[:, :, -1] = x
-        x = (conv_state * weight).sum(-1)  # (B, Dn)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        return F.silu(x)
+            return ops["causal_conv1d_update"](x, conv_state, self.conv1d.weight.squeeze(1),
+                                               self.conv1d.bias, "silu")
+        return F.silu(causal_conv1d_step(x, conv_state, self.conv1d.weight, self.conv1d.bias))
 
     def _ssm_step_torch(self, x, dt, B, C, z, ssm_state):
         # x, dt, z : (B, Dn), B, C : (B, N), ssm_state : (B, Dn, N) updated in place

@@ -55,6 +55,7 @@ from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 from . import tokenizer as tok
 from .config import EMBEDDINGS, MODELS, OBJECTIVES, RUNTIME_FIELDS, ModelConfig, RunConfig  # noqa: F401
 from .mamba import Mamba
+from .mamba2 import Mamba2
 
 PARAMETER_BUDGET = 100_000  # the paper: "all models under 100k parameters"
 # Models shipped inside the package, loadable by name: PixelByteModel.from_pretrained("pretrained")
@@ -302,8 +303,10 @@ class MambaBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, bidirectional: bool):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
-        self.mixer = Mamba(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
-                           backend=cfg.backend, scan_impl=cfg.scan_impl)
+        mixer = Mamba2 if cfg.ssm == "mamba2" else Mamba
+        options = {"headdim": cfg.headdim} if cfg.ssm == "mamba2" else {}
+        self.mixer = mixer(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
+                           backend=cfg.backend, scan_impl=cfg.scan_impl, **options)
         with torch.no_grad():  # residual branches scaled by 1/sqrt(depth), as mamba_ssm's init
             self.mixer.out_proj.weight /= math.sqrt(cfg.depth)
         self.bi_norm = nn.LayerNorm(cfg.dim) if bidirectional else None

@@ -43,18 +43,25 @@ def test_quick_run_writes_every_section_and_target(tmp_path):
     # training: every family on both objectives, with throughput and targets/s
     training = report["training"]
     runs = {(r["family"], r["objective"]) for r in training}
-    for family in ("lstm", "attention", "bysmamba", "lstm_same_params"):
+    for family in ("lstm", "attention", "bysmamba", "bysmamba_mamba2", "lstm_same_params"):
         assert {(family, "next"), (family, "causal")} <= runs
     for r in training:
         assert "error" not in r, r
         assert r["tokens_per_s"] > 0 and r["targets_per_s"] > 0 and r["peak_rss_mb"] > 0
-    # the ratio target's pair: LSTM and BysMamba steps interleaved in one process
-    (pair,) = report["training_pair"]
-    assert "error" not in pair, pair
-    assert {"lstm_same_params", "bysmamba"} <= set(pair["step_ms"]) and min(pair["step_ms"].values()) > 0
+    # the ratio target's pairs: LSTM and every BysMamba option interleaved in one process, at
+    # each thread count and shape (the paper's window, whole items), the fastest option profiled
+    pairs = report["training_pair"]
+    assert {(r["threads"], r["batch"], r["seq_length"]) for r in pairs} == {
+        (t, b, l) for t in (1, 2) for b, l in report["settings"]["pair_shapes"]}
+    options = {"lstm_same_params", "bysmamba", "bysmamba mamba2", "bysmamba mamba2 3 heads",
+               "bysmamba mamba2 d_state 96"}
+    for pair in pairs:
+        assert "error" not in pair, pair
+        assert set(pair["step_ms"]) == options and min(pair["step_ms"].values()) > 0
+        assert pair["profiled"] in options and pair["profile"][-1]["op"] == "total (all ops)"
     # generation: both modes at every context, per family
     generation = report["generation"]
-    assert {r["family"] for r in generation} == {"lstm", "attention", "bysmamba"}
+    assert {r["family"] for r in generation} == {"lstm", "attention", "bysmamba", "bysmamba_mamba2"}
     contexts = {str(c) for c in report["settings"]["contexts"]}
     for r in generation:
         assert "error" not in r, r
@@ -65,9 +72,9 @@ def test_quick_run_writes_every_section_and_target(tmp_path):
     names = [t["name"] for t in report["targets"]]
     assert any(n.startswith("window storage") for n in names)
     assert sum(n.startswith("supervised targets/s") for n in names) == 3
-    assert sum(n.startswith("generation speed-up") for n in names) == 3
-    assert sum(n.startswith("generation cost growth") for n in names) == 3
-    assert sum(n.startswith("BysMamba") for n in names) == 2
+    assert sum(n.startswith("generation speed-up") for n in names) == 4
+    assert sum(n.startswith("generation cost growth") for n in names) == 4
+    assert sum(n.startswith("BysMamba") for n in names) == len(options) - 1  # one per option
     for t in report["targets"]:
         assert {"name", "target", "measured", "met", "detail", "why"} <= set(t)
         assert t["met"] in (True, False, None)
@@ -77,7 +84,7 @@ def test_quick_run_writes_every_section_and_target(tmp_path):
     assert storage["met"] is True and storage["measured"] <= 9
 
     # markdown tables, printed and stored
-    assert set(report["tables"]) == {"data", "training", "pair", "generation", "targets"}
+    assert set(report["tables"]) == {"data", "training", "pair", "profile", "generation", "targets"}
     assert "| target |" in proc.stdout and "| windowing |" in proc.stdout
 
 
@@ -89,7 +96,7 @@ def test_seed_windowing_matches_window_dataset():
     seqs = [rng.integers(0, 113, size=(n, 3, 3)).astype(np.uint8) for n in (5, 12, 30)]
     L, stride = 6, 4
     windows = run.seed_windows(seqs, L, stride)
-    ds = data.WindowDataset(seqs, data.WindowConfig(seq_length=L, stride=stride, objective="next"))
+    ds = data.WindowDataset(seqs, L, stride, "next")
     assert len(windows) == len(ds) == run.n_next_windows(seqs, L, stride)
     for window, (x, y) in zip(windows, (ds[i] for i in range(len(ds)))):
         assert window.dtype == torch.int64 and window.shape == (L + 1, 3, 3)

@@ -41,6 +41,8 @@ BAD_VALUES = [
     (ModelConfig, "bidirectional", 1, ["True or False"]),
     (ModelConfig, "conv", "yes", ["True or False"]),
     (ModelConfig, "positions", None, ["True or False"]),
+    (ModelConfig, "ssm", "mamba3", ["allowed values are", "'mamba'", "'mamba2'"]),
+    (ModelConfig, "headdim", 0, ["integer >= 1"]),
     (ModelConfig, "dim", 0, ["integer >= 1"]),
     (ModelConfig, "hidden", 8.0, ["integer >= 1"]),
     (ModelConfig, "depth", True, ["integer >= 1"]),
@@ -104,6 +106,11 @@ def test_good_values_are_accepted_and_normalised(tmp_path):
 
 
 def test_combinations_a_run_cannot_honour_are_refused():
+    with pytest.raises(ValueError, match=r"headdim=64 .*must divide expand \* dim = 162"):
+        ModelConfig(model="bysmamba", ssm="mamba2", headdim=64)
+    with pytest.raises(ValueError, match="scan_impl='compiled'.*with ssm='mamba2'"):
+        ModelConfig(model="bysmamba", ssm="mamba2", scan_impl="compiled")
+    ModelConfig(model="lstm", ssm="mamba2", headdim=64)              # only BysMamba reads them
     with pytest.raises(ValueError, match="bidirectional.*only legal with objective='next'"):
         ModelConfig(bidirectional=True, objective="causal")
     with pytest.raises(ValueError, match="conv=True needs embedding='pxby'"):
