@@ -60,6 +60,8 @@ hidden = 256              # LSTM hidden size / Mamba state size / attention MLP 
 depth = 2                 # layers
 d_conv = 4                # Mamba causal conv width
 expand = 2                # Mamba inner expansion
+ssm = "mamba"             # BysMamba mixer: mamba (Mamba-1, the paper's) | mamba2 (SSD: ~4x faster on a CPU)
+headdim = 81              # ssm mamba2: channels per head (must divide expand * dim)
 objective = "causal"      # causal: every position predicts its token | next: the token after the window
 positions = True          # position inputs: segment, row, column, declared (h, w); needs unit "item"
 dropout = 0.0             # after the embedding, between LSTM layers, on residual branches
@@ -104,7 +106,8 @@ run = RunConfig.from_flat(
     source=dataset, limit=limit or None, test_size=test_size, split_seed=split_seed,
     unit=unit, orders=orders, seq_length=seq_length, stride=stride,
     model=model, bidirectional=bidirectional, embedding=embedding, conv=conv, dim=dim, hidden=hidden,
-    depth=depth, d_conv=d_conv, expand=expand, objective=objective, positions=positions, dropout=dropout,
+    depth=depth, d_conv=d_conv, expand=expand, ssm=ssm, headdim=headdim, objective=objective, positions=positions,
+    dropout=dropout,
     batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, epochs=epochs,
     max_steps=max_steps or None, budget_s=budget_s, eval_every=eval_every, eval_batches=eval_batches or None,
     seed=seed, device=device, amp=amp, out_dir=out_dir)

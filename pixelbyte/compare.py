@@ -21,9 +21,11 @@ paper's windows to causal runs too). Then the final weights are scored on held-o
 - the skills report (``skills.measure``, ``skill_items`` items): free dimension consistency in
   both orders, sprite -> caption group accuracy and name similarity, caption -> sprite group
   accuracy by the sprite classifier -- the same numbers notebook 03 shows;
-- copy tasks: a copy of the trained model is fine-tuned for ``copy_steps`` steps on
-  ``copy_items`` synthetic items of each kind (``text``: a phrase repeated; ``image``: a 6x6
-  sprite whose bottom half repeats its top half), then scored greedily on held-out items.
+- copy tasks (``copying``, notebook 05's code): each config's architecture, causal, trained from
+  scratch for ``copy_steps`` steps on each task of ``copy_tasks`` (an unlimited seeded stream,
+  the loss on the copy part only) and scored greedily on ``copy_items`` held-out items, beside
+  the best trivial baseline; once per config (both objectives of a config share it), none for
+  bidirectional configs (a copy is generated token by token).
 
 With ``budget_s = 0`` a run is fully deterministic for a seed on CPU. Validation during
 training and the evaluation after it are not counted in the budget.
@@ -31,18 +33,17 @@ training and the evaluation after it are not counted in the budget.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import data, evaluate, skills, tokenizer as tok
+from . import copying, data, evaluate, skills
 from .config import HUB_DATASET, DataConfig, RunConfig, SampleConfig, TrainConfig
 from .models import (PAPER_ABLATIONS, PAPER_BEST, PAPER_RESULTS, PAPER_RESULTS_SOURCE, PixelByteModel,
                      paper_config)
@@ -50,7 +51,9 @@ from .train import Trainer
 
 CONFIG_SETS = {"paper": PAPER_BEST + PAPER_ABLATIONS, "best": PAPER_BEST}
 OBJECTIVES = ("next", "causal")
-COPY_KINDS = ("text", "image")
+COPY_TASKS = {"selective": ("selective", 8, {"n_recall": 2}, "sequence_accuracy"),   # 05's CPU sizes
+              "image": ("image", 6, {"width": 6, "n_colours": 4}, "token_accuracy"),
+              "text": ("text", 2, {}, "token_accuracy")}
 EVAL_POINTS = 10              # validations per training run (the curves' points)
 
 # The table's columns, what each one is.
@@ -60,6 +63,7 @@ COLUMNS = {
     "family": "rnn (LSTM) | ssm (BysMamba) | att (attention)",
     "objective": "next: the token after the window | causal: every position's own token",
     "samples": "what a training sample was: window (seq_length tokens) | item (whole items, both orders)",
+    "mixer": "the sequence mixer: lstm | attention | mamba (Mamba-1) | mamba2 (SSD)",
     "params": "trainable parameters",
     "steps": "optimizer steps run",
     "epochs": "passes over the training samples",
@@ -87,8 +91,9 @@ COLUMNS = {
     "caption_group": "skills: sprite -> caption, share of captions in the reference's group",
     "caption_name": "skills: sprite -> caption, name similarity to the reference (difflib ratio)",
     "sprite_group": "skills: caption -> sprite, share of drawings the sprite classifier puts in the caption's group",
-    "copy_text_acc": "copy task, repeated phrase: token accuracy after the brief fine-tuning",
-    "copy_image_acc": "copy task, repeated half-sprite: token accuracy after the fine-tuning",
+    "copy_selective": "copy (05's code): selective copy, exact-sequence accuracy of the architecture trained on it",
+    "copy_image": "copy: image repeat (bottom rows repeat the top), token accuracy",
+    "copy_text": "copy: text repeat (a phrase repeated), token accuracy",
     "eval_time_s": "wall time of all the evaluations of the run",
 }
 SKILL_COLUMNS = {"dims_data": ("dimensions", "data order: shape -> image"),
@@ -106,6 +111,7 @@ TIMING_COLUMNS = ("train_time_s", "tokens_per_s", "eval_time_s")
 @dataclass
 class CompareConfig:
     unit: str = "item"            # samples of causal runs: item (whole items, both orders, positions) | window
+    ssm: str = "mamba"            # BysMamba's mixer: mamba (the paper's Mamba-1) | mamba2 (SSD, ~4x faster on a CPU)
     seq_length: int = 64          # window samples: tokens per window (all next runs)
     stride: int = 32              # window samples: tokens between window starts
     batch_size: int = 16          # samples per optimizer step
@@ -117,16 +123,19 @@ class CompareConfig:
     metric_batches: int = 16      # token_metrics: held-out batches of 16 samples, 0 = all
     eval_batches: int = 8         # validation during training: batches, 0 = all
     skill_items: int = 8          # held-out items of the skills report (0 = skip the skills)
-    copy_items: int = 32          # copy task: fine-tuning items per kind (0 = skip the task)
-    copy_steps: int = 20          # copy task: fine-tuning steps
+    copy_tasks: str = "selective,image,text"  # copy tasks each config's architecture is trained on ("" = none)
+    copy_steps: int = 200         # copy tasks: training steps per task (0 = skip them)
+    copy_items: int = 64          # copy tasks: held-out items scored per task
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("device", "unit"):
-                allowed = ("auto", "cpu", "cuda") if f.name == "device" else ("item", "window")
+            if f.name == "copy_tasks":
+                continue
+            if f.name in ("device", "unit", "ssm"):
+                allowed = {"device": ("auto", "cpu", "cuda"), "unit": ("item", "window"), "ssm": ("mamba", "mamba2")}[f.name]
                 if value not in allowed:
                     raise ValueError(f"CompareConfig.{f.name}={value!r}: allowed values are {', '.join(allowed)}")
                 continue
@@ -139,6 +148,16 @@ class CompareConfig:
                                  f">= {minimum}")
         if self.lr <= 0:
             raise ValueError(f"CompareConfig.lr={self.lr!r}: must be > 0")
+        from .copying import KINDS
+
+        unknown = [t for t in self.copy_task_list if t not in COPY_TASKS]
+        if not isinstance(self.copy_tasks, str) or unknown:
+            raise ValueError(f"CompareConfig.copy_tasks={self.copy_tasks!r}: comma-separated among "
+                             f"{list(COPY_TASKS)} (05 also has {[k for k in KINDS if k not in COPY_TASKS]})")
+
+    @property
+    def copy_task_list(self) -> list[str]:
+        return [t.strip() for t in str(self.copy_tasks).split(",") if t.strip()]
 
     def samples(self, objective: str) -> SampleConfig:
         if objective == "causal" and self.unit == "item":
@@ -148,8 +167,10 @@ class CompareConfig:
     def run(self, name: str, objective: str, data_cfg: DataConfig, out_dir: Path, steps: int) -> RunConfig:
         """The RunConfig of one (paper config, objective) of this comparison."""
         samples = self.samples(objective)
-        return RunConfig(data=data_cfg, samples=samples,
-                         model=paper_config(name, objective=objective, positions=samples.unit == "item"),
+        model = paper_config(name, objective=objective, positions=samples.unit == "item")
+        if model.model == "bysmamba" and self.ssm == "mamba2":      # one head of all the inner channels
+            model = replace(model, ssm="mamba2", headdim=model.expand * model.dim)
+        return RunConfig(data=data_cfg, samples=samples, model=model,
                          train=TrainConfig(max_steps=steps, budget_s=self.budget_s, batch_size=self.batch_size,
                                            lr=self.lr, min_lr=self.lr / 10, warmup_steps=min(50, steps // 10),
                                            eval_every=max(1, steps // EVAL_POINTS),
@@ -232,47 +253,29 @@ class Splits:
         return self._classifier
 
 
-def _pad(item: copying.CopyItem, n: int) -> copying.CopyItem:
-    """The item after ``n`` empty windows (id 0): a ``next`` window then sees all of it."""
-    from . import copying
-
-    windows = np.concatenate([np.zeros((n, 3, 3), np.uint8), item.windows])
-    return copying.CopyItem(item.kind, windows, item.copy_start + n, item.copy_end + n)
-
-
-def copy_task_data(cfg: CompareConfig, objective: str):
-    """(training WindowDataset, {kind: held-out padded CopyItems}) of the copy tasks."""
-    from . import copying
-
-    train = {k: copying.copy_task_items(k, cfg.copy_items, seed=cfg.seed) for k in COPY_KINDS}
-    held = {k: copying.copy_task_items(k, max(8, cfg.copy_items // 4), seed=cfg.seed + 1) for k in COPY_KINDS}
-    window = max(len(i.windows) for items in (*train.values(), *held.values()) for i in items)
-    padded = [_pad(i, window).windows for k in COPY_KINDS for i in train[k]]
-    dataset = data.WindowDataset(padded, window, 1, objective)
-    return dataset, {k: [_pad(i, window) for i in items] for k, items in held.items()}
-
-
 # ---------------------------------------------------------------------------------------------
 # One run
 
 
-def _copy_scores(model: PixelByteModel, cfg: CompareConfig, copy_data, out_dir: Path) -> dict:
-    from . import copying
-
-    dataset, held = copy_data
-    tuned = copy.deepcopy(model)
-    train_cfg = replace_train(model.run.train, max_steps=cfg.copy_steps, eval_every=0, warmup_steps=0,
-                              budget_s=0.0, out_dir=str(out_dir))
-    Trainer(tuned, dataset, None, train_cfg).fit(overwrite=True)
-    window = dataset.seq_length                   # re-run models see windows as long as in training
-    return {f"copy_{kind}_acc": copying.score_copy(tuned, items, window=window)["token_accuracy"]
-            for kind, items in held.items()}
-
-
-def replace_train(train_cfg: TrainConfig, **changes) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(train_cfg, **changes)
+def copy_columns(name: str, cfg: CompareConfig, out_dir: Path) -> dict:
+    """Copy scores of a config's architecture (causal, trained from scratch on each task)."""
+    model_cfg = paper_config(name, objective="causal") if not paper_config(name).bidirectional else None
+    if model_cfg is None or not cfg.copy_steps or not cfg.copy_task_list:
+        return {f"copy_{t}": math.nan for t in COPY_TASKS}
+    if model_cfg.embedding == "center":        # a causal centre-only input is always 0
+        return {f"copy_{t}": math.nan for t in COPY_TASKS}
+    if model_cfg.model == "bysmamba" and cfg.ssm == "mamba2":
+        model_cfg = replace(model_cfg, ssm="mamba2", headdim=model_cfg.expand * model_cfg.dim)
+    out = {}
+    for task_name in cfg.copy_task_list:
+        kind, size, options, metric = COPY_TASKS[task_name]
+        task = copying.CopyTask(kind, size, **options)
+        model, _ = copying.train_copy(model_cfg, task, max_steps=cfg.copy_steps, batch_size=32, lr=cfg.lr,
+                                      eval_points=1, eval_items=16, seed=cfg.seed, device=cfg.device,
+                                      out_dir=str(out_dir / task_name))
+        scores = copying.copy_scores(model, copying.held_out_items(task, cfg.copy_items, cfg.seed))
+        out[f"copy_{task_name}"] = float(scores.set_index("method").loc["model", metric])
+    return out
 
 
 @contextlib.contextmanager
@@ -288,11 +291,11 @@ def _quiet(on: bool):
         logger.setLevel(level)
 
 
-def run_config(name: str, objective: str, splits: Splits, out_dir, copy_data=None,
+def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: dict | None = None,
                log=print, verbose: bool = False) -> tuple[dict, pd.DataFrame, PixelByteModel, skills.Skills | None]:
     """Train and evaluate one paper config with one objective; returns (table row, its
     metrics.csv rows, the trained model, its skills report). Files go to ``out_dir``;
-    ``copy_data``: ``copy_task_data(cfg, objective)``, or None to skip the copy task;
+    ``copy_scores``: the config's ``copy_columns`` (computed once per config), None to skip them;
     ``log``: where the one-line summary goes; ``verbose``: keep the Trainer's own lines."""
     cfg, out_dir = splits.cfg, Path(out_dir)
     train_ds, val_ds = splits.samples(objective)
@@ -312,6 +315,7 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_data=Non
     t0 = time.perf_counter()
     row = {"run": f"{name}/{objective}", "config": name, "family": name.split("_")[0],
            "objective": objective, "samples": run.samples.unit, "params": model.num_parameters(),
+           "mixer": run.model.ssm if run.model.model == "bysmamba" else run.model.model,
            "steps": final["step"], "epochs": final["step"] / steps_per_epoch,
            "train_tokens": final["tokens_per_s"] * final["train_seconds"], "train_time_s": train_time,
            "tokens_per_s": final["tokens_per_s"], "train_loss": final["train_loss"],
@@ -331,9 +335,7 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_data=Non
             report = skills.measure(model, splits.train, splits.test,
                                     skills.SkillsConfig(items=cfg.skill_items, seed=cfg.seed), splits.classifier)
             row.update({column: report.value(*key) for column, key in SKILL_COLUMNS.items()})
-    if copy_data is not None:
-        with _quiet(not verbose):
-            row.update(_copy_scores(model, cfg, copy_data, out_dir / "copy_task"))
+    row.update(copy_scores or {})
     row["eval_time_s"] = time.perf_counter() - t0
     log(f"{row['run']:38s} {row['params']:7,d} params, {row['steps']:5d} steps in {train_time:5.0f} s, "
         f"val loss {row['val_loss']:.3f}, {row['bpt']:.2f} bits/token, Hamming {row['hamming_mean']:.3f}, "
@@ -375,13 +377,14 @@ def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "n
             f"{len(val_ds):,} held-out samples ({val_ds.n_items} items), {cfg.samples(objective).unit} samples")
     for _, row in skipped.iterrows():
         log(f"skipped {row['config']}/{row['objective']}: {row['reason']}")
-    copy_sets = {o: copy_task_data(cfg, o) for o in dict.fromkeys(o for _, o in runs)} \
-        if cfg.copy_items and cfg.copy_steps else {}
-    rows, histories, models, reports = [], [], {}, {}
+    rows, histories, models, reports, copy_by_config = [], [], {}, {}, {}
     for name, objective in runs:
+        if name not in copy_by_config:             # the architecture's copy skill, once per config
+            with _quiet(not verbose):
+                copy_by_config[name] = copy_columns(name, cfg, Path(out_dir) / "copy" / name)
         row, history, model, report = run_config(name, objective, splits,
                                                  Path(out_dir) / "runs" / f"{name}_{objective}",
-                                                 copy_sets.get(objective), log=log, verbose=verbose)
+                                                 copy_by_config[name], log=log, verbose=verbose)
         rows.append(row)
         histories.append(history)
         models[row["run"]], reports[row["run"]] = model, report
@@ -410,7 +413,7 @@ def bar_summary(comparison: Comparison) -> pd.DataFrame:
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: paper metrics as "mean +- std", numbers rounded, by run."""
-    out = table.set_index("run").drop(columns=["config", "family", "objective", "samples"])
+    out = table.set_index("run").drop(columns=["config", "family", "objective", "samples", "mixer"])
     for m in evaluate.METRICS:
         out[m] = [f"{a:.3f} +- {b:.3f}" for a, b in zip(out.pop(f"{m}_mean"), out.pop(f"{m}_std"))]
     out["tokens_per_s"] = out["tokens_per_s"].round(0)
@@ -422,8 +425,8 @@ def winners(table: pd.DataFrame) -> pd.DataFrame:
     count them when more than 3)."""
     lower = {"val_loss", "bpt", "bpt_text", "bpt_pixel", "hamming_mean", "hamming_centre_mean"}
     scores = ["val_loss", "bpt", "bpt_text", "bpt_pixel", "hamming_mean", "cosine_mean", "bleu_mean",
-              "hamming_centre_mean", "bleu_centre_mean", *SKILL_COLUMNS, "copy_text_acc",
-              "copy_image_acc", "tokens_per_s"]
+              "hamming_centre_mean", "bleu_centre_mean", *SKILL_COLUMNS,
+              *(f"copy_{t}" for t in COPY_TASKS), "tokens_per_s"]
     rows = []
     for objective, group in table.groupby("objective", sort=False):
         for score in scores:

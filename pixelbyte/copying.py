@@ -502,30 +502,6 @@ class _CurveTrainer(Trainer):
         return metrics
 
 
-def seconds_per_step(model_config: ModelConfig, task: CopyTask, batch_size: int = 32, lr: float = 3e-3,
-                     device: str = "cpu", sprites: list[np.ndarray] | None = None, steps: int = 4) -> float:
-    """Wall-clock seconds of one training step (batch, forward, backward, AdamW) of a fresh
-    model of ``model_config`` on ``task``: the median of ``steps`` timed steps after an untimed one."""
-    from .config import resolve_device
-
-    target = resolve_device(device)
-    model = PixelByteModel(model_config).to(target)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    stream = CopyStream(task, (steps + 1) * batch_size, seed=0, sprites=sprites)
-    times = []
-    for k in range(steps + 1):
-        t0 = time.perf_counter()
-        x, y = stream.collate([stream[i] for i in range(k * batch_size, (k + 1) * batch_size)])
-        _, loss = model(x.to(target), y.to(target))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if target.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
-
-
 def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 500, budget_s: float = 0.0,
                batch_size: int = 32, lr: float = 3e-3, min_lr: float | None = None, warmup_steps: int | None = None,
                weight_decay: float = 0.01, eval_every: int | None = None, eval_points: int = 10, eval_items: int = 64,
@@ -535,9 +511,9 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
                out_dir: str | None = None) -> tuple[PixelByteModel, pd.DataFrame]:
     """Train a fresh model of ``model_config`` (objective "causal"; weights from ``seed``) on
     the stream of ``task`` for ``max_steps`` steps of ``batch_size`` items, or fewer: with
-    ``budget_s`` > 0, as many as ``budget_s`` seconds of training allow at the pace
-    ``seconds_per_step`` measures first (the step count is then fixed, so the learning-rate
-    schedule and the curve's points span the whole run). AdamW, linear warmup (default: a tenth
+    ``budget_s`` > 0, as many as ``budget_s`` seconds of training allow at the pace of the first
+    steps (the Trainer's probe: the step count is then fixed and the learning-rate schedule ends
+    where training ends; the curve keeps its points up to there). AdamW, linear warmup (default: a tenth
     of the steps, at most 100), cosine decay to ``min_lr`` (default lr / 10).
 
     Every ``eval_every`` steps (default: the steps / ``eval_points``) and at the end, ``eval_items``
@@ -557,10 +533,7 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
                          f"causal samples, use objective='causal'")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"train_copy: max_steps={max_steps!r}: expected an integer >= 1")
-    steps = max_steps
-    if budget_s:
-        pace = seconds_per_step(model_config, task, batch_size, lr, device, sprites)
-        steps = max(1, min(max_steps, int(budget_s / pace)))
+    steps = max_steps                       # the Trainer's budget probe may shorten the run
     train_ds = CopyStream(task, steps * batch_size, seed, sprites)
     val_ds = CopyStream(task, eval_items, seed, held_out_sprites or sprites, held_out=True)
     eval_every = eval_every or max(1, steps // eval_points)
@@ -569,6 +542,7 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
                                 min_lr=lr / 10 if min_lr is None else min_lr,
                                 warmup_steps=min(100, steps // 10) if warmup_steps is None else warmup_steps,
                                 weight_decay=weight_decay, eval_every=eval_every, log_every=eval_every,
+                                budget_s=budget_s,
                                 seed=seed, device=device, progress=False, out_dir=out_dir or tmp)
         torch.manual_seed(seed)
         model = PixelByteModel(model_config)
@@ -580,7 +554,7 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
     curve.attrs["final"] = {"steps": final["step"], "train_seconds": seconds,
                             "tokens_per_s": positions / seconds if seconds else math.nan,
                             "parameters": model.num_parameters(),
-                            "stopped_by": "budget" if steps < max_steps else "max_steps"}
+                            "stopped_by": "budget" if final["step"] < max_steps else "max_steps"}
     return model.eval(), curve
 
 
@@ -634,12 +608,14 @@ def run_jobs(jobs: list[dict], workers: int = 1, report=None) -> list[tuple]:
 
 def curve_trend(curve: pd.DataFrame, metric: str = "sequence_accuracy", goal: float = 0.99,
                 tolerance: float = 0.02) -> str:
-    """What a curve says about more training: "reached" (the last point meets ``goal``), "still
-    rising" (the last third of the points gained more than ``tolerance``) or "plateaued"."""
+    """What a curve says about more training: "reached" (its last point meets ``goal``), "still
+    rising" (the mean of its last third of points is more than ``tolerance`` above the mean of
+    the third before) or "plateaued"."""
     values = curve[metric].astype(float).to_numpy()
     if len(values) and values[-1] >= goal:
         return "reached"
     if len(values) < 2:
         return "too few points"
-    start = values[max(0, len(values) - 1 - max(1, len(values) // 3))]
-    return "still rising" if values[-1] - start > tolerance else "plateaued"
+    third = max(1, len(values) // 3)
+    last, before = values[-third:], values[-2 * third:-third]
+    return "still rising" if last.mean() - before.mean() > tolerance else "plateaued"

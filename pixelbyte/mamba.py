@@ -266,6 +266,8 @@ def _scan_chunked(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
     so the last state is exact and every chunk has the same shape (no torch.compile recompiles).
     """
     L = u.shape[1]
+    if not compile_chunk:        # eager chunks may have any length: a short sequence is one chunk
+        chunk_size = max(1, min(chunk_size, L))
     pad = (-L) % chunk_size
     if pad:
         u, delta, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B, C))

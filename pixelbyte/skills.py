@@ -22,7 +22,8 @@ What a trained PixelByte model must do (and how each is scored here):
   Floor: chance (1 / number of groups); ceiling: the classifier on the real held-out sprites.
 - **switch between text and image, model the stream**: bits per token on whole held-out items
   by modality, in both orders. Baseline: the training set's token frequencies (unigram).
-Copy skills are measured by ``copy_tasks`` and added to the same table (``measure(copy=...)``).
+Copy skills are trained and measured by ``copying`` (notebook 05); ``copying.copy_rows`` gives
+rows of this table's format, appended with ``measure(copy=...)``.
 """
 from __future__ import annotations
 
@@ -302,7 +303,7 @@ def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
             copy: pd.DataFrame | None = None) -> Skills:
     """The skills report of ``model`` on ``cfg.items`` held-out items spread over the split (all for
     bits per token). ``classifier``: a fitted ``SpriteClassifier`` (fitted on ``train_seqs``
-    when None); ``copy``: rows from ``copy_tasks`` to append (same columns)."""
+    when None); ``copy``: rows from ``copying.copy_rows`` to append (same columns)."""
     cfg = cfg or SkillsConfig()
     items = spread([i for i in map(Item.of, test_seqs) if i is not None], cfg.items)
     if not items:

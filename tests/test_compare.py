@@ -11,7 +11,7 @@ from pixelbyte.models import PAPER_BEST, PAPER_CONFIGS, PAPER_RESULTS, PixelByte
 
 CONFIGS = "rnn_bi_pxby_conv_81_32_2,att_uni_pxby_conv_36_32_1"
 TINY = dict(seq_length=16, stride=8, batch_size=8, max_steps=3, max_chunks=2, metric_batches=2,
-            eval_batches=2, skill_items=2, copy_items=4, copy_steps=2, device="cpu")
+            eval_batches=2, skill_items=2, copy_tasks="selective,text", copy_items=4, copy_steps=2, device="cpu")
 DATA = DataConfig(limit=12, test_size=0.25)
 
 
@@ -41,6 +41,8 @@ def test_plan_expands_sets_and_skips_impossible_causal_runs():
         compare.plan("best", "last")
     with pytest.raises(ValueError, match="CompareConfig.max_steps"):
         compare.CompareConfig(max_steps=-1)
+    with pytest.raises(ValueError, match="copy_tasks='selective,sprites'.*comma-separated among"):
+        compare.CompareConfig(copy_tasks="selective,sprites")
     with pytest.raises(ValueError, match="no run is possible.*bidirectional"):
         compare.plan("rnn_bi_pxby_conv_81_32_2", "causal")
 
@@ -58,11 +60,18 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
         name, objective = run.split("/")
         positions = objective == "causal"                                # whole items get positions
         assert params == PixelByteModel(paper_config(name, objective=objective, positions=positions)).num_parameters()
-    numeric = table.drop(columns=["run", "config", "family", "objective", "samples"]).astype(float)
+    numeric = table.drop(columns=["run", "config", "family", "objective", "samples", "mixer",
+                                  "copy_selective", "copy_image", "copy_text"]).astype(float)
     assert np.isfinite(numeric.to_numpy()).all()
     assert ((table["hamming_mean"] >= 0) & (table["hamming_mean"] <= 1)).all()
-    for column in (*compare.SKILL_COLUMNS, "copy_text_acc", "copy_image_acc"):
+    for column in compare.SKILL_COLUMNS:
         assert table[column].between(0, 1).all(), column
+    for column in ("copy_selective", "copy_text"):
+        assert table[column].dropna().between(0, 1).all() and table[column].notna().sum() == 2, column
+    rows = table.set_index("run")                                # bidirectional: no copy skill measured
+    assert rows.loc["rnn_bi_pxby_conv_81_32_2/next", ["copy_selective", "copy_text"]].isna().all()
+    assert rows.loc["att_uni_pxby_conv_36_32_1/next", "copy_text"] == rows.loc["att_uni_pxby_conv_36_32_1/causal", "copy_text"]
+    assert table["copy_image"].isna().all()                      # not asked for
     assert set(result.reports) == set(table["run"])
     for run, report in result.reports.items():                     # the columns are the report's numbers
         assert table.set_index("run").loc[run, "dims_data"] == report.value("dimensions", "data order: shape -> image")
@@ -84,13 +93,13 @@ def test_same_seed_gives_the_same_table(result, seqs, tmp_path):
 def test_budget_caps_the_steps_from_a_timing_probe(seqs, tmp_path):
     from pixelbyte.train import PROBE_STEPS
 
-    cheap = dict(TINY, skill_items=0, copy_items=0, max_chunks=1, max_steps=PROBE_STEPS + 4)
+    cheap = dict(TINY, skill_items=0, copy_steps=0, max_chunks=1, max_steps=PROBE_STEPS + 4)
     for budget, steps in ((1e-6, PROBE_STEPS), (1e6, PROBE_STEPS + 4)):
         splits = compare.Splits.make(seqs, DATA, compare.CompareConfig(**cheap, budget_s=budget))
         row, _, _, report = compare.run_config("att_uni_pxby_conv_36_32_1", "next", splits, tmp_path / str(steps),
                                                log=lambda *_: None)
         assert row["steps"] == steps                  # a tiny budget stops right after the probe
-        assert np.isnan(row["copy_text_acc"]) and np.isnan(row["dims_data"]) and report is None
+        assert np.isnan(row["copy_text"]) and np.isnan(row["dims_data"]) and report is None
 
 
 def test_paper_results_are_the_six_best_rows_and_are_labelled(result):

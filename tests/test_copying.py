@@ -222,6 +222,15 @@ def test_skill_rows_have_the_report_format():
     assert set(sweep["size"]) == {1, 2} and set(sweep["method"]) == {"repeat_last", "most_frequent_prompt"}
 
 
+def test_curve_trend():
+    import pandas as pd
+
+    trend = lambda values: C.curve_trend(pd.DataFrame({"sequence_accuracy": values}))   # noqa: E731
+    assert trend([0.1, 0.5, 0.995]) == "reached"
+    assert trend([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) == "still rising"
+    assert trend([0.3, 0.31, 0.29, 0.3, 0.31, 0.3]) == "plateaued"
+
+
 def test_size_below():
     import pandas as pd
 
