@@ -43,7 +43,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import torch

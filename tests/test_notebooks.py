@@ -2,7 +2,6 @@
 bad parameter stops the notebook in its validation cell with a message naming it (papermill,
 ~5 s a case: the kernel start and the imports). (nbval executes the notebooks
 themselves with the CI parameters: see tasks.py test.)"""
-import json
 from pathlib import Path
 
 import jupytext
