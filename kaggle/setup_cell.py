@@ -12,3 +12,4 @@ except ImportError:
                           "requirement such as git+https://github.com/OWNER/pixelbyte")
     subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
     importlib.invalidate_caches()
+    import pixelbyte
