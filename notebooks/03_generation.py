@@ -47,7 +47,7 @@ skill_items = 32         # held-out items scored by the skills report
 n_examples = 8           # sprites / captions shown
 n_candidates = 4         # caption -> sprite by ranking: sampled images ranked by p(caption | image), 0 skips
 temperature = 0.8        # sampling temperature of images
-caption_temperature = 0.0  # captions: 0 = greedy (the likeliest caption)
+caption_temperature = 0.0  # captions: 0 means greedy, the likeliest caption
 top_k = 0                # 0 keeps all tokens
 max_chunks = 200         # paper metrics: chunks scored, 0 scores all
 seed = 0

@@ -259,11 +259,12 @@ class Splits:
 
 def copy_columns(name: str, cfg: CompareConfig, out_dir: Path) -> dict:
     """Copy scores of a config's architecture (causal, trained from scratch on each task)."""
-    model_cfg = paper_config(name, objective="causal") if not paper_config(name).bidirectional else None
-    if model_cfg is None or not cfg.copy_steps or not cfg.copy_task_list:
+    base = paper_config(name)
+    # a copy is generated token by token (not by a bidirectional model), from causal inputs
+    # (a causal centre-only input is always 0)
+    if base.bidirectional or base.embedding == "center" or not cfg.copy_steps or not cfg.copy_task_list:
         return {f"copy_{t}": math.nan for t in COPY_TASKS}
-    if model_cfg.embedding == "center":        # a causal centre-only input is always 0
-        return {f"copy_{t}": math.nan for t in COPY_TASKS}
+    model_cfg = paper_config(name, objective="causal")
     if model_cfg.model == "bysmamba" and cfg.ssm == "mamba2":
         model_cfg = replace(model_cfg, ssm="mamba2", headdim=model_cfg.expand * model_cfg.dim)
     out = {}

@@ -40,8 +40,16 @@ from . import data, evaluate, generate as gen, tokenizer as tok
 COLUMNS = ("skill", "metric", "value", "baseline", "baseline_is", "items")
 
 
-def caption_group(caption: str) -> str:
-    """'grinning face. smileys and emotion, face smiling' -> 'smileys and emotion'."""
+def caption_group(caption: str, known=None) -> str:
+    """'grinning face. smileys and emotion, face smiling' -> 'smileys and emotion': the words
+    after the last ". " up to ",". With ``known`` groups (those of the training captions), the
+    first ". <group>," that names one of them: a generated caption may run on past its group
+    ("... face. smileys and emotion, face concerned face. smiley")."""
+    if known:
+        for part in caption.split(". ")[1:]:
+            group = part.split(",")[0].strip()
+            if group in known:
+                return group
     return caption.rsplit(". ", 1)[-1].split(",")[0].strip()
 
 
@@ -224,12 +232,13 @@ def caption_rows(written: list[str], items: list[Item], train_captions: list[str
     """Group accuracy and name similarity of generated captions against the references."""
     refs = [i.caption for i in items]
     groups = [caption_group(c) for c in train_captions]
-    majority = max(sorted(set(groups)), key=groups.count)
+    known = set(groups)
+    majority = max(sorted(known), key=groups.count)
     rng = np.random.default_rng(seed)
     random_names = [caption_name(train_captions[k]) for k in rng.integers(0, len(train_captions), len(items))]
     return [
         {"skill": "sprite -> caption", "metric": "group accuracy",
-         "value": float(np.mean([caption_group(w) == caption_group(r) for w, r in zip(written, refs)])),
+         "value": float(np.mean([caption_group(w, known) == caption_group(r) for w, r in zip(written, refs)])),
          "baseline": float(np.mean([caption_group(r) == majority for r in refs])),
          "baseline_is": f"always the majority group ({majority!r})", "items": len(items)},
         {"skill": "sprite -> caption", "metric": "name similarity",

@@ -29,6 +29,10 @@ def test_caption_group_and_name():
     assert skills.caption_group("flag: st. kitts and nevis. flags, country flag") == "flags"       # last ". "
     assert skills.caption_name("flag: st. kitts and nevis. flags, country flag") == "flag: st. kitts and nevis"
     assert skills.caption_name("no group here") == "" and skills.name_similarity("abc", "abc") == 1.0
+    run_on = "smiling face. smileys and emotion, face concerned face. smiley"       # cut by the budget
+    assert skills.caption_group(run_on) == "smiley"
+    assert skills.caption_group(run_on, known={"smileys and emotion", "flags"}) == "smileys and emotion"
+    assert skills.caption_group("st. kitts. flags, country flag", known={"flags"}) == "flags"
 
 
 def test_items_decode_their_segments(split):
