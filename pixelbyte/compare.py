@@ -362,14 +362,35 @@ class Comparison:
     reports: dict = field(default_factory=dict, repr=False)   # run -> skills.Skills
 
 
+def _config_runs(name: str, objectives: list[str], splits: Splits, out_dir: Path, log=print,
+                 verbose: bool = False) -> list[tuple]:
+    """Every run of one paper config (its copy skill first, once for all its objectives)."""
+    with _quiet(not verbose):
+        copy = copy_columns(name, splits.cfg, out_dir / "copy" / name)
+    return [run_config(name, objective, splits, out_dir / "runs" / f"{name}_{objective}", copy,
+                       log=log, verbose=verbose) for objective in objectives]
+
+
+def _config_job(job: dict) -> tuple[list, list[str]]:
+    """``_config_runs`` in a worker process (one CPU thread): models travel as state dicts."""
+    torch.set_num_threads(1)
+    lines = []
+    results = _config_runs(**job, log=lines.append)
+    return [(row, history, model.state_dict(), report) for row, history, model, report in results], lines
+
+
 def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "next",
             cfg: CompareConfig | None = None, out_dir="runs/compare", log=print,
-            verbose: bool = False, data_cfg: DataConfig | None = None) -> Comparison:
+            verbose: bool = False, data_cfg: DataConfig | None = None, workers: int = 1) -> Comparison:
     """Run every (config, objective) of ``plan(configs, objectives)`` on ``seqs`` (all items of
     ``data_cfg``; split by item inside) with the settings of ``cfg``; each run's files go to
-    ``out_dir/runs/<config>_<objective>/``."""
+    ``out_dir/runs/<config>_<objective>/``. ``workers`` > 1 trains that many configs at once,
+    one process and one CPU thread each (a 2-core CPU: 2; a GPU: 1): the runs are small, so
+    two of them on two cores take the time of one. The table is the same either way."""
     cfg = cfg or CompareConfig()
     data_cfg = data_cfg or DataConfig()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r}: expected an integer >= 1")
     runs, skipped = plan(configs, objectives)
     splits = Splits.make(seqs, data_cfg, cfg)
     for objective in dict.fromkeys(o for _, o in runs):
@@ -378,17 +399,40 @@ def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "n
             f"{len(val_ds):,} held-out samples ({val_ds.n_items} items), {cfg.samples(objective).unit} samples")
     for _, row in skipped.iterrows():
         log(f"skipped {row['config']}/{row['objective']}: {row['reason']}")
-    rows, histories, models, reports, copy_by_config = [], [], {}, {}, {}
+    by_config = {}
     for name, objective in runs:
-        if name not in copy_by_config:             # the architecture's copy skill, once per config
-            with _quiet(not verbose):
-                copy_by_config[name] = copy_columns(name, cfg, Path(out_dir) / "copy" / name)
-        row, history, model, report = run_config(name, objective, splits,
-                                                 Path(out_dir) / "runs" / f"{name}_{objective}",
-                                                 copy_by_config[name], log=log, verbose=verbose)
-        rows.append(row)
-        histories.append(history)
-        models[row["run"]], reports[row["run"]] = model, report
+        by_config.setdefault(name, []).append(objective)
+    if cfg.skill_items:
+        splits.classifier                            # fitted once, here, and shipped to the workers
+    results = {}
+    if workers == 1 or len(by_config) == 1:
+        for name, objs in by_config.items():
+            results[name] = _config_runs(name, objs, splits, Path(out_dir), log=log, verbose=verbose)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        shipped = replace(splits, _samples={})       # samples are re-cut in the worker (cheap views)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_config_job, dict(name=name, objectives=objs, splits=shipped,
+                                                     out_dir=Path(out_dir), verbose=verbose)): name
+                       for name, objs in by_config.items()}
+            for future in as_completed(futures):
+                name = futures[future]
+                done, lines = future.result()
+                for line in lines:
+                    log(line)
+                results[name] = []
+                for (row, history, state, report), objective in zip(done, by_config[name]):
+                    model = PixelByteModel.from_run(cfg.run(name, objective, data_cfg, Path(out_dir), 1))
+                    model.load_state_dict(state)
+                    results[name].append((row, history, model.eval(), report))
+    rows, histories, models, reports = [], [], {}, {}
+    for name, objs in by_config.items():                   # the plan's order, whatever finished first
+        for row, history, model, report in results[name]:
+            rows.append(row)
+            histories.append(history)
+            models[row["run"]], reports[row["run"]] = model, report
     baselines = evaluate.paper_metrics(None, splits.test, max_chunks=cfg.max_chunks or None,
                                        train_seqs=splits.train, seed=cfg.seed)["summary"]
     baselines = baselines[baselines["method"] != "true_tokens"].reset_index(drop=True)

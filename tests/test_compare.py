@@ -3,6 +3,7 @@ the paper's published numbers, and the comparison plots. Tiny: 2 configs, 3 step
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from pixelbyte import compare, data, plots
@@ -83,11 +84,18 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
     assert set(result.models) == set(table["run"])
 
 
-def test_same_seed_gives_the_same_table(result, seqs, tmp_path):
+def test_same_seed_gives_the_same_table_in_one_process_or_two(result, seqs, tmp_path):
     again = compare.compare(seqs, CONFIGS, "next,causal", compare.CompareConfig(**TINY), out_dir=tmp_path,
-                            log=lambda *_: None, data_cfg=DATA)
+                            log=lambda *_: None, data_cfg=DATA, workers=2)
     timing = list(compare.TIMING_COLUMNS)
     pd.testing.assert_frame_equal(result.table.drop(columns=timing), again.table.drop(columns=timing))
+    assert list(again.models) == list(result.models)              # the plan's order, models loaded back
+    for run, model in result.models.items():
+        for (name, a), b in zip(model.state_dict().items(), again.models[run].state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), (run, name)
+    assert list(again.reports) == list(result.reports)
+    with pytest.raises(ValueError, match="workers=0: expected an integer >= 1"):
+        compare.compare(seqs, CONFIGS, "next", compare.CompareConfig(**TINY), out_dir=tmp_path, workers=0)
 
 
 def test_budget_caps_the_steps_from_a_timing_probe(seqs, tmp_path):

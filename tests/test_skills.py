@@ -1,5 +1,6 @@
 """skills: the report's metrics on hand-made cases (a perfect model's outputs, a constant
 model's), the sprite classifier, the baselines, and the report of a real (tiny) model."""
+import dataclasses
 import math
 
 import numpy as np
@@ -98,7 +99,14 @@ def test_sprite_classifier_tells_groups_apart_and_bounds_the_sprite_score(items,
     classifier = skills.fit_classifier(split[0])
     real = skills.sprite_rows([i.image for i in items], items, classifier)
     assert real[0]["value"] == real[1]["value"]                      # drawing the real sprites = the ceiling
-    assert real[0]["baseline"] == pytest.approx(1 / len(classifier.groups))
+    truth = np.array([skills.caption_group(i.caption) for i in items])
+    assert real[0]["baseline"] == pytest.approx(max(1 / len(classifier.groups), np.mean(truth == classifier.majority)))
+    # a subset of one group mostly: the floor is the constant answer, not chance
+    faces = skills.SpriteClassifier().fit(images, ["face"] * 30 + ["flag"] * 10)
+    assert faces.majority == "face"
+    lopsided = [dataclasses.replace(i, caption=f"x. {g}, y") for i, g in zip(items, ["face"] * 3 + ["flag"])]
+    floor = skills.sprite_rows([i.image for i in lopsided], lopsided, faces)[0]
+    assert floor["baseline"] == 0.75 and "always the majority group ('face')" in floor["baseline_is"]
     blank = skills.sprite_rows([np.full(i.shape, 1) for i in items], items, classifier)
     assert blank[0]["value"] == np.mean(classifier.predict([np.full(i.shape, 1) for i in items])
                                         == np.array([skills.caption_group(i.caption) for i in items]))
