@@ -51,7 +51,8 @@ from pathlib import Path
 EMBEDDED_PARAMS = None
 
 BUNDLE_MARKER = "pixelbyte-bundle.json"
-HUB_DATASET = "ffurfaro/PixelBytes-Pokemon"
+HUB_DATASET = "ffurfaro/PixelBytes-Pokemon"   # = pixelbyte.config.HUB_DATASET (the runner runs before
+                                             # pixelbyte is installed; a test checks they agree)
 EMBEDDED = "embedded"
 SEARCH_DEPTH = 6            # /kaggle/input/datasets/<user>/<slug>/<folder>/<file>
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "triton")

@@ -44,13 +44,12 @@ import pandas as pd
 import torch
 
 from . import copying, data, evaluate, skills
-from .config import HUB_DATASET, DataConfig, RunConfig, SampleConfig, TrainConfig
+from .config import HUB_DATASET, OBJECTIVES, DataConfig, RunConfig, SampleConfig, TrainConfig
 from .models import (PAPER_ABLATIONS, PAPER_BEST, PAPER_RESULTS, PAPER_RESULTS_SOURCE, PixelByteModel,
                      paper_config)
 from .train import Trainer
 
 CONFIG_SETS = {"paper": PAPER_BEST + PAPER_ABLATIONS, "best": PAPER_BEST}
-OBJECTIVES = ("next", "causal")
 COPY_TASKS = {"selective": ("selective", 8, {"n_recall": 2}, "sequence_accuracy"),   # 05's CPU sizes
               "image": ("image", 6, {"width": 6, "n_colours": 4}, "token_accuracy"),
               "text": ("text", 2, {}, "token_accuracy")}

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 from . import tokenizer as tok
+from .config import OBJECTIVES
 
 DEFAULT_WINDOW = 256                 # the training seq_length of the original notebooks
-OBJECTIVES = ("next", "causal")
 
 _IDS = np.arange(tok.VOCAB_SIZE)
 COLOUR_TOKENS = _IDS >= tok.FIRST_COLOUR_ID                       # (V,) bool

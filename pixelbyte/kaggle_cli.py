@@ -34,7 +34,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from pixelbyte import pipeline
+from pixelbyte import git_commit, pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 KAGGLE_DIR = ROOT / "kaggle"
@@ -319,15 +319,6 @@ def refresh_setup_cells(notebooks: list[Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------
 # Building the bundle and the kernel folders (local files only)
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None
 
 
 def build_wheel(dest: Path) -> Path:

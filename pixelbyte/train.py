@@ -421,7 +421,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(sums[:, 1].sum() / sums[:, 0].sum()):.4f}",
                                 tok_s=f"{train_tokens / max(train_seconds, 1e-9):.0f}", refresh=False)
-                self._fix_budget(train_seconds, self.step - first_step)
+                self._fix_budget(train_seconds, self.step - first_step, train_tokens)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     tokens_per_s = window_tokens / (time.perf_counter() - window_t0)
                     self._add_row("train", metrics_from_sums(window), tokens_per_s)
@@ -447,12 +447,20 @@ class Trainer:
             self._write_run_json(final)
         return final
 
-    def _fix_budget(self, train_seconds: float, steps_timed: int):
+    def _fix_budget(self, train_seconds: float, steps_timed: int, tokens_timed: int = 0):
         """With ``budget_s``: after PROBE_STEPS steps, fix the step count to what the budget allows
         (the same on every rank: the slowest rank's pace counts)."""
         if self.budget_fixed or steps_timed < PROBE_STEPS:
             return
-        pace = torch.tensor([train_seconds / steps_timed], dtype=torch.float64, device=self.device)
+        seconds_per_step = train_seconds / steps_timed
+        lengths = getattr(self.train_ds, "lengths", None)
+        if lengths is not None and tokens_timed:
+            # whole items: a step costs what its items' tokens cost, and the few probe steps draw
+            # batches of 200 or of 700 tokens by chance (up to 1.7x off in the main job); time
+            # per token x the epoch's mean tokens per step does not depend on which they drew
+            seconds_per_step = train_seconds / tokens_timed * float(np.mean(lengths)) \
+                * self.cfg.batch_size * self.cfg.grad_accum
+        pace = torch.tensor([seconds_per_step], dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             dist.all_reduce(pace, op=dist.ReduceOp.MAX)
         affordable = int(self.cfg.budget_s / float(pace))

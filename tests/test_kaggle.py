@@ -870,3 +870,9 @@ def test_runner_dry_run_stages_every_notebook_into_working(tmp_path, bundle):
     for name in notebooks:                 # staged with the dataset the runner chose and its run folder
         staged = (run / f"{name}.ipynb").read_text()
         assert str(run / name) in staged and str(parquet) in staged, name
+
+def test_the_runners_hub_id_is_the_packages():
+    from pixelbyte.config import EMBEDDED, HUB_DATASET
+
+    runner = load_runner()
+    assert (runner.HUB_DATASET, runner.EMBEDDED) == (HUB_DATASET, EMBEDDED)

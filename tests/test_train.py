@@ -539,6 +539,34 @@ def test_budget_probe_interrupted_by_a_resume_times_the_resumed_steps_only(tmp_p
     assert PROBE_STEPS < 10 and resumed.step == resumed.total_steps == 10  # still 1 s per step
 
 
+
+def test_budget_on_whole_items_times_tokens_not_the_probes_batches(tmp_path, monkeypatch):
+    """A step costs its tokens; the probe's few length-sorted batches are not the epoch's mean."""
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    items = {"unit": "item", "orders": "both"}
+    run = quick_run(tmp_path, objective="causal", samples=items, model={"positions": True}, max_steps=400,
+                    eval_every=100, batch_size=2)
+    rng = np.random.default_rng(0)           # items of 2x2 and of 10x10 pixels: batches differ 6x in cost
+    seqs = [tok.encode_item(tok.PALETTE[rng.integers(0, len(tok.PALETTE), size=(n, n))], "ab" * n)
+            for n in [2, 10] * 20]
+    train_ds, val_ds = data.ItemDataset(seqs[:32], orders="both"), data.ItemDataset(seqs[32:], orders="both")
+    per_step = 1e-3 * float(np.mean(train_ds.lengths)) * run.train.batch_size   # the epoch's mean step
+    run = replace(run, train=replace(run.train, budget_s=30.5 * per_step))
+    trainer = Trainer(PixelByteModel.from_run(run), train_ds, val_ds, run)
+    real_step, probe_tokens = trainer._train_step, []
+
+    def timed_step(batches):
+        sums, tokens = real_step(batches)
+        clock.now += 1e-3 * tokens                                     # 1 ms per token
+        probe_tokens.append(tokens)
+        return sums, tokens
+    trainer._train_step = timed_step
+    trainer.fit()
+    probe = np.mean(probe_tokens[:PROBE_STEPS]) * 1e-3                 # what the probe's steps cost
+    assert abs(probe / per_step - 1) > 0.05                            # ...is not the mean step here
+    assert trainer.total_steps == 30 == trainer.step
+
 # ---------------------------------------------------------------------------------------------
 # Outputs, AMP
 
