@@ -43,3 +43,12 @@ def test_kernel_check_runs_a_cuda_forward_and_backward():
         assert not ok and "mamba_ssm" in detail, detail
     else:
         assert ok, detail
+
+
+def test_kernel_pins_are_the_gpu_extra_of_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    extra = sorted(pyproject["project"]["optional-dependencies"]["gpu"])
+    assert extra == sorted(f"{p.name}=={p.version}" for p in kaggle_env.KERNEL_PACKAGES)
