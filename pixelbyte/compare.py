@@ -44,10 +44,10 @@ import pandas as pd
 import torch
 
 from . import copying, data, evaluate, skills
-from .config import HUB_DATASET, OBJECTIVES, DataConfig, RunConfig, SampleConfig, TrainConfig
+from .config import HUB_DATASET, OBJECTIVES, DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from .models import (PAPER_ABLATIONS, PAPER_BEST, PAPER_RESULTS, PAPER_RESULTS_SOURCE, PixelByteModel,
                      paper_config)
-from .train import Trainer
+from .train import Trainer, in_processes
 
 CONFIG_SETS = {"paper": PAPER_BEST + PAPER_ABLATIONS, "best": PAPER_BEST}
 COPY_TASKS = {"selective": ("selective", 8, {"n_recall": 2}, "sequence_accuracy"),   # 05's CPU sizes
@@ -147,12 +147,10 @@ class CompareConfig:
                                  f">= {minimum}")
         if self.lr <= 0:
             raise ValueError(f"CompareConfig.lr={self.lr!r}: must be > 0")
-        from .copying import KINDS
-
         unknown = [t for t in self.copy_task_list if t not in COPY_TASKS]
         if not isinstance(self.copy_tasks, str) or unknown:
             raise ValueError(f"CompareConfig.copy_tasks={self.copy_tasks!r}: comma-separated among "
-                             f"{list(COPY_TASKS)} (05 also has {[k for k in KINDS if k not in COPY_TASKS]})")
+                             f"{list(COPY_TASKS)} (05 also has {[k for k in copying.KINDS if k not in COPY_TASKS]})")
 
     @property
     def copy_task_list(self) -> list[str]:
@@ -163,12 +161,18 @@ class CompareConfig:
             return SampleConfig(unit="item", orders="both")
         return SampleConfig(unit="window", seq_length=self.seq_length, stride=self.stride)
 
+    def model(self, name: str, **changes) -> ModelConfig:
+        """A paper config with this comparison's BysMamba mixer (mamba2: one head of all the
+        inner channels)."""
+        model = paper_config(name, **changes)
+        if model.model == "bysmamba" and self.ssm == "mamba2":
+            model = replace(model, ssm="mamba2", headdim=model.expand * model.dim)
+        return model
+
     def run(self, name: str, objective: str, data_cfg: DataConfig, out_dir: Path, steps: int) -> RunConfig:
         """The RunConfig of one (paper config, objective) of this comparison."""
         samples = self.samples(objective)
-        model = paper_config(name, objective=objective, positions=samples.unit == "item")
-        if model.model == "bysmamba" and self.ssm == "mamba2":      # one head of all the inner channels
-            model = replace(model, ssm="mamba2", headdim=model.expand * model.dim)
+        model = self.model(name, objective=objective, positions=samples.unit == "item")
         return RunConfig(data=data_cfg, samples=samples, model=model,
                          train=TrainConfig(max_steps=steps, budget_s=self.budget_s, batch_size=self.batch_size,
                                            lr=self.lr, min_lr=self.lr / 10, warmup_steps=min(50, steps // 10),
@@ -263,9 +267,7 @@ def copy_columns(name: str, cfg: CompareConfig, out_dir: Path) -> dict:
     # (a causal centre-only input is always 0)
     if base.bidirectional or base.embedding == "center" or not cfg.copy_steps or not cfg.copy_task_list:
         return {f"copy_{t}": math.nan for t in COPY_TASKS}
-    model_cfg = paper_config(name, objective="causal")
-    if model_cfg.model == "bysmamba" and cfg.ssm == "mamba2":
-        model_cfg = replace(model_cfg, ssm="mamba2", headdim=model_cfg.expand * model_cfg.dim)
+    model_cfg = cfg.model(name, objective="causal")
     out = {}
     for task_name in cfg.copy_task_list:
         kind, size, options, metric = COPY_TASKS[task_name]
@@ -371,8 +373,7 @@ def _config_runs(name: str, objectives: list[str], splits: Splits, out_dir: Path
 
 
 def _config_job(job: dict) -> tuple[list, list[str]]:
-    """``_config_runs`` in a worker process (one CPU thread): models travel as state dicts."""
-    torch.set_num_threads(1)
+    """``_config_runs`` in a worker process: models travel back as state dicts, log lines as text."""
     lines = []
     results = _config_runs(**job, log=lines.append)
     return [(row, history, model.state_dict(), report) for row, history, model, report in results], lines
@@ -404,28 +405,22 @@ def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "n
     if cfg.skill_items:
         splits.classifier                            # fitted once, here, and shipped to the workers
     results = {}
-    if workers == 1 or len(by_config) == 1:
+    if workers == 1 or len(by_config) == 1:                  # here: the models as they were trained
         for name, objs in by_config.items():
             results[name] = _config_runs(name, objs, splits, Path(out_dir), log=log, verbose=verbose)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         shipped = replace(splits, _samples={})       # samples are re-cut in the worker (cheap views)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_config_job, dict(name=name, objectives=objs, splits=shipped,
-                                                     out_dir=Path(out_dir), verbose=verbose)): name
-                       for name, objs in by_config.items()}
-            for future in as_completed(futures):
-                name = futures[future]
-                done, lines = future.result()
-                for line in lines:
-                    log(line)
-                results[name] = []
-                for (row, history, state, report), objective in zip(done, by_config[name]):
-                    model = PixelByteModel.from_run(cfg.run(name, objective, data_cfg, Path(out_dir), 1))
-                    model.load_state_dict(state)
-                    results[name].append((row, history, model.eval(), report))
+        names = list(by_config)
+        jobs = [dict(name=n, objectives=by_config[n], splits=shipped, out_dir=Path(out_dir), verbose=verbose)
+                for n in names]
+        for k, (done, lines) in in_processes(_config_job, jobs, workers):
+            for line in lines:
+                log(line)
+            results[names[k]] = []
+            for (row, history, state, report), objective in zip(done, by_config[names[k]]):
+                model = PixelByteModel.from_run(cfg.run(names[k], objective, data_cfg, Path(out_dir), 1))
+                model.load_state_dict(state)
+                results[names[k]].append((row, history, model.eval(), report))
     rows, histories, models, reports = [], [], {}, {}
     for name, objs in by_config.items():                   # the plan's order, whatever finished first
         for row, history, model, report in results[name]:

@@ -57,7 +57,7 @@ from .config import ModelConfig, TrainConfig
 from .data import ItemDataset
 from .generate import Generator
 from .models import PixelByteModel
-from .train import Trainer
+from .train import Trainer, in_processes
 
 KINDS = ("image", "text", "selective", "sprite")
 SIZE_NAMES = {"image": "image rows", "text": "words in the phrase", "selective": "spaces (sequence length)",
@@ -163,21 +163,8 @@ def sprite_copy_item(rng: np.random.Generator, sprites: list[np.ndarray], side: 
 
 def sprite_images(seqs: list[np.ndarray]) -> list[np.ndarray]:
     """The sprites of data-order items (shape, image, caption) as (h, w) palette-index arrays;
-    items without a well-formed shape + image are skipped."""
-    out = []
-    for seq in seqs:
-        blocks = tok.split_segments(seq)
-        if len(blocks) < 2:
-            continue
-        head = tok.decode(tok.centre_ids(blocks[0]))[0]
-        shape = tok.parse_shape(head.text) if head.kind == "text" else None
-        ids = tok.centre_ids(blocks[1]).astype(np.int64)
-        if shape is None or len(ids) != shape[0] * (shape[1] + 1):
-            continue
-        pixels = ids.reshape(shape[0], shape[1] + 1)[:, :-1]               # drop the row ends
-        if (pixels >= tok.FIRST_COLOUR_ID).all():
-            out.append(pixels - tok.FIRST_COLOUR_ID)
-    return out
+    items without a well-formed shape + image are skipped (``tokenizer.item_sprite``)."""
+    return [sprite[1] for sprite in map(tok.item_sprite, seqs) if sprite is not None]
 
 
 def resize_sprite(indices: np.ndarray, side: int) -> np.ndarray:
@@ -559,12 +546,10 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
 
 
 def train_and_sweep(model_config: ModelConfig, task: CopyTask, factors=(1, 2, 4), sweep_items: int = 64,
-                    threads: int = 0, **train_kwargs) -> tuple[PixelByteModel, pd.DataFrame, pd.DataFrame]:
+                    **train_kwargs) -> tuple[PixelByteModel, pd.DataFrame, pd.DataFrame]:
     """``train_copy`` then ``size_sweep`` of the trained model at ``task.scaled(f)`` for every
     factor (held-out sprites for sprite copy): (model, curve, sweep), the sweep with a ``factor``
-    column. ``threads``: torch CPU threads for this call (0 leaves them as they are)."""
-    if threads:
-        torch.set_num_threads(threads)
+    column."""
     model, curve = train_copy(model_config, task, **train_kwargs)
     sprites = train_kwargs.get("held_out_sprites") or train_kwargs.get("sprites")
     sweep = size_sweep(model, [task.scaled(f) for f in factors], sweep_items, train_kwargs.get("seed", 0), sprites)
@@ -577,32 +562,17 @@ def _job(job: dict):
 
 
 def run_jobs(jobs: list[dict], workers: int = 1, report=None) -> list[tuple]:
-    """``train_and_sweep(**job)`` for every job: here and in order with ``workers=1``, else in
-    that many processes at once (one CPU core each: two small trainings on a 2-core machine take
-    the time of one). ``report(k, result)`` is called as each job ``k`` finishes. Returns the
-    (model, curve, sweep) of every job, in the jobs' order."""
-    if workers == 1:
-        results = []
-        for k, job in enumerate(jobs):
-            results.append(train_and_sweep(**job))
-            if report:
-                report(k, results[-1])
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
+    """``train_and_sweep(**job)`` for every job, ``workers`` at once (``train.in_processes``).
+    ``report(k, result)`` is called as each job ``k`` finishes. Returns the (model, curve,
+    sweep) of every job, in the jobs' order."""
     results = [None] * len(jobs)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_job, {"threads": 1, **job}): k for k, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            k = futures[future]
-            state, curve, attrs, sweep = future.result()
-            model = PixelByteModel(jobs[k]["model_config"])
-            model.load_state_dict(state)
-            curve.attrs.update(attrs)
-            results[k] = (model.eval(), curve, sweep)
-            if report:
-                report(k, results[k])
+    for k, (state, curve, attrs, sweep) in in_processes(_job, jobs, workers):
+        model = PixelByteModel(jobs[k]["model_config"])
+        model.load_state_dict(state)
+        curve.attrs.update(attrs)
+        results[k] = (model.eval(), curve, sweep)
+        if report:
+            report(k, results[k])
     return results
 
 

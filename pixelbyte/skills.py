@@ -75,14 +75,11 @@ class Item:
     @classmethod
     def of(cls, windows: np.ndarray) -> "Item | None":
         blocks = tok.split_segments(windows)
-        if len(blocks) != 3:
+        sprite = tok.item_sprite(windows) if len(blocks) == 3 else None
+        caption = tok.decode(tok.centre_ids(blocks[2]))[0] if sprite is not None else None
+        if caption is None or caption.kind != "text":
             return None
-        shape_seg, image_seg, caption_seg = (tok.decode(tok.centre_ids(b))[0] for b in blocks)
-        shape = tok.parse_shape(shape_seg.text or "") if shape_seg.kind == "text" else None
-        if shape is None or image_seg.kind != "image" or caption_seg.kind != "text":
-            return None
-        return cls(shape, palette_indices(image_seg.image), caption_seg.text,
-                   [int(t) for t in tok.centre_ids(np.concatenate(blocks[:2]))])
+        return cls(sprite[0], sprite[1], caption.text, [int(t) for t in tok.centre_ids(np.concatenate(blocks[:2]))])
 
 
 def spread(items: list, n: int) -> list:
@@ -131,9 +128,9 @@ class SpriteClassifier:
         from sklearn.linear_model import LogisticRegression
 
         self.groups = sorted(set(groups))
-        self.majority = max(self.groups, key=list(groups).count) if self.groups else None
         if not self.groups:
             raise ValueError("the sprite classifier needs at least one training sprite with a caption group")
+        self.majority = max(self.groups, key=list(groups).count)
         # one group only (a tiny subset): nothing to tell apart, every sprite is that group
         self.model = LogisticRegression(C=self.C, max_iter=2000).fit(self.features(images), groups) \
             if len(self.groups) > 1 else None
@@ -141,7 +138,7 @@ class SpriteClassifier:
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
         if self.model is None:
-            return np.array([self.groups[0]] * len(images))
+            return np.array([self.majority] * len(images))
         return self.model.predict(self.features(images))
 
 
@@ -254,7 +251,7 @@ def sprite_rows(drawn: list[np.ndarray], items: list[Item], classifier: SpriteCl
     """Group accuracy of drawn sprites (palette indices) by the classifier, with its ceiling.
 
     The floor is the better of chance and "always the training set's majority group": on a
-    subset with few groups (04's first 200 items are 7/8 faces) a drawing that tells the
+    subset with few groups (3 of 04's 4 scored items are faces) a drawing that tells the
     classifier nothing can still score far above 1 / groups."""
     truth = np.array([caption_group(i.caption) for i in items])
     chance = 1 / len(classifier.groups)

@@ -398,6 +398,24 @@ def parse_shape(text: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def item_sprite(windows: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
+    """The declared ``(h, w)`` and the image of an item that opens with its shape text and its
+    image (the data order), the image as (h, w) palette indices; None unless the first two
+    segments are a shape and an image of exactly that shape."""
+    blocks = split_segments(windows)
+    if len(blocks) < 2:
+        return None
+    head = decode(centre_ids(blocks[0]))[0]
+    shape = parse_shape(head.text) if head.kind == "text" else None
+    ids = centre_ids(blocks[1]).astype(np.int64)
+    if shape is None or len(ids) != shape[0] * (shape[1] + 1):
+        return None
+    pixels = ids.reshape(shape[0], shape[1] + 1)[:, :-1]         # each row ends with \t (the last: \n)
+    if (pixels < FIRST_COLOUR_ID).any():
+        return None
+    return shape, pixels - FIRST_COLOUR_ID
+
+
 @dataclass
 class Segment:
     kind: str                                 # "text" or "image"

@@ -117,6 +117,32 @@ def real_tokens(x: torch.Tensor, y: torch.Tensor) -> int:
     return int((y != tok.PAD_ID).sum()) if y.dim() == 2 else x.shape[0] * x.shape[1]
 
 
+def _single_threaded(fn, job):
+    torch.set_num_threads(1)
+    return fn(job)
+
+
+def in_processes(fn, jobs: list, workers: int = 1):
+    """Yield ``(k, fn(jobs[k]))`` for every job: here and in order with ``workers=1``, else as
+    they finish in that many spawned processes of one CPU thread each (small trainings do not
+    scale with threads: on a 2-core CPU two of them at once take the time of one). ``fn`` must
+    be importable (a module-level function) and its results picklable."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r}: expected an integer >= 1")
+    if workers == 1 or len(jobs) <= 1:
+        for k, job in enumerate(jobs):
+            yield k, fn(job)
+        return
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(functools.partial(_single_threaded, fn), job): k for k, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
 # ---------------------------------------------------------------------------------------------
 # Data order and distributed setup
 

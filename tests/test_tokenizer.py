@@ -226,6 +226,19 @@ def test_empty_caption_gives_shape_and_image_only():
     assert [s.kind for s in segs] == ["text", "image"]
 
 
+
+def test_item_sprite_is_the_declared_shape_and_the_image_as_palette_indices():
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, len(tok.PALETTE), size=(3, 5))
+    for caption in ("a red thing. objects, tool", ""):
+        shape, image = tok.item_sprite(tok.encode_item(tok.PALETTE[indices], caption))
+        assert shape == (3, 5) and (image == tok.quantize(tok.PALETTE[indices])).all()
+    windows = tok.encode_item(tok.PALETTE[indices], "x")
+    ids = tok.centre_ids(windows)
+    wrong = tok.windows_from_ids(np.concatenate([tok.text_to_ids("(4, 5)\n"), ids[ids.tolist().index(tok.SEG_END_ID) + 1:]]))
+    assert tok.item_sprite(wrong) is None                               # declares 4 rows, holds 3
+    assert tok.item_sprite(windows[:4]) is None                         # no image segment
+
 # ---------------------------------------------------------------------------------------------
 # decoding malformed streams
 

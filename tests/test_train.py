@@ -835,3 +835,18 @@ def test_a_saved_model_gives_back_its_runs_held_out_items(tmp_path, monkeypatch)
     assert table.loc["all", "bits_per_token"] == pytest.approx(final["val_bits_per_token"], rel=1e-6)
     assert table.loc["pixel", "accuracy"] == pytest.approx(final["val_acc_pixel"], abs=1e-12)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]["val"]["items"] == 3
+
+
+def test_in_processes_gives_every_result_once_one_thread_each():
+    jobs = [3, 5, 7]
+    here = dict(train_module.in_processes(_factorial_and_threads, jobs, workers=1))
+    assert {k: f for k, (f, _) in here.items()} == {0: 6, 1: 120, 2: 5040}
+    there = dict(train_module.in_processes(_factorial_and_threads, jobs, workers=2))
+    assert {k: f for k, (f, _) in there.items()} == {0: 6, 1: 120, 2: 5040}
+    assert {threads for _, threads in there.values()} == {1}            # one thread per worker
+    with pytest.raises(ValueError, match="workers=0: expected an integer >= 1"):
+        list(train_module.in_processes(math.factorial, jobs, workers=0))
+
+
+def _factorial_and_threads(n):
+    return math.factorial(n), torch.get_num_threads()
