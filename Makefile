@@ -7,10 +7,10 @@ run:
 test:
 	python3 tasks.py test
 
-# Kaggle (GPU T4 x2), see README "Kaggle (T4 x2) in three commands". KAGGLE_USER=name overrides
+# Kaggle (GPU T4 x2), see README "Kaggle (T4 x2)" and kaggle/README.md. KAGGLE_USER=name overrides
 # the username; KAGGLE_ARGS="--print-only" shows the kaggle commands without running them.
 PY := .venv/bin/python
-KAGGLE_CLI = $(PY) -m pixelbyte.kaggle_cli
+KAGGLE_CLI = $(PY) kaggle/cli.py
 KAGGLE_OPTS = $(if $(KAGGLE_USER),--user $(KAGGLE_USER)) $(KAGGLE_ARGS)
 .PHONY: kaggle-bundle kaggle-upload kaggle-push kaggle-push-notebooks kaggle-status kaggle-output kaggle-setup-cell
 kaggle-bundle: setup

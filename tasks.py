@@ -45,7 +45,7 @@ def setup():
 
 def run():
     setup()
-    sh(PY, "-m", "pixelbyte.pipeline")
+    sh(PY, "-m", "pixelbyte.pipeline", "--notebooks", ROOT / "notebooks")   # into runs/<timestamp>/ here
 
 
 def test():
@@ -54,7 +54,8 @@ def test():
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
     folder = ROOT / "build" / "nbval"      # the notebooks with the CI parameters injected, unexecuted
     shutil.rmtree(folder, ignore_errors=True)
-    sh(PY, "-m", "pixelbyte.pipeline", "--prepare-only", "--out", folder, "--params", ROOT / "notebooks" / "params_ci.json")
+    sh(PY, "-m", "pixelbyte.pipeline", "--prepare-only", "--notebooks", ROOT / "notebooks", "--out", folder,
+       "--params", ROOT / "notebooks" / "params_ci.json")
     notebooks = sorted(folder.glob("*.ipynb"))   # nbval runs them in order: 03 reads what 02 left
     sh(PY, "-m", "pytest", "-q", "tests", *notebooks, "--nbval-lax", "--nbval-current-env",
        "--nbval-sanitize-with", ROOT / "notebooks" / "nbval_sanitize.cfg", env=env)

@@ -338,7 +338,7 @@ def _cuda():
 
 def scan_time_share(step, device):
     """Share of one (profiled, untimed) training step spent in the selective scan, forward and
-    backward (``ChunkedSelectiveScan`` and its backward, the chunk kernels included)."""
+    backward (the ``pixelbyte::chunked_scan`` custom ops, the chunk kernels included)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -346,7 +346,7 @@ def scan_time_share(step, device):
         step()
         total_us = 1e6 * (time.perf_counter() - start)
     scan_us = sum(e.cpu_time_total for e in prof.key_averages()
-                  if e.key in ("ChunkedSelectiveScan", "ChunkedSelectiveScanBackward"))
+                  if e.key in ("pixelbyte::chunked_scan", "pixelbyte::chunked_scan_backward"))
     return scan_us / total_us
 
 

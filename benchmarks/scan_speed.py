@@ -5,7 +5,7 @@
 
 Strategies (all the same weights and math, see pixelbyte/mamba.py):
 - loop:     autograd through a loop over time steps (`unbind`), `Mamba(scan_impl="reference")`
-- chunked:  custom autograd Function over 32-step chunks, recompute in backward (the default)
+- chunked:  32-step chunks, recomputed in a hand-written backward (two custom ops; the default)
 - compiled: the same with the chunk body under torch.compile (cold compile ~50 s per config;
             not in the default set)
 - mambapy:  mambapy 1.2.0's MambaBlock, parallel (Blelloch) scan, pads L to a power of 2

@@ -5,8 +5,8 @@
 
 The held-out split, the data source and the sample settings come from the checkpoint's own run
 (run.json). Prints the markdown table (every figure beside its baseline) and writes everything
-to --out as JSON (default benchmarks/results/skills_<name>.json). Quality numbers are measured
-here, never in timed unit tests.
+to --out as JSON (default benchmarks/results/skills_<name>.json, <name> from the checkpoint's
+last three folders). Quality numbers are measured here, never in timed unit tests.
 """
 from __future__ import annotations
 
@@ -25,20 +25,24 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def measure(checkpoint: str, items: int, seed: int = 0, temperature: float = 0.8,
-            caption_temperature: float = 0.0) -> dict:
+            caption_temperature: float = 0.0, retrieval: tuple = (8, 32)) -> dict:
     model = PixelByteModel.from_pretrained(checkpoint).eval()
     run = model.run
     if run is None or run.data is None:
         raise SystemExit(f"{checkpoint}: no run.json with its data; the held-out items are unknown")
-    seqs = data.load(run.data)
+    try:
+        seqs = data.load(run.data)
+    except (OSError, ValueError) as err:          # the data moved, was deleted, or the hub is out of reach
+        raise SystemExit(f"{checkpoint}: cannot load the data of its run ({run.data.source}): {err}") from None
     train_idx, test_idx = data.split(seqs, run.data)
     start = time.perf_counter()
     report = skills.measure(model, [seqs[i] for i in train_idx], [seqs[i] for i in test_idx],
                             skills.SkillsConfig(items=items, seed=seed, temperature=temperature,
-                                                caption_temperature=caption_temperature))
+                                                caption_temperature=caption_temperature, retrieval=retrieval))
     return {"checkpoint": checkpoint, "model": model.config.to_dict(), "run": run.to_dict(),
-            "parameters": model.num_parameters(), "held_out_items": len(test_idx), "scored_items": items,
-            "temperature": temperature, "caption_temperature": caption_temperature, "seed": seed, "seconds": time.perf_counter() - start,
+            "parameters": model.num_parameters(), "held_out_items": len(test_idx),
+            "scored_items": len(report.examples["references"]),
+            "temperature": temperature, "caption_temperature": caption_temperature, "retrieval": list(retrieval), "seed": seed, "seconds": time.perf_counter() - start,
             "table": report.table.to_dict(orient="records"), "markdown": report.markdown(),
             "machine": {"torch": torch.__version__, "python": platform.python_version(),
                         "pixelbyte": __version__, "git_commit": git_commit()}}
@@ -51,12 +55,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of images")
     ap.add_argument("--caption-temperature", type=float, default=0.0, help="captions: 0 = greedy")
+    ap.add_argument("--retrieval", default="8,32", help="retrieval among K held-out items, for each K (comma-separated)")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/skills_<name>.json)")
     args = ap.parse_args(argv)
-    result = measure(args.checkpoint, args.items, args.seed, args.temperature, args.caption_temperature)
+    result = measure(args.checkpoint, args.items, args.seed, args.temperature, args.caption_temperature,
+                     tuple(int(k) for k in args.retrieval.split(",")))
     print(result["markdown"])
     print(f"\n{result['scored_items']} of {result['held_out_items']} held-out items, {result['seconds']:.0f} s")
-    out = Path(args.out) if args.out else RESULTS / f"skills_{Path(args.checkpoint).name or 'model'}.json"
+    folder = Path(args.checkpoint)          # runs/<ts>/02_training/best_model: skills_<ts>_02_training_best_model
+    name = "_".join(folder.resolve().parts[-3:]) if folder.is_dir() else args.checkpoint.replace("/", "_")
+    out = Path(args.out) if args.out else RESULTS / f"skills_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {out}")

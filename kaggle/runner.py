@@ -1,6 +1,6 @@
 """PixelByte runner: the code of the `pixelbyte-runner` Kaggle script kernel (GPU T4 x2).
 
-On Kaggle (no arguments; `python -m pixelbyte.kaggle_cli push` uploads this file):
+On Kaggle (no arguments; `python kaggle/cli.py push` uploads this file):
  1. finds the bundle dataset under /kaggle/input by its `pixelbyte-bundle.json` (mount paths
     vary: /kaggle/input/<slug>/ or /kaggle/input/datasets/<user>/<slug>/);
  2. installs `pixelbyte[run]` from the bundle's wheel with pip's own extras and constraints:
@@ -24,7 +24,7 @@ Locally (CPU, no installs, CI-sized parameters from params_ci.json):
     python kaggle/runner.py --dry-run --input /tmp/fake/input --working /tmp/fake/working
 
 Paths: --input / --working, else $KAGGLE_INPUT / $KAGGLE_WORKING, else /kaggle/input and
-/kaggle/working. Parameters: --params FILE, else the JSON that `kaggle_cli push` embedded below
+/kaggle/working. Parameters: --params FILE, else the JSON that `kaggle/cli.py push` embedded below
 (a copy of kaggle/params_paper.json), else the bundle's params_paper.json (params_ci.json with
 --dry-run). Their "runner" entry sets deadline_s, kernel_install_s and budget_s per notebook.
 Standard library only until pixelbyte is installed.
@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# `python -m pixelbyte.kaggle_cli push` replaces the next line with the parameters it embeds.
+# `python kaggle/cli.py push` replaces the next line with the parameters it embeds.
 EMBEDDED_PARAMS = None
 
 BUNDLE_MARKER = "pixelbyte-bundle.json"
@@ -97,7 +97,7 @@ def find_bundle(input_dir: Path) -> Path:
         raise SystemExit(
             f"[runner] no {BUNDLE_MARKER} under {input_dir}: attach the bundle dataset to the "
             "kernel (kernel-metadata.json 'dataset_sources', uploaded with "
-            "`python -m pixelbyte.kaggle_cli upload`), or pass --input")
+            "`python kaggle/cli.py upload`), or pass --input")
     if len(found) > 1:
         log(f"several bundles found, using {found[0].parent}: {[str(p.parent) for p in found]}")
     return found[0].parent
@@ -151,34 +151,74 @@ def hub_reachable() -> bool:
     return reachable("huggingface.co")
 
 
+def hub_dataset_loads(name: str, timeout_s: float = 600) -> tuple[bool, str]:
+    """(loads, detail): one row of the hub dataset through pixelbyte's loader, in a fresh process
+    (a renamed, gated or changed dataset fails here, not in the notebooks)."""
+    probe = f"from pixelbyte import data; print(len(data.load_pixelbytes({name!r}, limit=1)))"
+    try:
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"loading one row took over {timeout_s:.0f} s"
+    if result.returncode == 0:
+        return True, "one row loads"
+    return False, (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+
+
 def resolve_dataset(input_dir: Path, bundle: Path, allow_hub: bool) -> tuple[str, str]:
-    """(dataset source, why) for ``"dataset": "auto"``: hub, else local parquet, else embedded."""
+    """(dataset source, why) for ``"dataset": "auto"``: the hub dataset if one row of it loads,
+    else a local parquet, else embedded."""
+    hub = "no hub access"
     if allow_hub and hub_reachable():
-        return HUB_DATASET, "the Hugging Face hub answers (internet on)"
+        loads, detail = hub_dataset_loads(HUB_DATASET)
+        if loads:
+            return HUB_DATASET, f"the Hugging Face hub answers and {detail}"
+        hub = f"{HUB_DATASET} does not load ({detail})"
+        log(f"WARNING: {hub}; falling back to a PixelBytes parquet under {input_dir}, else the embedded sprites")
     local = find_local_dataset(input_dir, exclude=bundle)
     if local:
-        return local, f"PixelBytes-like parquet under {input_dir}"
-    return EMBEDDED, "no hub access and no PixelBytes parquet under the input folder"
+        return local, f"{hub}; PixelBytes-like parquet under {input_dir}"
+    return EMBEDDED, f"{hub} and no PixelBytes parquet under the input folder"
 
 
 # --------------------------------------------------------------------------------------------
 # Processes with a time limit
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc). A Jupyter kernel and torch elastic's
+    workers each start a session of their own: no one process group holds them all."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])     # after "pid (name) state"
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(queue.pop())
+        queue += children.get(tree[-1], [])
+    return tree
+
+
 def run_process(cmd: list[str], timeout_s: float | None = None, env: dict | None = None) -> int | None:
     """Run ``cmd`` in a session of its own. Past ``timeout_s`` the session gets SIGINT (papermill
-    then shuts its Jupyter kernel down, with the kernel's own children), STOP_GRACE_S to finish,
-    then SIGKILL. Returns the exit code, or None when it was stopped."""
+    then shuts its Jupyter kernel down), STOP_GRACE_S to finish, then every process of its tree,
+    as it was when the time was up, gets SIGKILL (a DDP run's workers hold the GPUs). Returns the
+    exit code, or None when it was stopped."""
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         log(f"time limit of {timeout_s:.0f} s reached: stopping {shlex.join(cmd[:6])} ...")
-        for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGKILL, 10)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=grace)
+        tree = process_tree(proc.pid)          # before SIGINT: orphans lose their parent link
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_GRACE_S)
+        for pid in dict.fromkeys(tree + [p for root in tree for p in process_tree(root)]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
         return None
 
 
@@ -237,7 +277,7 @@ def install_pixelbyte(bundle: Path, wheel: str, online: bool, constraints: Path)
     path = bundle / wheel
     if not path.is_file():
         raise SystemExit(f"[runner] the bundle {bundle} has no {wheel}: rebuild it with "
-                         "`python -m pixelbyte.kaggle_cli bundle` and upload it again")
+                         "`python kaggle/cli.py bundle` and upload it again")
     requirement = f"pixelbyte[run] @ {path.resolve().as_uri()}"
     if pip(requirement, "-c", str(constraints), "--no-index", "--find-links", str(bundle)) == "ok":
         return
@@ -245,13 +285,91 @@ def install_pixelbyte(bundle: Path, wheel: str, online: bool, constraints: Path)
         return
     raise SystemExit("[runner] pixelbyte's requirements are neither installed, nor in the bundle's "
                      "wheels, nor reachable on PyPI (internet off?). Turn the kernel's internet on, "
-                     "or add the missing wheels to the bundle (kaggle_cli bundle --wheels ...).")
+                     "or add the missing wheels to the bundle (kaggle/cli.py bundle --wheels ...).")
 
 
-def kernels_work(timeout_s: float = 600) -> tuple[bool, str]:
-    """pixelbyte.kaggle_env's CUDA forward + backward check, in a fresh process (so it imports
-    what pip has just installed, and a crashing extension cannot take the runner down)."""
-    cmd = [sys.executable, "-m", "pixelbyte.kaggle_env", "check-kernels"]
+# mamba-ssm / causal-conv1d: releases with prebuilt wheels for torch 2.6-2.10, Python 3.10-3.13,
+# CUDA 11-13 and sm_75 (T4), pinned as the pyproject `gpu` extra (a test checks they agree).
+# causal-conv1d 1.6.1's wheels are in the release v1.6.1.post4, where `pip install` does not look
+# (it compiles instead): hence direct wheel URLs. (name on PyPI, version, release folder)
+KERNEL_PACKAGES = (
+    ("causal-conv1d", "1.6.1", "https://github.com/Dao-AILab/causal-conv1d/releases/download/v1.6.1.post4"),
+    ("mamba-ssm", "2.3.1", "https://github.com/state-spaces/mamba/releases/download/v2.3.1"),
+)
+
+
+def prebuilt_wheel_urls(torch_version: str, cuda_version: str, python_tag: str, cxx11_abi: bool,
+                        platform: str = "linux_x86_64") -> list[str]:
+    """The release wheels of KERNEL_PACKAGES for this torch, named as their setup.py names them:
+    ``<name>-<version>+cu<CUDA major>torch<major.minor>cxx11abi<TRUE|FALSE>-<py>-<py>-<platform>``.
+    ``torch_version`` e.g. "2.10.0+cu128", ``cuda_version`` torch.version.cuda ("12.8"),
+    ``python_tag`` "cp312". A combination outside the build matrix gives a 404: pip fails fast."""
+    torch_mm = ".".join(torch_version.split("+")[0].split(".")[:2])
+    local = f"cu{cuda_version.split('.')[0]}torch{torch_mm}cxx11abi{str(bool(cxx11_abi)).upper()}"
+    return [f"{release}/{name.replace('-', '_')}-{version}+{local}-{python_tag}-{python_tag}-{platform}.whl"
+            for name, version, release in KERNEL_PACKAGES]
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` of KERNEL_PACKAGES (the sdists on PyPI; the pyproject `gpu` extra)."""
+    return [f"{name}=={version}" for name, version, _ in KERNEL_PACKAGES]
+
+
+def kernel_check_verdict(out, ref_out, grad, ref_grad, tolerance: float = 1e-3) -> tuple[bool, str]:
+    """Do the kernels' output and input gradient (torch tensors) match the PyTorch scan's? The
+    error is relative to the reference's largest magnitude."""
+    import torch
+
+    for name, value in (("output", out), ("input gradient", grad)):
+        if not torch.isfinite(value).all():
+            return False, f"the CUDA kernels' {name} has NaN or inf"
+    errors = {name: float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+              for name, a, b in (("output", out, ref_out), ("input gradient", grad, ref_grad))}
+    worst = max(errors, key=errors.get)
+    if errors[worst] > tolerance:
+        return False, (f"the CUDA kernels' {worst} differs from the PyTorch scan by {errors[worst]:.1e} "
+                       f"(relative, allowed {tolerance:.0e})")
+    return True, f"forward + backward match the PyTorch scan (relative error {errors[worst]:.1e})"
+
+
+def check_mamba_kernels(batch: int = 2, length: int = 64, d_model: int = 16) -> tuple[bool, str]:
+    """(works, detail): one forward + backward of a small Mamba layer through mamba_ssm's CUDA
+    kernels, compared with the same weights on the pure-PyTorch scan. False without CUDA.
+    Needs torch and pixelbyte: `runner.py --check-kernels` runs it once they are installed."""
+    import copy
+
+    import torch
+
+    from pixelbyte.mamba import Mamba
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    torch.manual_seed(0)
+    x0 = torch.randn(batch, length, d_model, generator=torch.Generator().manual_seed(1))  # (B, L, D)
+    results = []
+    try:
+        layer = Mamba(d_model, d_state=8, backend="cuda", device="cuda")
+        reference = copy.deepcopy(layer)
+        reference.backend = "torch"                        # same weights, pure-PyTorch scan
+        for module in (layer, reference):
+            x = x0.cuda().requires_grad_()
+            y = module(x)                                  # (B, L, D)
+            y.square().mean().backward()
+            torch.cuda.synchronize()
+            results.append((y.detach().float().cpu(), x.grad.float().cpu()))
+    except Exception as err:  # ImportError, "no kernel image is available", undefined symbols...
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        return False, f"{type(err).__name__}: {first_line}"
+    (out, grad), (ref_out, ref_grad) = results
+    ok, detail = kernel_check_verdict(out, ref_out, grad, ref_grad)
+    return ok, f"{detail} on {torch.cuda.get_device_name()}"
+
+
+def kernels_work(script: Path | None = None, timeout_s: float = 600) -> tuple[bool, str]:
+    """check_mamba_kernels in a fresh process (so it imports what pip has just installed, and a
+    crashing extension cannot take the runner down): ``script`` (default this file; the bundle's
+    copy on Kaggle, where __file__ may be unset) with --check-kernels."""
+    cmd = [sys.executable, str(script or Path(__file__).resolve()), "--check-kernels"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -268,18 +386,16 @@ def kernel_sources(bundle: Path, online: bool, constraints: Path, facts: dict) -
     """(source, pip arguments) for the pinned kernels, fastest first: wheels in the bundle; the
     releases' prebuilt wheels for this torch / CUDA / Python; the sdists (their setup.py guesses
     a wheel and, when none fits, compiles CUDA for a long time: the time limit stops that)."""
-    from pixelbyte import kaggle_env
-
     sources = []
     local = sorted(bundle.glob("causal_conv1d-*.whl")) + sorted(bundle.glob("mamba_ssm-*.whl"))
     if local:
         sources.append(("bundle wheels", ["--no-deps", *map(str, local)]))
     if online and facts.get("torch") and facts.get("cuda"):
-        urls = kaggle_env.prebuilt_wheel_urls(facts["torch"], facts["cuda"], facts["python"], facts["cxx11_abi"])
+        urls = prebuilt_wheel_urls(facts["torch"], facts["cuda"], facts["python"], facts["cxx11_abi"])
         sources.append(("release wheels", ["-c", str(constraints), *urls]))
     if online:
         sources.append(("PyPI sdists", ["--no-build-isolation", "-c", str(constraints),
-                                        *kaggle_env.pinned_requirements()]))
+                                        *pinned_requirements()]))
     return sources
 
 
@@ -300,7 +416,7 @@ def install_mamba_kernels(bundle: Path, online: bool, constraints: Path, facts: 
 
     if not facts.get("gpus"):
         return result("torch", "there is no GPU")
-    ok, detail = kernels_work()
+    ok, detail = kernels_work(bundle / "runner.py")
     if ok:
         return result("cuda", f"already installed; {detail}")
     for source, args in kernel_sources(bundle, online, constraints, facts):
@@ -310,7 +426,7 @@ def install_mamba_kernels(bundle: Path, online: bool, constraints: Path, facts: 
             continue
         outcome = pip(*args, timeout_s=left)
         if outcome == "ok":
-            ok, detail = kernels_work()
+            ok, detail = kernels_work(bundle / "runner.py")
             outcome = f"installed; kernel check: {detail}"
         attempts.append({"source": source, "outcome": outcome})
         if ok:
@@ -341,7 +457,7 @@ def load_params(path: str | None, bundle: Path, dry_run: bool) -> tuple[dict, st
     if path:
         source = Path(path)
     elif EMBEDDED_PARAMS is not None and not dry_run:
-        return json.loads(json.dumps(EMBEDDED_PARAMS)), "embedded by kaggle_cli push"
+        return json.loads(json.dumps(EMBEDDED_PARAMS)), "embedded by kaggle/cli.py push"
     elif (bundle / name).exists():
         source = bundle / name
     else:
@@ -535,8 +651,14 @@ def main(argv=None) -> int:
                     help="CPU-sized params (params_ci.json), no installs, no hub: a local rehearsal")
     ap.add_argument("--prepare-only", action="store_true",
                     help="stage the notebooks with their parameters injected, do not execute them")
+    ap.add_argument("--check-kernels", action="store_true",
+                    help="only check that mamba-ssm's CUDA kernels match the PyTorch scan; print JSON")
     # Kaggle starts scripts with its own argv; ignore what we do not know.
     args, unknown = ap.parse_known_args(argv)
+    if args.check_kernels:
+        ok, detail = check_mamba_kernels()
+        print(json.dumps({"ok": ok, "detail": detail}), flush=True)
+        return 0 if ok else 1
     if unknown:
         log(f"ignoring unknown arguments {unknown}")
     input_dir, working = Path(args.input), Path(args.working)

@@ -33,8 +33,14 @@ except ImportError:
     if not source:
         raise ImportError(f"pixelbyte is not installed and no pixelbyte-*.whl is under {inputs}: add the "
                           "pixelbyte-bundle dataset as an input, or set PIXELBYTE_SOURCE to a pip "
-                          "requirement such as git+https://github.com/OWNER/pixelbyte")
-    subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
+                          "requirement for pixelbyte (a wheel's URL, git+https://... of a copy of the code)")
+    pip = [sys.executable, "-m", "pip", "install"]
+    if wheels:  # the bundle also holds the requirements Kaggle's image lacks: offline first, then the index
+        bundle = ["--find-links", os.path.dirname(source), source]
+        if subprocess.run(pip + ["--no-index"] + bundle).returncode != 0:
+            subprocess.run(pip + bundle, check=True)
+    else:
+        subprocess.run(pip + [source], check=True)
     importlib.invalidate_caches()
     import pixelbyte
 

@@ -21,7 +21,10 @@
 # that learned most per CPU second in our measurements: an LSTM (dim 96, 256 cells, 2 layers)
 # on whole items (a sample holds a declared shape with its whole image and caption), in both
 # segment orders (shape -> image -> caption and caption -> shape -> image), with position
-# inputs (row, column, declared size), trained for a wall-clock budget. Every field of the run is a
+# inputs (row, column, declared size) and a condition (every position also reads a summary of
+# the item's completed segments: the caption while the image is drawn, the image while the
+# caption is written; 10% of the samples train without it, so 03 can guide with it), trained
+# for a wall-clock budget. Every field of the run is a
 # parameter; `unit="window"` with `objective="next"` is the paper's setup (Kaggle runner:
 # seq 256, stride 32, batch 32, 2 GPUs).
 
@@ -37,8 +40,14 @@ except ImportError:
     if not source:
         raise ImportError(f"pixelbyte is not installed and no pixelbyte-*.whl is under {inputs}: add the "
                           "pixelbyte-bundle dataset as an input, or set PIXELBYTE_SOURCE to a pip "
-                          "requirement such as git+https://github.com/OWNER/pixelbyte")
-    subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
+                          "requirement for pixelbyte (a wheel's URL, git+https://... of a copy of the code)")
+    pip = [sys.executable, "-m", "pip", "install"]
+    if wheels:  # the bundle also holds the requirements Kaggle's image lacks: offline first, then the index
+        bundle = ["--find-links", os.path.dirname(source), source]
+        if subprocess.run(pip + ["--no-index"] + bundle).returncode != 0:
+            subprocess.run(pip + bundle, check=True)
+    else:
+        subprocess.run(pip + [source], check=True)
     importlib.invalidate_caches()
     import pixelbyte
 
@@ -47,6 +56,7 @@ dataset = "embedded"      # "embedded", "ffurfaro/PixelBytes-Pokemon" or a parqu
 limit = 0                 # first N items only, 0 keeps all
 test_size = 0.1           # share of items held out (by item)
 split_seed = 0            # seed of the item split
+resize = False            # downscale images larger than the tokenizer's max side (else they are refused)
 unit = "item"             # item: whole items | window: seq_length-token windows inside items (the paper's)
 orders = "both"           # item samples: data | caption_first | both (every item in both orders)
 seq_length = 128          # window samples: tokens per window
@@ -61,9 +71,11 @@ depth = 2                 # layers
 d_conv = 4                # Mamba causal conv width
 expand = 2                # Mamba inner expansion
 ssm = "mamba"             # BysMamba mixer: mamba (Mamba-1, the paper's) | mamba2 (SSD: ~4x faster on a CPU)
-headdim = 81              # ssm mamba2: channels per head (must divide expand * dim)
+headdim = None            # ssm mamba2: channels per head, dividing expand * dim (None: all of them, one head)
 objective = "causal"      # causal: every position predicts its token | next: the token after the window
 positions = True          # position inputs: segment, row, column, declared (h, w); needs unit "item"
+condition = True          # every position also reads a summary of the item's completed segments (caption <-> image); needs unit "item"
+condition_dropout = 0.1   # share of training samples without their condition (classifier-free guidance in 03)
 dropout = 0.0             # after the embedding, between LSTM layers, on residual branches
 batch_size = 16           # global batch (all GPUs together)
 lr = 3e-3                 # AdamW peak learning rate
@@ -103,10 +115,11 @@ logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
 check("nproc", nproc, int, minimum=1)
 check("threads", threads, int, minimum=0)
 run = RunConfig.from_flat(
-    source=dataset, limit=limit or None, test_size=test_size, split_seed=split_seed,
+    source=dataset, limit=limit or None, test_size=test_size, split_seed=split_seed, resize=resize,
     unit=unit, orders=orders, seq_length=seq_length, stride=stride,
     model=model, bidirectional=bidirectional, embedding=embedding, conv=conv, dim=dim, hidden=hidden,
     depth=depth, d_conv=d_conv, expand=expand, ssm=ssm, headdim=headdim, objective=objective, positions=positions,
+    condition=condition, condition_dropout=condition_dropout,
     dropout=dropout,
     batch_size=batch_size, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, epochs=epochs,
     max_steps=max_steps or None, budget_s=budget_s, eval_every=eval_every, eval_batches=eval_batches or None,

@@ -35,8 +35,14 @@ except ImportError:
     if not source:
         raise ImportError(f"pixelbyte is not installed and no pixelbyte-*.whl is under {inputs}: add the "
                           "pixelbyte-bundle dataset as an input, or set PIXELBYTE_SOURCE to a pip "
-                          "requirement such as git+https://github.com/OWNER/pixelbyte")
-    subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
+                          "requirement for pixelbyte (a wheel's URL, git+https://... of a copy of the code)")
+    pip = [sys.executable, "-m", "pip", "install"]
+    if wheels:  # the bundle also holds the requirements Kaggle's image lacks: offline first, then the index
+        bundle = ["--find-links", os.path.dirname(source), source]
+        if subprocess.run(pip + ["--no-index"] + bundle).returncode != 0:
+            subprocess.run(pip + bundle, check=True)
+    else:
+        subprocess.run(pip + [source], check=True)
     importlib.invalidate_caches()
     import pixelbyte
 
@@ -47,6 +53,7 @@ skill_items = 32         # held-out items scored by the skills report
 n_examples = 8           # sprites / captions shown
 n_candidates = 4         # caption -> sprite by ranking: sampled images ranked by p(caption | image), 0 skips
 temperature = 0.8        # sampling temperature of images
+guidance = 2.0           # classifier-free guidance scale, for models trained with a condition; 1 means none
 caption_temperature = 0.0  # captions: 0 means greedy, the likeliest caption
 top_k = 0                # 0 keeps all tokens
 max_chunks = 200         # paper metrics: chunks scored, 0 scores all
@@ -64,7 +71,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pixelbyte import data, evaluate, generate as gen, plots, skills
+from pixelbyte import data, evaluate, generate as gen, kaggle_env, plots, skills
 from pixelbyte.models import PixelByteModel
 from pixelbyte.params import check, check_local_or_hub
 
@@ -73,10 +80,11 @@ for name, value, minimum in (("skill_items", skill_items, 1), ("n_examples", n_e
                              ("top_k", top_k, 0), ("threads", threads, 0), ("seed", seed, 0)):
     check(name, value, int, minimum=minimum)
 check("temperature", temperature, float, minimum=0.0)
+check("guidance", guidance, float, minimum=0.0)
 check("caption_temperature", caption_temperature, float, minimum=0.0)
 check("device", device, str, choices=("cpu", "cuda"))
 check("dataset", dataset, str)
-checkpoint = checkpoint or str(Path(run_dir) / "02_training" / "best_model")
+checkpoint = checkpoint or kaggle_env.find_run_output(run_dir, "02_training/best_model")  # else /kaggle/input/**
 check_local_or_hub("checkpoint", checkpoint)
 if threads:
     torch.set_num_threads(threads)
@@ -112,8 +120,12 @@ print(f"{len(seqs)} items: {len(train_seqs)} trained on, {len(test_seqs)} held o
 # share of freely sampled images with exactly the declared rows and columns (an unfinished image
 # counts as a failure). Sprite -> caption: is the caption's group right, how close is its name.
 # Caption -> sprite: a classifier trained on the training sprites names the group of each
-# drawing; its accuracy on the real held-out sprites is the ceiling. Bits per token: whole
-# held-out items, by modality, in both orders.
+# drawing; its accuracy on the real held-out sprites is the ceiling (group metrics are left out,
+# with the reason, when the captions have no groups, e.g. free-text paragraphs). Swap gain: the
+# bits per token an item's image gains after its own caption rather than another item's (and
+# its caption after its own sprite); retrieval: among K held-out items, is the likeliest caption
+# for a sprite (sprite for a caption) its own, against chance 1 / K. Bits per token: whole
+# held-out items, by modality, in both orders. All rows are saved to skills.csv.
 
 # %%
 report = skills.measure(model, train_seqs, test_seqs,
@@ -147,6 +159,36 @@ rows = {"caption first (constrained shape)": ex["drawn"][:k], "shape only (free)
 plots.save_figure(plots.sprite_rows(rows, ex["references"][:k], ex["reference_captions"][:k],
                                     title="Caption -> sprite: held-out reference, then generated"),
                   out / "caption_to_sprite.png")
+
+# %% [markdown]
+# ## One shape, eight captions
+# The first held-out shape after up to eight held-out captions (one per group where the captions
+# have groups), one seed for every sprite: what changes along a row is the caption alone. A
+# model trained with `condition=True` is also drawn with classifier-free guidance (`guidance`)
+# and without its condition (guidance 0, its unconditional stream).
+
+# %%
+firsts = {}
+for caption in ex["reference_captions"]:
+    firsts.setdefault(skills.caption_group(caption), caption)
+chosen = list(dict.fromkeys([*firsts.values(), *ex["reference_captions"]]))[:8]
+h, w = ex["shapes"][0]
+prompts = [gen.caption_to_sprite_prompt(c, (h, w), caption_first=True) for c in chosen]
+
+
+def draw(**kwargs):
+    outs = gen.generate(model, prompts, h * (w + 1), temperature=temperature, top_k=top_k or None,
+                        seed=[seed] * len(prompts), constrained=True, stop_after_segments=1, **kwargs)
+    return [o.images[-1] if o.images else None for o in outs]
+
+
+with torch.no_grad():
+    rows = {"conditional": draw()}
+    if model.config.condition:
+        rows = {f"guidance {guidance:g}": draw(guidance=guidance), **rows, "unconditional": draw(guidance=0.0)}
+pd.DataFrame({"caption": chosen}).to_csv(out / "one_shape_captions.csv", index=False)
+plots.save_figure(plots.sprite_rows(rows, captions=chosen, title=f"One shape ({h}, {w}), {len(chosen)} captions"),
+                  out / "one_shape_captions.png")
 
 # %% [markdown]
 # The older route, kept as an option: sample `n_candidates` images after the shape (data order)

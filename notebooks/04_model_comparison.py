@@ -48,8 +48,14 @@ except ImportError:
     if not source:
         raise ImportError(f"pixelbyte is not installed and no pixelbyte-*.whl is under {inputs}: add the "
                           "pixelbyte-bundle dataset as an input, or set PIXELBYTE_SOURCE to a pip "
-                          "requirement such as git+https://github.com/OWNER/pixelbyte")
-    subprocess.run([sys.executable, "-m", "pip", "install", source], check=True)
+                          "requirement for pixelbyte (a wheel's URL, git+https://... of a copy of the code)")
+    pip = [sys.executable, "-m", "pip", "install"]
+    if wheels:  # the bundle also holds the requirements Kaggle's image lacks: offline first, then the index
+        bundle = ["--find-links", os.path.dirname(source), source]
+        if subprocess.run(pip + ["--no-index"] + bundle).returncode != 0:
+            subprocess.run(pip + bundle, check=True)
+    else:
+        subprocess.run(pip + [source], check=True)
     importlib.invalidate_caches()
     import pixelbyte
 
@@ -85,25 +91,18 @@ run_dir = "outputs"       # the pipeline's run folder (unused here)
 # %matplotlib inline
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from pixelbyte import compare, data, plots
 from pixelbyte.config import DataConfig
 from pixelbyte.models import PAPER_RESULTS_SOURCE, parameter_table, paper_config
-from pixelbyte.params import check
 
-check("configs", configs, str)
-check("objectives", objectives, str)
-check("threads", threads, int, minimum=0)
-check("workers", workers, int, minimum=1)
 data_cfg = DataConfig(source=dataset, limit=limit or None, test_size=test_size)
 cfg = compare.CompareConfig(unit=unit, ssm=ssm, seq_length=seq_length, stride=stride, batch_size=batch_size, lr=lr,
                             epochs=epochs, max_steps=max_steps, budget_s=budget_s, max_chunks=max_chunks,
                             skill_items=skill_items, copy_tasks=copy_tasks, copy_items=copy_items,
-                            copy_steps=copy_steps, seed=seed,
-                            device=device)
+                            copy_steps=copy_steps, seed=seed, device=device, workers=workers, threads=threads)
 if threads:
     torch.set_num_threads(threads)
 runs, skipped = compare.plan(configs, objectives)
@@ -141,7 +140,8 @@ print(f"{len(seqs)} items from {dataset!r}: {stats['tokens']:,} tokens, {stats['
 # count, so each configuration gets about the same training wall-clock and the learning-rate
 # schedule still ends where training ends. With `budget_s = 0` the table is the same for the
 # same seed. The skills columns come from `skills.measure` on `skill_items` held-out items
-# (their baselines are below the table).
+# (their baselines are below the table). Each config's rows are added to `comparison.csv` and
+# `histories.csv` as it finishes, so a run stopped at its budget keeps what it did.
 # The copy columns come from notebook 05's code: each config's architecture, causal, trained
 # from scratch for `copy_steps` steps on each copy task and scored greedily on `copy_items`
 # held-out items (05 has the curves, the baselines and the length generalisation); the CPU
@@ -149,16 +149,11 @@ print(f"{len(seqs)} items from {dataset!r}: {stats['tokens']:,} tokens, {stats['
 # `workers` configs train at once, one process and one thread each.
 
 # %%
-result = compare.compare(seqs, configs, objectives, cfg, out_dir=out, data_cfg=data_cfg, workers=workers)
+result = compare.compare(seqs, configs, objectives, cfg, out_dir=out, data_cfg=data_cfg)
 table = result.table
-table.to_csv(out / "comparison.csv", index=False)
-result.histories.to_csv(out / "histories.csv", index=False, float_format="%.6g")
-result.baselines.to_csv(out / "baselines.csv", index=False)
-result.skipped.to_csv(out / "skipped.csv", index=False)
 compare.display_table(table)
 
 # %%
-result.skill_baselines.to_csv(out / "skill_baselines.csv", index=False)
 result.skill_baselines
 
 # %% [markdown]

@@ -9,26 +9,12 @@
     result.baselines      # repeat-last / most-frequent / random on the same chunks
     result.skipped        # runs that cannot exist (bidirectional or centre-only + causal)
 
-One run (``run_config``) is a ``RunConfig``: the paper config with the objective, trained by
-``train.Trainer`` for ``max_steps`` (else ``epochs``), capped by ``budget_s`` of wall clock (the
-Trainer's timing probe), on the samples of its objective: ``next`` on windows of
-``seq_length`` tokens (the paper's), ``causal`` on whole items in both orders with position
-inputs (``unit="item"``, the recipe that teaches the skills; ``unit="window"`` gives the
-paper's windows to causal runs too). Then the final weights are scored on held-out items:
-
-- bits per token by modality (``evaluate.token_metrics``) on held-out samples;
-- the paper's Hamming / cosine / BLEU (``evaluate.paper_metrics``) on held-out items;
-- the skills report (``skills.measure``, ``skill_items`` items): free dimension consistency in
-  both orders, sprite -> caption group accuracy and name similarity, caption -> sprite group
-  accuracy by the sprite classifier -- the same numbers notebook 03 shows;
-- copy tasks (``copying``, notebook 05's code): each config's architecture, causal, trained from
-  scratch for ``copy_steps`` steps on each task of ``copy_tasks`` (an unlimited seeded stream,
-  the loss on the copy part only) and scored greedily on ``copy_items`` held-out items, beside
-  the best trivial baseline; once per config (both objectives of a config share it), none for
-  bidirectional configs (a copy is generated token by token).
-
-With ``budget_s = 0`` a run is fully deterministic for a seed on CPU. Validation during
-training and the evaluation after it are not counted in the budget.
+Every run is the paper config with the objective (``CompareConfig.run``), trained by the
+``Trainer`` on its objective's samples (``next``: the paper's windows; ``causal``: whole items
+in both orders with positions), then scored on held-out items: bits per token by modality, the
+paper's Hamming / cosine / BLEU, the skills report (notebook 03's numbers) and the copy skill of
+the config's architecture (``copying``, trained from scratch on each task of ``copy_tasks``, once
+per config). Each config's rows are written to ``out_dir`` as it finishes.
 """
 from __future__ import annotations
 
@@ -36,7 +22,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +30,14 @@ import pandas as pd
 import torch
 
 from . import copying, data, evaluate, skills
-from .config import HUB_DATASET, OBJECTIVES, DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+from .config import (DEVICES, HUB_DATASET, OBJECTIVES, SSMS, UNITS, DataConfig, ModelConfig, RunConfig,
+                     SampleConfig, TrainConfig, _check_choice, _check_ints, _check_numbers, _fail, comma_list)
 from .models import (PAPER_ABLATIONS, PAPER_BEST, PAPER_RESULTS, PAPER_RESULTS_SOURCE, PixelByteModel,
                      paper_config)
 from .train import Trainer, in_processes
 
 CONFIG_SETS = {"paper": PAPER_BEST + PAPER_ABLATIONS, "best": PAPER_BEST}
-COPY_TASKS = {"selective": ("selective", 8, {"n_recall": 2}, "sequence_accuracy"),   # 05's CPU sizes
-              "image": ("image", 6, {"width": 6, "n_colours": 4}, "token_accuracy"),
-              "text": ("text", 2, {}, "token_accuracy")}
+COPY_TASKS = ("selective", "image", "text")   # copy columns: copying.TASKS at their CPU sizes
 EVAL_POINTS = 10              # validations per training run (the curves' points)
 
 # The table's columns, what each one is.
@@ -90,6 +75,10 @@ COLUMNS = {
     "caption_group": "skills: sprite -> caption, share of captions in the reference's group",
     "caption_name": "skills: sprite -> caption, name similarity to the reference (difflib ratio)",
     "sprite_group": "skills: caption -> sprite, share of drawings the sprite classifier puts in the caption's group",
+    "swap_caption_to_image": "skills: bits per image token an item's image gains after its own caption vs another's",
+    "swap_image_to_caption": "skills: bits per caption token its caption gains after its own sprite vs another's",
+    "retrieval8_sprite": "skills: among 8 held-out items (fewer if fewer are scored), share of captions whose likeliest sprite is their own",
+    "retrieval8_caption": "skills: among 8 held-out items (fewer if fewer are scored), share of sprites whose likeliest caption is their own",
     "copy_selective": "copy (05's code): selective copy, exact-sequence accuracy of the architecture trained on it",
     "copy_image": "copy: image repeat (bottom rows repeat the top), token accuracy",
     "copy_text": "copy: text repeat (a phrase repeated), token accuracy",
@@ -99,18 +88,19 @@ SKILL_COLUMNS = {"dims_data": ("dimensions", "data order: shape -> image"),
                  "dims_caption_first": ("dimensions", "caption-first: caption, shape -> image"),
                  "caption_group": ("sprite -> caption", "group accuracy"),
                  "caption_name": ("sprite -> caption", "name similarity"),
-                 "sprite_group": ("caption -> sprite", "group accuracy (classifier)")}
+                 "sprite_group": ("caption -> sprite", "group accuracy (classifier)"),
+                 "swap_caption_to_image": ("caption -> sprite", "swap gain: own caption minus another's, bits per image token"),
+                 "swap_image_to_caption": ("sprite -> caption", "swap gain: own sprite minus another's, bits per caption token"),
+                 "retrieval8_sprite": ("caption -> sprite", "retrieval: top-1 sprite among 8 by p(sprite | caption)"),
+                 "retrieval8_caption": ("sprite -> caption", "retrieval: top-1 caption among 8 by p(caption | sprite)")}
 TIMING_COLUMNS = ("train_time_s", "tokens_per_s", "eval_time_s")
 
 
-# ---------------------------------------------------------------------------------------------
 # Configuration
-
-
 @dataclass
 class CompareConfig:
     unit: str = "item"            # samples of causal runs: item (whole items, both orders, positions) | window
-    ssm: str = "mamba"            # BysMamba's mixer: mamba (the paper's Mamba-1) | mamba2 (SSD, ~4x faster on a CPU)
+    ssm: str = "mamba"            # BysMamba's mixer: mamba (the paper's Mamba-1) | mamba2 (SSD, one head)
     seq_length: int = 64          # window samples: tokens per window (all next runs)
     stride: int = 32              # window samples: tokens between window starts
     batch_size: int = 16          # samples per optimizer step
@@ -122,39 +112,30 @@ class CompareConfig:
     metric_batches: int = 16      # token_metrics: held-out batches of 16 samples, 0 = all
     eval_batches: int = 8         # validation during training: batches, 0 = all
     skill_items: int = 8          # held-out items of the skills report (0 = skip the skills)
-    copy_tasks: str = "selective,image,text"  # copy tasks each config's architecture is trained on ("" = none)
+    copy_tasks: str = ",".join(COPY_TASKS)  # copy tasks each config's architecture is trained on ("" = none)
     copy_steps: int = 200         # copy tasks: training steps per task (0 = skip them)
     copy_items: int = 64          # copy tasks: held-out items scored per task
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda
+    workers: int = 1              # configs trained at once, one process and one CPU thread each
+    threads: int = 0              # torch CPU threads of the notebook's process, 0 keeps torch's default
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "copy_tasks":
-                continue
-            if f.name in ("device", "unit", "ssm"):
-                allowed = {"device": ("auto", "cpu", "cuda"), "unit": ("item", "window"), "ssm": ("mamba", "mamba2")}[f.name]
-                if value not in allowed:
-                    raise ValueError(f"CompareConfig.{f.name}={value!r}: allowed values are {', '.join(allowed)}")
-                continue
-            kind = float if f.type in ("float", float) else int
-            minimum = 1 if f.name in ("seq_length", "stride", "batch_size", "epochs") else 0
-            ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, int)) \
-                and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
-            if not ok:
-                raise ValueError(f"CompareConfig.{f.name}={value!r}: expected {'a number' if kind is float else 'an integer'} "
-                                 f">= {minimum}")
-        if self.lr <= 0:
-            raise ValueError(f"CompareConfig.lr={self.lr!r}: must be > 0")
-        unknown = [t for t in self.copy_task_list if t not in COPY_TASKS]
-        if not isinstance(self.copy_tasks, str) or unknown:
-            raise ValueError(f"CompareConfig.copy_tasks={self.copy_tasks!r}: comma-separated among "
-                             f"{list(COPY_TASKS)} (05 also has {[k for k in copying.KINDS if k not in COPY_TASKS]})")
+        _check_choice(self, "unit", UNITS)
+        _check_choice(self, "ssm", SSMS)
+        _check_choice(self, "device", DEVICES)
+        _check_ints(self, ("seq_length", "stride", "batch_size", "epochs", "workers"), 1)
+        _check_ints(self, ("max_steps", "max_chunks", "metric_batches", "eval_batches", "skill_items", "copy_steps",
+                           "copy_items", "seed", "threads"), 0)
+        _check_numbers(self, ["lr"], above=True)
+        _check_numbers(self, ["budget_s"])
+        if not isinstance(self.copy_tasks, str) or any(t not in COPY_TASKS for t in self.copy_task_list):
+            _fail(self, "copy_tasks", f"expected comma-separated values among {list(COPY_TASKS)} "
+                                      f"(05 also has {[k for k in copying.KINDS if k not in COPY_TASKS]})")
 
     @property
     def copy_task_list(self) -> list[str]:
-        return [t.strip() for t in str(self.copy_tasks).split(",") if t.strip()]
+        return comma_list(self.copy_tasks)
 
     def samples(self, objective: str) -> SampleConfig:
         if objective == "causal" and self.unit == "item":
@@ -162,12 +143,9 @@ class CompareConfig:
         return SampleConfig(unit="window", seq_length=self.seq_length, stride=self.stride)
 
     def model(self, name: str, **changes) -> ModelConfig:
-        """A paper config with this comparison's BysMamba mixer (mamba2: one head of all the
-        inner channels)."""
+        """A paper config with this comparison's BysMamba mixer."""
         model = paper_config(name, **changes)
-        if model.model == "bysmamba" and self.ssm == "mamba2":
-            model = replace(model, ssm="mamba2", headdim=model.expand * model.dim)
-        return model
+        return replace(model, ssm=self.ssm) if model.model == "bysmamba" else model
 
     def run(self, name: str, objective: str, data_cfg: DataConfig, out_dir: Path, steps: int) -> RunConfig:
         """The RunConfig of one (paper config, objective) of this comparison."""
@@ -183,16 +161,11 @@ class CompareConfig:
 
 
 def plan(configs: str = "paper", objectives: str = "next") -> tuple[list[tuple[str, str]], pd.DataFrame]:
-    """Which (config name, objective) pairs to run, and which are skipped and why.
-
-    ``configs``: "paper" (the 15 configurations), "best" (the paper's 6 best rows) or
-    comma-separated names ("rnn_bi_pxby_conv_81_32_2,att_uni_pxby_conv_36_32_1").
-    ``objectives``: "next", "causal" or "next,causal". The causal objective predicts each
-    position's own token, so bidirectional configs (they see that token) and centre-only
-    embeddings (their causal input is always 0) have no causal variant: they are skipped.
-    """
-    names = list(CONFIG_SETS[configs]) if configs in CONFIG_SETS else \
-        [n.strip() for n in str(configs).split(",") if n.strip()]
+    """Which (config name, objective) pairs to run, and which are skipped and why. ``configs``:
+    "paper" (15), "best" (the paper's 6 best rows) or comma-separated names; ``objectives``:
+    "next", "causal" or both. Bidirectional configs (they see the token to predict) and
+    centre-only embeddings (a causal input is always 0) have no causal variant."""
+    names = list(CONFIG_SETS[configs]) if configs in CONFIG_SETS else comma_list(configs)
     if not names:
         raise ValueError(f"configs={configs!r}: expected 'paper', 'best' or comma-separated config names")
     for name in names:
@@ -200,7 +173,7 @@ def plan(configs: str = "paper", objectives: str = "next") -> tuple[list[tuple[s
             paper_config(name)
         except ValueError as err:
             raise ValueError(f"configs: {err}") from None
-    wanted = [o.strip() for o in str(objectives).split(",") if o.strip()]
+    wanted = comma_list(objectives)
     if not wanted or any(o not in OBJECTIVES for o in wanted):
         raise ValueError(f"objectives={objectives!r}: expected 'next', 'causal' or 'next,causal'")
     runs, skipped = [], []
@@ -220,10 +193,7 @@ def plan(configs: str = "paper", objectives: str = "next") -> tuple[list[tuple[s
     return runs, pd.DataFrame(skipped, columns=["config", "objective", "reason"])
 
 
-# ---------------------------------------------------------------------------------------------
 # Data
-
-
 @dataclass
 class Splits:
     """Items split once (by item, seeded) and cut into samples per objective on demand."""
@@ -256,22 +226,16 @@ class Splits:
         return self._classifier
 
 
-# ---------------------------------------------------------------------------------------------
 # One run
-
-
 def copy_columns(name: str, cfg: CompareConfig, out_dir: Path) -> dict:
     """Copy scores of a config's architecture (causal, trained from scratch on each task)."""
-    base = paper_config(name)
-    # a copy is generated token by token (not by a bidirectional model), from causal inputs
-    # (a causal centre-only input is always 0)
+    base = paper_config(name)     # a copy is generated token by token: no bidirectional, no centre-only input
     if base.bidirectional or base.embedding == "center" or not cfg.copy_steps or not cfg.copy_task_list:
         return {f"copy_{t}": math.nan for t in COPY_TASKS}
     model_cfg = cfg.model(name, objective="causal")
     out = {}
     for task_name in cfg.copy_task_list:
-        kind, size, options, metric = COPY_TASKS[task_name]
-        task = copying.CopyTask(kind, size, **options)
+        task, metric = copying.TASKS[task_name], copying.HEADLINE[task_name]
         model, _ = copying.train_copy(model_cfg, task, max_steps=cfg.copy_steps, batch_size=32, lr=cfg.lr,
                                       eval_points=1, eval_items=16, seed=cfg.seed, device=cfg.device,
                                       out_dir=str(out_dir / task_name))
@@ -285,8 +249,7 @@ def _quiet(on: bool):
     """Silence the Trainer's per-validation log lines; warnings still show."""
     logger = logging.getLogger("pixelbyte.train")
     level = logger.level
-    if on:
-        logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.WARNING if on else level)
     try:
         yield
     finally:
@@ -295,10 +258,8 @@ def _quiet(on: bool):
 
 def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: dict | None = None,
                log=print, verbose: bool = False) -> tuple[dict, pd.DataFrame, PixelByteModel, skills.Skills | None]:
-    """Train and evaluate one paper config with one objective; returns (table row, its
-    metrics.csv rows, the trained model, its skills report). Files go to ``out_dir``;
-    ``copy_scores``: the config's ``copy_columns`` (computed once per config), None to skip them;
-    ``log``: where the one-line summary goes; ``verbose``: keep the Trainer's own lines."""
+    """Train and evaluate one paper config with one objective: (table row, its metrics.csv rows, the
+    model, its skills report). ``copy_scores``: ``copy_columns``; ``verbose``: the Trainer's log lines."""
     cfg, out_dir = splits.cfg, Path(out_dir)
     train_ds, val_ds = splits.samples(objective)
     steps_per_epoch = len(train_ds) // cfg.batch_size
@@ -335,8 +296,11 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: 
                    bleu_centre_mean=summary["bleu_centre_mean"], chunks=int(summary["chunks"]))
         if cfg.skill_items:
             report = skills.measure(model, splits.train, splits.test,
-                                    skills.SkillsConfig(items=cfg.skill_items, seed=cfg.seed), splits.classifier)
-            row.update({column: report.value(*key) for column, key in SKILL_COLUMNS.items()})
+                                    skills.SkillsConfig(items=cfg.skill_items, seed=cfg.seed, retrieval=(8,)),
+                                    splits.classifier)
+            among = f"among {max(2, min(8, cfg.skill_items))} "      # the report scores K = min(8, items)
+            row.update({column: report.value(skill, metric.replace("among 8 ", among))
+                        for column, (skill, metric) in SKILL_COLUMNS.items()})
     row.update(copy_scores or {})
     row["eval_time_s"] = time.perf_counter() - t0
     log(f"{row['run']:38s} {row['params']:7,d} params, {row['steps']:5d} steps in {train_time:5.0f} s, "
@@ -347,10 +311,7 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: 
     return {c: row.get(c, math.nan) for c in COLUMNS}, history, model, report
 
 
-# ---------------------------------------------------------------------------------------------
 # All runs
-
-
 @dataclass
 class Comparison:
     table: pd.DataFrame           # one row per run, ``COLUMNS``
@@ -363,35 +324,33 @@ class Comparison:
     reports: dict = field(default_factory=dict, repr=False)   # run -> skills.Skills
 
 
-def _config_runs(name: str, objectives: list[str], splits: Splits, out_dir: Path, log=print,
-                 verbose: bool = False) -> list[tuple]:
-    """Every run of one paper config (its copy skill first, once for all its objectives)."""
+def _config_job(job: dict) -> tuple[list, list[str]]:
+    """Every run of one paper config (its copy skill first, once for all its objectives), as a job of
+    ``in_processes``: models travel back as state dicts, log lines as text (unless the job brings its
+    own ``log``: in this process)."""
+    lines, name, splits, out_dir, verbose = [], job["name"], job["splits"], job["out_dir"], job["verbose"]
     with _quiet(not verbose):
         copy = copy_columns(name, splits.cfg, out_dir / "copy" / name)
-    return [run_config(name, objective, splits, out_dir / "runs" / f"{name}_{objective}", copy,
-                       log=log, verbose=verbose) for objective in objectives]
-
-
-def _config_job(job: dict) -> tuple[list, list[str]]:
-    """``_config_runs`` in a worker process: models travel back as state dicts, log lines as text."""
-    lines = []
-    results = _config_runs(**job, log=lines.append)
-    return [(row, history, model.state_dict(), report) for row, history, model, report in results], lines
+    results = [run_config(name, objective, splits, out_dir / "runs" / f"{name}_{objective}", copy,
+                          log=job.get("log", lines.append), verbose=verbose) for objective in job["objectives"]]
+    return [(row, history, model.run, model.state_dict(), report) for row, history, model, report in results], lines
 
 
 def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "next",
             cfg: CompareConfig | None = None, out_dir="runs/compare", log=print,
-            verbose: bool = False, data_cfg: DataConfig | None = None, workers: int = 1) -> Comparison:
-    """Run every (config, objective) of ``plan(configs, objectives)`` on ``seqs`` (all items of
-    ``data_cfg``; split by item inside) with the settings of ``cfg``; each run's files go to
-    ``out_dir/runs/<config>_<objective>/``. ``workers`` > 1 trains that many configs at once,
-    one process and one CPU thread each (a 2-core CPU: 2; a GPU: 1): the runs are small, so
-    two of them on two cores take the time of one. The table is the same either way."""
-    cfg = cfg or CompareConfig()
-    data_cfg = data_cfg or DataConfig()
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers={workers!r}: expected an integer >= 1")
+            verbose: bool = False, data_cfg: DataConfig | None = None, workers: int | None = None) -> Comparison:
+    """Run every (config, objective) of ``plan(configs, objectives)`` on ``seqs`` (split by item
+    inside) with ``cfg``, ``workers`` (default ``cfg.workers``) configs at once: the table is the same
+    either way. Each run's files go to ``out_dir/runs/<config>_<objective>/``; each config's rows are
+    added to comparison.csv and histories.csv as it finishes, then every file is written in the
+    plan's order, with baselines.csv, skill_baselines.csv and skipped.csv."""
+    cfg = replace(cfg or CompareConfig(), **({} if workers is None else {"workers": workers}))
+    data_cfg, out_dir = data_cfg or DataConfig(), Path(out_dir)
     runs, skipped = plan(configs, objectives)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("comparison.csv", "histories.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+    skipped.to_csv(out_dir / "skipped.csv", index=False)
     splits = Splits.make(seqs, data_cfg, cfg)
     for objective in dict.fromkeys(o for _, o in runs):
         train_ds, val_ds = splits.samples(objective)
@@ -404,46 +363,43 @@ def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "n
         by_config.setdefault(name, []).append(objective)
     if cfg.skill_items:
         splits.classifier                            # fitted once, here, and shipped to the workers
-    results = {}
-    if workers == 1 or len(by_config) == 1:                  # here: the models as they were trained
-        for name, objs in by_config.items():
-            results[name] = _config_runs(name, objs, splits, Path(out_dir), log=log, verbose=verbose)
-    else:
-        shipped = replace(splits, _samples={})       # samples are re-cut in the worker (cheap views)
-        names = list(by_config)
-        jobs = [dict(name=n, objectives=by_config[n], splits=shipped, out_dir=Path(out_dir), verbose=verbose)
-                for n in names]
-        for k, (done, lines) in in_processes(_config_job, jobs, workers):
-            for line in lines:
-                log(line)
-            results[names[k]] = []
-            for (row, history, state, report), objective in zip(done, by_config[names[k]]):
-                model = PixelByteModel.from_run(cfg.run(names[k], objective, data_cfg, Path(out_dir), 1))
-                model.load_state_dict(state)
-                results[names[k]].append((row, history, model.eval(), report))
-    rows, histories, models, reports = [], [], {}, {}
-    for name, objs in by_config.items():                   # the plan's order, whatever finished first
-        for row, history, model, report in results[name]:
-            rows.append(row)
-            histories.append(history)
-            models[row["run"]], reports[row["run"]] = model, report
+    results, names = {}, list(by_config)
+    here = cfg.workers == 1 or len(by_config) == 1           # in_processes then runs the jobs here
+    jobs = [dict(name=n, objectives=by_config[n], out_dir=out_dir, verbose=verbose,
+                 **(dict(splits=splits, log=log) if here else dict(splits=replace(splits, _samples={}))))
+            for n in names]                          # (a worker re-cuts the samples: cheap views)
+    for k, (done, lines) in in_processes(_config_job, jobs, cfg.workers):
+        for line in lines:
+            log(line)
+        loaded = []
+        for row, history, run, state, report in done:
+            model = PixelByteModel.from_run(run)
+            model.load_state_dict(state)
+            loaded.append((row, history, model.eval(), report))
+        results[names[k]] = loaded           # the config's rows are added to the files as it finishes
+        copying.append_csv(out_dir / "comparison.csv", pd.DataFrame([r[0] for r in loaded]))
+        copying.append_csv(out_dir / "histories.csv", pd.concat([r[1] for r in loaded]), "%.6g")
+    ordered = [r for name in names for r in results[name]]   # the plan's order, whatever finished first
+    models = {row["run"]: model for row, _, model, _ in ordered}
+    reports = {row["run"]: report for row, _, _, report in ordered}
     baselines = evaluate.paper_metrics(None, splits.test, max_chunks=cfg.max_chunks or None,
                                        train_seqs=splits.train, seed=cfg.seed)["summary"]
     baselines = baselines[baselines["method"] != "true_tokens"].reset_index(drop=True)
     first = next((r for r in reports.values() if r is not None), None)
     skill_baselines = first.table[["skill", "metric", "baseline", "baseline_is"]] if first is not None \
         else pd.DataFrame(columns=["skill", "metric", "baseline", "baseline_is"])
-    return Comparison(pd.DataFrame(rows), pd.concat(histories, ignore_index=True), baselines, skill_baselines,
-                      skipped, splits, models, reports)
+    result = Comparison(pd.DataFrame([r[0] for r in ordered]), pd.concat([r[1] for r in ordered], ignore_index=True),
+                        baselines, skill_baselines, skipped, splits, models, reports)
+    result.table.to_csv(out_dir / "comparison.csv", index=False)
+    result.histories.to_csv(out_dir / "histories.csv", index=False, float_format="%.6g")
+    baselines.to_csv(out_dir / "baselines.csv", index=False)
+    skill_baselines.to_csv(out_dir / "skill_baselines.csv", index=False)
+    return result
 
 
-# ---------------------------------------------------------------------------------------------
 # Views of the table
-
-
 def bar_summary(comparison: Comparison) -> pd.DataFrame:
-    """Models and baselines in one ``evaluate.summarize``-like frame (method, family,
-    <metric>_mean, <metric>_std) for ``plots.metric_bars``."""
+    """Models and baselines in one frame (method, family, <metric>_mean, <metric>_std) for ``plots.metric_bars``."""
     cols = [f"{m}_{s}" for m in evaluate.METRICS for s in ("mean", "std")]
     models = comparison.table[["run", "family", *cols]].rename(columns={"run": "method"})
     return pd.concat([models, comparison.baselines[["method", *cols]].assign(family="baseline")],
@@ -460,8 +416,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def winners(table: pd.DataFrame) -> pd.DataFrame:
-    """For each score and objective, the best run(s) and family: ties list every run (or
-    count them when more than 3)."""
+    """For each score and objective, the best run(s) and family (ties: every run, or their count past 3)."""
     lower = {"val_loss", "bpt", "bpt_text", "bpt_pixel", "hamming_mean", "hamming_centre_mean"}
     scores = ["val_loss", "bpt", "bpt_text", "bpt_pixel", "hamming_mean", "cosine_mean", "bleu_mean",
               "hamming_centre_mean", "bleu_centre_mean", *SKILL_COLUMNS,
@@ -502,7 +457,8 @@ def paper_comparison(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
 def best_per_family(table: pd.DataFrame) -> dict[str, str]:
     """family -> its best run: the highest sum of the skills (dimensions in both orders, caption
     group, sprite group) when they were measured, else the lowest paper Hamming."""
-    skill_sum = table[list(SKILL_COLUMNS)].drop(columns=["caption_name"]).sum(axis=1, min_count=1)
+    shares = ["dims_data", "dims_caption_first", "caption_group", "sprite_group"]      # all in [0, 1]
+    skill_sum = table[shares].sum(axis=1, min_count=1)
     score = skill_sum if skill_sum.notna().any() else -table["hamming_mean"]
     return {family: table.loc[score[group.index].idxmax(), "run"]
             for family, group in table.groupby("family", sort=False)}

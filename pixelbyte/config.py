@@ -7,13 +7,10 @@
     run.save("run.json"); RunConfig.load("run.json") == run
     python -m pixelbyte.train --config run.json --train.lr 1e-3
 
-``RunConfig`` is the one description of a run: every checkpoint carries it (``last.pt``,
-``best.pt``, ``run.json`` beside each ``save_pretrained`` folder's weights), so whoever reads a
-model back -- generation, evaluation, the comparison, a resumed run -- takes the held-out split,
-the sample settings and the context length from the run instead of re-deriving them.
-
-Each dataclass validates its own fields when it is built (so also when it is loaded from JSON or
-parsed from the command line); an error names the field, the value and what is allowed.
+Every checkpoint carries its ``RunConfig``, so whoever reads a model back takes the held-out
+split, the sample settings and the context length from it. Each dataclass validates its fields
+when built (also from JSON or the command line) with the ``_check_*`` helpers here; an error
+names the field, the value and what is allowed.
 """
 from __future__ import annotations
 
@@ -21,11 +18,10 @@ import difflib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .mamba import BACKENDS, SCAN_IMPLS
-from .mamba2 import SCAN_IMPLS as MAMBA2_SCAN_IMPLS
 from .tokenizer import VOCAB_SIZE
 
 EMBEDDED = "embedded"                        # the emoji sprites shipped in pixelbyte/data/
@@ -37,6 +33,9 @@ MODELS = ("lstm", "attention", "bysmamba")
 SSMS = ("mamba", "mamba2")                   # BysMamba's mixer: Mamba-1 (selective scan) | Mamba-2 (SSD)
 EMBEDDINGS = ("pxby", "center")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "cuda", "torch")         # Mamba mixers: mamba_ssm's kernels | pure PyTorch
+SCAN_IMPLS = ("chunked", "compiled", "reference")  # Mamba-1's torch scan (pixelbyte/mamba.py)
+MAMBA2_SCAN_IMPLS = ("chunked", "reference")       # Mamba-2's torch SSD (pixelbyte/mamba2.py)
 MAX_AUTO_HEADS = 4
 RUN_FORMAT = "pixelbyte-run-v1"
 # Fields that say how a run is executed, not what it computes: a checkpoint may be loaded or
@@ -45,7 +44,6 @@ RUNTIME_FIELDS = {"model": ("backend", "scan_impl"),
                   "train": ("device", "num_workers", "progress", "compile", "out_dir", "log_every")}
 
 
-# ---------------------------------------------------------------------------------------------
 # Validation helpers (one set for every config)
 
 
@@ -68,6 +66,13 @@ def _check_ints(obj, names, minimum: int, optional: bool = False):
             _fail(obj, name, f"expected {'None or ' if optional else ''}an integer >= {minimum}")
 
 
+def _check_numbers(obj, names, minimum: float = 0.0, above: bool = False):
+    for name in names:
+        value = getattr(obj, name)
+        if not (_is_number(value) and (value > minimum if above else value >= minimum)):
+            _fail(obj, name, f"expected a number {'>' if above else '>='} {minimum:g}")
+
+
 def _check_choice(obj, name: str, choices):
     if getattr(obj, name) not in choices:
         _fail(obj, name, f"allowed values are {list(choices)}")
@@ -79,7 +84,24 @@ def _check_bools(obj, names):
             _fail(obj, name, "expected True or False")
 
 
-# ---------------------------------------------------------------------------------------------
+def comma_list(value) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c']; [] for anything but a string."""
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else []
+
+
+def is_hub_id(value: str) -> bool:
+    """Shaped like a hub id 'owner/name' (not './x', '/x' or 'a/b/c')."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value))
+
+
+def looks_like_path(value) -> bool:
+    """An existing path, or a string shaped like one rather than like a hub id or a name
+    ('embedded', 'pretrained'): './x', '~/x', 'a/b/c', 'x.parquet'."""
+    return isinstance(value, str) and bool(value) and (
+        os.path.exists(value) or value.startswith(("~", ".")) or value.endswith(".parquet")
+        or ("/" in value and not is_hub_id(value)))
+
+
 # The four parts of a run
 
 
@@ -89,10 +111,14 @@ class DataConfig:
     limit: int | None = None     # keep the first N items only (quick runs); None keeps all
     test_size: float = 0.1       # share of items held out (split by item, never by window)
     split_seed: int = 0          # seed of the item split
+    resize: bool = False         # downscale images larger than tokenizer.MAX_IMAGE_SIDE (else they are refused)
 
     def __post_init__(self):
         if not isinstance(self.source, str) or not self.source:
             _fail(self, "source", "expected a non-empty string")
+        if self.source != EMBEDDED and os.path.exists(self.source):   # a moved checkpoint keeps its data
+            self.source = os.path.abspath(self.source)
+        _check_bools(self, ["resize"])
         _check_ints(self, ["limit"], 1, optional=True)
         _check_ints(self, ["split_seed"], 0)
         if not (_is_number(self.test_size) and 0 < self.test_size < 1):
@@ -136,40 +162,46 @@ class ModelConfig:
     objective: str = "next"       # next | causal (what the model is trained for; see models.py)
     positions: bool = False       # add embeddings of where the predicted token sits (segment, row, column, declared h, w)
     ssm: str = "mamba"            # bysmamba: mixer, mamba (Mamba-1, selective scan) | mamba2 (SSD, scalar decay per head: ~4x faster on a CPU)
-    headdim: int = 81             # bysmamba, ssm=mamba2: channels per head (must divide expand * dim)
+    headdim: int | None = None    # bysmamba, ssm=mamba2: channels per head, dividing expand * dim (None: all of them, one head)
+    condition: bool = False       # every position also reads a summary of the item's completed segments (the caption while drawing, the image while captioning)
+    condition_dropout: float = 0.0  # training: share of samples whose condition is dropped, so one model is also unconditional (classifier-free guidance)
 
     def __post_init__(self):
         for name, choices in (("model", MODELS), ("embedding", EMBEDDINGS), ("objective", OBJECTIVES),
                               ("backend", BACKENDS), ("scan_impl", SCAN_IMPLS), ("ssm", SSMS)):
             _check_choice(self, name, choices)
-        _check_bools(self, ("bidirectional", "conv", "positions"))
-        _check_ints(self, ("dim", "hidden", "depth", "d_conv", "expand", "headdim"), 1)
+        _check_bools(self, ("bidirectional", "conv", "positions", "condition"))
+        _check_ints(self, ("dim", "hidden", "depth", "d_conv", "expand"), 1)
+        _check_ints(self, ["headdim"], 1, optional=True)
+        if self.headdim is None and self.model == "bysmamba" and self.ssm == "mamba2":
+            self.headdim = self.expand * self.dim
         _check_ints(self, ["vocab_size"], 2)
         _check_ints(self, ["proj_size"], 0)
-        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
-            _fail(self, "dropout", "expected a number in [0, 1)")
+        for name in ("dropout", "condition_dropout"):
+            if not (_is_number(getattr(self, name)) and 0.0 <= getattr(self, name) < 1.0):
+                _fail(self, name, "expected a number in [0, 1)")
         if self.n_heads != "auto" and not _is_int(self.n_heads, 1):
             _fail(self, "n_heads", "expected a positive integer or 'auto'")
         self._check_combinations()
 
     def _check_combinations(self):
         if self.bidirectional and self.objective == "causal":
-            raise ValueError(
-                "ModelConfig: bidirectional=True with objective='causal' is not allowed: a "
-                "bidirectional model sees the future of every position, so its logits at t would "
-                "read token t itself. Bidirectional models are only legal with objective='next' "
-                "(predict the token after the window).")
+            _fail(self, "bidirectional", "its logits at t would read token t itself; bidirectional models "
+                                         "are only legal with objective='next'")
         if self.embedding == "center" and self.conv:
-            raise ValueError("ModelConfig: conv=True needs embedding='pxby' (the conv mixes the "
-                             "cells of the 3x3 window; embedding='center' has one cell). "
-                             "Use conv=False with embedding='center'.")
+            _fail(self, "embedding", "conv=True needs embedding='pxby' (the conv mixes the cells of the 3x3 "
+                                     "window); use conv=False with embedding='center'")
         if self.embedding == "center" and self.objective == "causal":
-            raise ValueError("ModelConfig: embedding='center' with objective='causal' sees nothing: "
-                             "causal inputs have their centre zeroed, so every input would be 0. "
-                             "Use embedding='pxby' or objective='next'.")
+            _fail(self, "embedding", "with objective='causal' it sees nothing (causal inputs have their centre "
+                                     "zeroed); use embedding='pxby' or objective='next'")
         if self.positions and self.objective != "causal":
             _fail(self, "positions", "positions are read from the causal windows of a whole stream; "
                                      "they need objective='causal'")
+        if self.condition and self.objective != "causal":
+            _fail(self, "condition", "the condition summarises the segments before each position of a "
+                                     "whole stream; it needs objective='causal'")
+        if self.condition_dropout and not self.condition:
+            _fail(self, "condition_dropout", "it drops the condition: set condition=True or use 0")
         if self.proj_size and self.model != "lstm":
             _fail(self, "proj_size", f"it is an LSTM option; use 0 with model={self.model!r}")
         if self.proj_size and self.proj_size >= self.hidden:
@@ -252,13 +284,10 @@ class TrainConfig:
         _check_ints(self, ("epochs", "batch_size", "grad_accum", "log_every"), 1)
         _check_ints(self, ("warmup_steps", "eval_every", "num_workers", "seed"), 0)
         _check_ints(self, ("max_steps", "eval_batches"), 1, optional=True)
-        if not (_is_number(self.lr) and self.lr > 0):
-            _fail(self, "lr", "expected a number > 0")
+        _check_numbers(self, ["lr"], above=True)
         if not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
             _fail(self, "min_lr", f"expected a number in [0, lr={self.lr}]")
-        for name in ("weight_decay", "grad_clip", "budget_s"):
-            if not (_is_number(getattr(self, name)) and getattr(self, name) >= 0):
-                _fail(self, name, "expected a number >= 0")
+        _check_numbers(self, ("weight_decay", "grad_clip", "budget_s"))
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2
                 and all(_is_number(b) and 0 <= b < 1 for b in self.betas)):
             _fail(self, "betas", "expected two numbers in [0, 1)")
@@ -268,7 +297,6 @@ class TrainConfig:
         self.out_dir = str(self.out_dir)
 
 
-# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -293,9 +321,11 @@ class RunConfig:
         if unit == "item" and self.model.objective != "causal":
             raise ValueError("RunConfig: samples.unit='item' needs model.objective='causal' (every "
                              "position of a whole item is a target; 'next' reads one token after a window)")
-        if self.model.positions and unit == "window":
-            raise ValueError("RunConfig: model.positions=True needs samples.unit='item': positions count "
-                             "rows and columns from the start of the stream, and a window starts mid-item")
+        for name in ("positions", "condition"):
+            if getattr(self.model, name) and unit == "window":
+                raise ValueError(f"RunConfig: model.{name}=True needs samples.unit='item': it reads the "
+                                 f"stream from its start (rows, columns, completed segments), and a "
+                                 f"window starts mid-item")
 
     @property
     def context_length(self) -> int | None:
@@ -320,12 +350,8 @@ class RunConfig:
         return cls(**data)
 
     def save(self, path) -> Path:
-        """Write the run as JSON (atomically: a crash leaves the old file or the new one)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        """Write the run as JSON (atomically)."""
+        return atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
 
     @classmethod
     def load(cls, path) -> "RunConfig":
@@ -390,8 +416,8 @@ def _show(value):
     return list(value) if isinstance(value, tuple) else value      # tuples come back from JSON as lists
 
 
-def _closest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=3)
+def _closest(name: str, valid, cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=cutoff)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
         f"; valid names are {sorted(valid)}"
 
@@ -411,6 +437,19 @@ def _from_dict(cls, data, where: str | None = None):
     return cls(**data)
 
 
+def atomic_write_text(text: str, path) -> Path:
+    """Write through a temp file and os.replace: a crash or a full disk leaves the old file or
+    the new one, never a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def resolve_device(name: str = "auto"):
     """'auto' | 'cpu' | 'cuda' -> torch.device ('auto': CUDA when available)."""
     import torch
@@ -418,5 +457,6 @@ def resolve_device(name: str = "auto"):
     if name not in DEVICES:
         raise ValueError(f"device={name!r}: allowed values are {list(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch.cuda.is_available() is False")
+        raise ValueError("device='cuda' but torch.cuda.is_available() is False: no usable CUDA GPU here; "
+                         "use device 'auto' or 'cpu'")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")

@@ -1,51 +1,30 @@
 """Copy tasks as whole PixelBytes items: an unlimited seeded stream to train on, greedy scoring
-beside trivial baselines, and a training run that records its accuracy curve.
+beside trivial baselines, trainings with their accuracy curves, and notebook 05's study.
 
     task = CopyTask("selective", size=16, n_recall=4)
     stream = CopyStream(task, n=64_000, seed=0)       # item i is made from np.random.default_rng([seed, i])
-    x, y = stream[i]                                  # x (L, 3, 3) causal windows, y (L,): 0 outside the copy
     model, curve = train_copy(ModelConfig(model="bysmamba", objective="causal"), task, max_steps=600)
     scores = copy_scores(model, held_out_items(task, 64))   # model and baselines: token / exact / pixel accuracy
     rows = copy_rows(model, task, n_items=64)               # the skills report's columns (skills.measure(copy=rows))
-    runs = run_jobs([dict(model_config=cfg, task=task, max_steps=600), ...], workers=2)  # [(model, curve, sweep)]
+    study = run_study(CopyConfig(families="lstm", tasks="selective"), "runs/copy")   # notebook 05
 
-The tasks (``KINDS``). Every item is a real PixelBytes stream whose last part repeats earlier
-content; ``CopyItem.copy_start:copy_end`` marks that part, the prompt is everything before it.
-- ``image``: a declared ``(size, width)`` image whose bottom half of rows repeats its top half
-  (shape segment + image segment). The copy: the bottom rows with their ``\\t`` / ``\\n``.
-- ``text``: a phrase of ``size`` random words, ``"; "``, the phrase again (one text segment).
-  The copy: the second phrase and its ``\\n``.
-- ``selective``: selective copying (Mamba paper style) as one text segment: ``n_recall``
-  letters scattered among ``size`` spaces, ``:``, then the letters in order,
-  e.g. ``"  k   b  x    q  :kbxq"``. The copy: the letters after ``:`` and the ``\\n``.
-- ``sprite``: a real sprite of the dataset (its shape segment and image segment, resized so its
-  longer side is ``size`` pixels), then its shape segment again, then the sprite again. The copy:
-  the second image. Train on the training split's sprites, score on held-out ones.
-
-The stream (``CopyStream``) is a map-style dataset of virtual length ``n``: item i depends only on
-(seed, i), so it is deterministic, resumable with the ``Trainer`` and never a small fixed set.
-Its targets are the copy part only (every other position is 0, which the loss ignores): the model
-is trained on exactly what it is scored on.
-
-Scoring (``copy_scores``) generates each copy greedily from its prompt and compares it position by
-position with the reference: token accuracy (share of copy tokens right), exact-sequence accuracy
-(share of items copied without one error) and, where the copy holds pixels, pixel accuracy (share
-of the reference's colour tokens reproduced). Beside the model, trivial baselines on the same
-items: repeat the prompt's last token, repeat the prompt's most frequent token, and for sprites an
-all-background image (every pixel the background colour, row ends in place). ``copy_rows`` gives
-the same scores as rows of the skills report; ``size_sweep`` scores a model at other sizes of
-its task (length generalisation) and ``size_below`` finds where it falls below a threshold.
-
-Training (``train_copy``): a fresh model of a family, the ``Trainer`` on the task's stream, and a
-curve of greedy accuracy on held-out items at a few points. ``run_jobs`` runs several such
-trainings (each followed by its size sweep) in parallel processes, one CPU core each.
+Every item is a real PixelBytes stream whose last part, ``CopyItem.copy_start:copy_end``,
+repeats earlier content (``KINDS``): image repeat (the bottom rows of a declared image repeat its
+top rows), text repeat (``"phrase; phrase"``), selective copy (Mamba paper style: letters
+scattered among spaces, ``:``, the letters in order) and sprite copy (a real sprite, its shape,
+the sprite again). A stream's targets are the copy part only, so a model is trained on exactly
+what it is scored on: greedy generations compared position by position with the reference
+(token, exact-sequence and pixel accuracy), beside trivial baselines on the same items.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -53,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from . import tokenizer as tok
-from .config import ModelConfig, TrainConfig
+from .config import (DEVICES, MODELS, SSMS, ModelConfig, TrainConfig, _check_bools, _check_choice, _check_ints,
+                     _check_numbers, _fail, _is_int, _is_number, comma_list)
 from .data import ItemDataset
 from .generate import Generator
 from .models import PixelByteModel
@@ -69,10 +49,7 @@ LETTERS = np.array([ord(c) for c in "abcdefghijklmnopqrstuvwxyz"])
 _HELD_OUT = 1          # third entropy word of held-out items: (seed, i, 1) never equals a training (seed, i)
 
 
-# ---------------------------------------------------------------------------------------------
 # One item
-
-
 @dataclass
 class CopyItem:
     """A pixelbyte sequence whose tokens ``[copy_start, copy_end)`` repeat earlier content:
@@ -107,60 +84,6 @@ def _image_windows(indices: np.ndarray) -> np.ndarray:
                            tok.segment_windows((indices + tok.FIRST_COLOUR_ID).astype(np.uint8))])
 
 
-def image_copy_item(rng: np.random.Generator, height: int = 6, width: int = 6, n_colours: int = 4) -> CopyItem:
-    """A (height, width) image of ``n_colours`` random colours whose bottom half of rows repeats
-    its top half, as a real item (shape text + image, no caption). The copy is the bottom half's
-    rows with their separators."""
-    if height < 2 or height % 2:
-        raise ValueError(f"height must be an even number >= 2, got {height}")
-    colours = rng.choice(len(tok.PALETTE), size=min(n_colours, len(tok.PALETTE)), replace=False)
-    top = rng.choice(colours, size=(height // 2, width))                 # (h/2, w) palette indices
-    windows = _image_windows(np.concatenate([top, top]))
-    shape_len = len(str((height, width))) + 1
-    return CopyItem("image", windows, shape_len + (height // 2) * (width + 1), len(windows))
-
-
-def text_copy_item(rng: np.random.Generator, n_words: int = 2, min_len: int = 2, max_len: int = 5) -> CopyItem:
-    """A phrase of ``n_words`` random words repeated after a separator, e.g. ``"abc def; abc def"``;
-    the copy is the second phrase and its segment end."""
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"word lengths must satisfy 1 <= min_len <= max_len, got {min_len}, {max_len}")
-    words = ["".join(map(chr, rng.choice(LETTERS, size=rng.integers(min_len, max_len + 1))))
-             for _ in range(n_words)]
-    phrase = " ".join(words)
-    windows = _text_windows(f"{phrase}; {phrase}")
-    return CopyItem("text", windows, len(phrase) + 2, len(windows))
-
-
-def selective_copy_item(rng: np.random.Generator, length: int = 16, n_recall: int = 4,
-                        marker: str = ":") -> CopyItem:
-    """Selective copying (Mamba paper style) as one text segment: ``n_recall`` letters scattered
-    among ``length`` spaces, the marker, then the letters in order, e.g. ``"  k   b  x    q  :kbxq"``.
-    The copy is the letters after the marker and the segment end."""
-    if not 1 <= n_recall <= length:
-        raise ValueError(f"n_recall must be in 1..length ({length}), got {n_recall}")
-    letters = rng.choice(LETTERS, size=n_recall)
-    filler = np.full(length, ord(" "))
-    filler[np.sort(rng.choice(length, size=n_recall, replace=False))] = letters
-    text = bytes(filler.astype(np.uint8)).decode() + marker + bytes(letters.astype(np.uint8)).decode()
-    windows = _text_windows(text)
-    return CopyItem("selective", windows, length + len(marker), len(windows))
-
-
-def sprite_copy_item(rng: np.random.Generator, sprites: list[np.ndarray], side: int = 0) -> CopyItem:
-    """A real sprite (shape segment + image segment), its shape segment again, then the sprite
-    again: the copy is the second image. ``sprites``: (h, w) palette-index images
-    (``sprite_images``), one is drawn; ``side``: resize it so its longer side is that many pixels
-    (``resize_sprite``; 0 keeps it as it is)."""
-    if not sprites:
-        raise ValueError("sprite copy needs sprites: pass sprite_images(seqs) of the items to copy")
-    sprite = resize_sprite(sprites[int(rng.integers(len(sprites)))], side)
-    original = _image_windows(sprite)
-    shape = original[:len(str(sprite.shape)) + 1]
-    windows = np.concatenate([original, shape, original[len(shape):]])
-    return CopyItem("sprite", windows, len(original) + len(shape), len(windows))
-
-
 def sprite_images(seqs: list[np.ndarray]) -> list[np.ndarray]:
     """The sprites of data-order items (shape, image, caption) as (h, w) palette-index arrays;
     items without a well-formed shape + image are skipped (``tokenizer.item_sprite``)."""
@@ -169,8 +92,7 @@ def sprite_images(seqs: list[np.ndarray]) -> list[np.ndarray]:
 
 def resize_sprite(indices: np.ndarray, side: int) -> np.ndarray:
     """Nearest-neighbour resize of an (h, w) palette-index image so that its longer side is
-    ``side`` pixels (aspect kept; 0 = unchanged). Pixel art stays pixel art: every output pixel is
-    one of the input's."""
+    ``side`` pixels (aspect kept; 0 = unchanged): every output pixel is one of the input's."""
     if side == 0 or max(indices.shape) == side:
         return indices
     h, w = indices.shape
@@ -181,10 +103,7 @@ def resize_sprite(indices: np.ndarray, side: int) -> np.ndarray:
     return indices[rows][:, cols]
 
 
-# ---------------------------------------------------------------------------------------------
 # A task and its stream
-
-
 @dataclass(frozen=True)
 class CopyTask:
     """One copy task at one size. ``size`` is what the length-generalisation tests scale
@@ -199,30 +118,45 @@ class CopyTask:
     n_recall: int = 4          # selective: letters to recall
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"CopyTask.kind={self.kind!r}: allowed values are {list(KINDS)}")
-        for name in ("size", "width", "n_colours", "min_letters", "max_letters", "n_recall"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"CopyTask.{name}={value!r}: expected an integer >= 1")
+        _check_choice(self, "kind", KINDS)
+        _check_ints(self, ("size", "width", "n_colours", "min_letters", "max_letters", "n_recall"), 1)
         if self.kind == "image" and self.size % 2:
-            raise ValueError(f"CopyTask.size={self.size}: an image copy needs an even number of rows")
+            _fail(self, "size", "an image copy needs an even number of rows")
         if self.kind == "text" and self.min_letters > self.max_letters:
-            raise ValueError(f"CopyTask.min_letters={self.min_letters} > max_letters={self.max_letters}")
+            _fail(self, "min_letters", f"must be <= max_letters={self.max_letters}")
         if self.kind == "selective" and self.n_recall > self.size:
-            raise ValueError(f"CopyTask.n_recall={self.n_recall}: at most size={self.size} letters fit")
+            _fail(self, "n_recall", f"at most size={self.size} letters fit")
         if self.kind == "sprite" and self.size > tok.MAX_IMAGE_SIDE:
-            raise ValueError(f"CopyTask.size={self.size}: sprites larger than {tok.MAX_IMAGE_SIDE} px are refused")
+            _fail(self, "size", f"sprites larger than {tok.MAX_IMAGE_SIDE} px are refused")
 
     def make(self, rng: np.random.Generator, sprites: list[np.ndarray] | None = None) -> CopyItem:
-        """One item drawn with ``rng`` (sprite: from ``sprites``)."""
-        if self.kind == "image":
-            return image_copy_item(rng, self.size, self.width, self.n_colours)
-        if self.kind == "text":
-            return text_copy_item(rng, self.size, self.min_letters, self.max_letters)
-        if self.kind == "selective":
-            return selective_copy_item(rng, self.size, self.n_recall)
-        return sprite_copy_item(rng, sprites or [], self.size)
+        """One item drawn with ``rng``; sprite copy draws from ``sprites`` ((h, w) palette-index
+        images, ``sprite_images``). The copy part is the last repeat with its separators."""
+        if self.kind == "image":       # n_colours random colours; the bottom half of rows repeats the top
+            colours = rng.choice(len(tok.PALETTE), size=min(self.n_colours, len(tok.PALETTE)), replace=False)
+            top = rng.choice(colours, size=(self.size // 2, self.width))             # (h/2, w) palette indices
+            windows = _image_windows(np.concatenate([top, top]))
+            shape_len = len(str((self.size, self.width))) + 1
+            return CopyItem("image", windows, shape_len + (self.size // 2) * (self.width + 1), len(windows))
+        if self.kind == "text":        # "abc def; abc def"
+            words = ["".join(map(chr, rng.choice(LETTERS, size=rng.integers(self.min_letters, self.max_letters + 1))))
+                     for _ in range(self.size)]
+            phrase = " ".join(words)
+            windows = _text_windows(f"{phrase}; {phrase}")
+            return CopyItem("text", windows, len(phrase) + 2, len(windows))
+        if self.kind == "selective":   # letters among spaces, ":", the letters: "  k   b  x    q  :kbxq"
+            letters = rng.choice(LETTERS, size=self.n_recall)
+            filler = np.full(self.size, ord(" "))
+            filler[np.sort(rng.choice(self.size, size=self.n_recall, replace=False))] = letters
+            text = bytes(filler.astype(np.uint8)).decode() + ":" + bytes(letters.astype(np.uint8)).decode()
+            windows = _text_windows(text)
+            return CopyItem("selective", windows, self.size + 1, len(windows))
+        # a real sprite resized to ``size`` px (shape + image), its shape again, the image again
+        sprite = resize_sprite(sprites[int(rng.integers(len(sprites)))], self.size)
+        original = _image_windows(sprite)
+        shape = original[:len(str(sprite.shape)) + 1]
+        windows = np.concatenate([original, shape, original[len(shape):]])
+        return CopyItem("sprite", windows, len(original) + len(shape), len(windows))
 
     def scaled(self, factor: int) -> "CopyTask":
         """The same task with ``size`` times ``factor`` (train at L, test at 2L, 4L)."""
@@ -239,29 +173,16 @@ class CopyTask:
 
 
 class CopyStream(Dataset):
-    """An unlimited stream of copy items of one task, as whole causal samples.
-
-    Item i is ``task.make(np.random.default_rng([seed, i]))`` (held-out streams:
-    ``[seed, i, 1]``, other draws than any training stream's): any index gives the same item on
-    any machine, in any order, so a resumed ``Trainer`` sees what it would have seen. ``n`` is the
-    virtual length (one epoch); take it as large as the training needs. Held-out draws are
-    independent, not disjoint: where a task has few distinct items (selective copy of 2 letters
-    among 8 spaces has 28 x 26^2 = 18,928) a long training sees many of them; items of another
-    size never are, and held-out sprites are other sprites.
-    ``x`` = the item's windows with centres zeroed (L, 3, 3), ``y`` = its tokens on the copy part
-    and 0 elsewhere (L,): the loss and the metrics see the copy only. Batches are padded by
-    ``collate`` (``ItemDataset.collate``: padding id 0, ignored by the loss).
-    """
+    """An unlimited stream of copy items of one task, as whole causal samples of virtual length
+    ``n``. Item i is ``task.make(np.random.default_rng([seed, i]))`` (held-out: ``[seed, i, 1]``,
+    independent draws): the same item on any machine, in any order. ``x`` (L, 3, 3): the windows
+    with centres zeroed; ``y`` (L,): the tokens on the copy part, 0 (ignored by the loss) elsewhere."""
 
     objective = "causal"
     collate = staticmethod(ItemDataset.collate)
 
     def __init__(self, task: CopyTask, n: int, seed: int = 0, sprites: list[np.ndarray] | None = None,
                  held_out: bool = False):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer (the stream's virtual length), got {n!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         if task.kind == "sprite" and not sprites:
             raise ValueError("a sprite copy stream needs sprites (sprite_images of the items to copy)")
         self.task, self.n, self.seed, self.sprites, self.held_out = task, int(n), int(seed), sprites, held_out
@@ -288,8 +209,7 @@ class CopyStream(Dataset):
         return x, y
 
     def epoch_order(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
-        """One epoch's order: a plain shuffle (items are independent draws anyway)."""
-        return torch.randperm(self.n, generator=generator)
+        return torch.randperm(self.n, generator=generator)      # a plain shuffle: items are independent draws
 
     def mean_length(self, n: int = 256) -> float:
         """Mean tokens per item over the first ``n`` items."""
@@ -301,41 +221,19 @@ class CopyStream(Dataset):
 
 
 def held_out_items(task: CopyTask, n: int, seed: int = 0, sprites: list[np.ndarray] | None = None) -> list[CopyItem]:
-    """``n`` items of the held-out stream (``CopyStream(..., held_out=True)``: other draws than
-    the training streams'); for sprites pass the held-out split's ``sprite_images``."""
+    """``n`` items of the held-out stream (other draws than the training streams'); for sprites
+    pass the held-out split's ``sprite_images``."""
     return CopyStream(task, n, seed, sprites, held_out=True).items()
 
 
-def copy_task_items(kind: str, n: int, seed: int = 0, **params) -> list[CopyItem]:
-    """``n`` items of ``kind`` (image | text | selective); ``params`` go to the maker
-    (``image_copy_item``, ``text_copy_item``, ``selective_copy_item``). Item i is drawn from
-    ``np.random.default_rng([seed, i])``, as in ``CopyStream``."""
-    makers = {"image": image_copy_item, "text": text_copy_item, "selective": selective_copy_item}
-    if kind not in makers:
-        raise ValueError(f"copy task kind must be one of {list(makers)}, got {kind!r} "
-                         f"(sprite copies need sprites: use CopyStream)")
-    return [makers[kind](np.random.default_rng([seed, i]), **params) for i in range(n)]
-
-
-def copy_task_dataset(kind: str, n: int, seed: int = 0, **params) -> list[np.ndarray]:
-    """The items of ``copy_task_items`` as plain (L, 3, 3) uint8 sequences, ready for
-    ``data.WindowDataset`` / ``data.ItemDataset`` (every token a target, not only the copy)."""
-    return [item.windows for item in copy_task_items(kind, n, seed, **params)]
-
-
-# ---------------------------------------------------------------------------------------------
 # Scoring
-
-
 def score_copy_predictions(items: list[CopyItem], generated: list[list[int]]) -> dict:
-    """Generated copies against the items' targets, position by position: token accuracy (share
-    of target tokens right, over all items), exact-sequence accuracy (share of items with every
-    target token right) and pixel accuracy (share of the targets' colour tokens right; nan when
-    no target holds a pixel). A short generation counts its missing tokens as wrong."""
+    """Generated copies against the items' targets, position by position: token, exact-sequence
+    (every target token right) and pixel accuracy (nan when no target holds a pixel); a short
+    generation counts its missing tokens as wrong."""
     if len(items) != len(generated):
         raise ValueError(f"{len(items)} items but {len(generated)} generations")
     right = exact = total = pixels = pixels_right = 0
-    per_item = []
     for item, gen in zip(items, generated):
         target = np.asarray(item.target_ids)
         got = np.full(len(target), -1)
@@ -344,19 +242,14 @@ def score_copy_predictions(items: list[CopyItem], generated: list[list[int]]) ->
         colour = tok.is_colour(target)
         right, total, exact = right + int(hits.sum()), total + len(target), exact + int(hits.all())
         pixels, pixels_right = pixels + int(colour.sum()), pixels_right + int(hits[colour].sum())
-        per_item.append(float(hits.mean()))
-    nan = float("nan")
-    return {"kinds": ",".join(sorted({i.kind for i in items})), "items": len(items), "tokens": total,
-            "token_accuracy": right / total if total else nan,
-            "sequence_accuracy": exact / len(items) if items else nan,
-            "pixel_accuracy": pixels_right / pixels if pixels else nan,
-            "per_item_token_accuracy": per_item}
+    return {"token_accuracy": right / total if total else math.nan,
+            "sequence_accuracy": exact / len(items) if items else math.nan,
+            "pixel_accuracy": pixels_right / pixels if pixels else math.nan, "items": len(items), "tokens": total}
 
 
-def generate_copies(model, items: list[CopyItem], batch_size: int = 64, window: int | None = None,
-                    use_state: bool | None = None) -> list[list[int]]:
+def generate_copies(model, items: list[CopyItem], batch_size: int = 64) -> list[list[int]]:
     """Each item's copy generated greedily from its prompt (as many tokens as the reference)."""
-    generator = Generator(model, window=window, use_state=use_state)
+    generator = Generator(model)
     generated = []
     for b0 in range(0, len(items), batch_size):
         batch = items[b0:b0 + batch_size]
@@ -366,10 +259,9 @@ def generate_copies(model, items: list[CopyItem], batch_size: int = 64, window: 
     return generated
 
 
-def score_copy(model, items: list[CopyItem], batch_size: int = 64, window: int | None = None,
-               use_state: bool | None = None) -> dict:
+def score_copy(model, items: list[CopyItem]) -> dict:
     """Generate each item's copy greedily from its prompt and score it (``score_copy_predictions``)."""
-    return score_copy_predictions(items, generate_copies(model, items, batch_size, window, use_state))
+    return score_copy_predictions(items, generate_copies(model, items))
 
 
 BASELINES = {
@@ -391,41 +283,28 @@ def baseline_copies(items: list[CopyItem], name: str) -> list[list[int]]:
     raise ValueError(f"baseline {name!r}: allowed values are {list(BASELINES)}")
 
 
-def baselines_for(kind: str) -> tuple[str, ...]:
-    return tuple(BASELINES) if kind == "sprite" else ("repeat_last", "most_frequent_prompt")
-
-
 METRICS = ("token_accuracy", "sequence_accuracy", "pixel_accuracy")
+SKILL_METRICS = dict(zip(METRICS, ("token accuracy", "exact-sequence accuracy", "pixel accuracy")))
 
 
-def copy_scores(model, items: list[CopyItem], batch_size: int = 64) -> pd.DataFrame:
+def copy_scores(model, items: list[CopyItem]) -> pd.DataFrame:
     """One row per method -- "model" (greedy generation; skipped when ``model`` is None) and the
     baselines of the items' kind -- with ``METRICS``, items and copy tokens."""
-    kind = items[0].kind
-    candidates = {} if model is None else {"model": generate_copies(model, items, batch_size)}
-    candidates.update({name: baseline_copies(items, name) for name in baselines_for(kind)})
-    rows = []
-    for method, generated in candidates.items():
-        scored = score_copy_predictions(items, generated)
-        rows.append({"method": method, **{m: scored[m] for m in METRICS}, "items": scored["items"],
-                     "tokens": scored["tokens"]})
-    return pd.DataFrame(rows)
-
-
-SKILL_METRICS = {"token_accuracy": "token accuracy", "sequence_accuracy": "exact-sequence accuracy",
-                 "pixel_accuracy": "pixel accuracy"}
+    candidates = {} if model is None else {"model": generate_copies(model, items)}
+    baselines = BASELINES if items[0].kind == "sprite" else ("repeat_last", "most_frequent_prompt")
+    candidates.update({name: baseline_copies(items, name) for name in baselines})
+    return pd.DataFrame([{"method": method, **score_copy_predictions(items, generated)}
+                         for method, generated in candidates.items()])
 
 
 def skill_rows(scores: pd.DataFrame, task: CopyTask) -> pd.DataFrame:
-    """``copy_scores`` -> rows of the skills report (skill, metric, value, baseline, baseline_is,
-    items): skill "copy: <kind>", one row per metric (pixel accuracy for sprites only), the
-    baseline being the best trivial one on those items (``baseline_is`` names it and gives the
-    others)."""
+    """``copy_scores`` -> rows of the skills report: skill "copy: <kind>", one row per metric
+    (pixel accuracy for sprites only) beside the best trivial baseline on those items."""
     from .skills import COLUMNS
 
     by = scores.set_index("method")
     others = [m for m in by.index if m != "model"]
-    metrics = list(SKILL_METRICS) if task.kind == "sprite" else ["token_accuracy", "sequence_accuracy"]
+    metrics = METRICS if task.kind == "sprite" else METRICS[:2]
     rows = []
     for metric in metrics:
         values = by.loc[others, metric].astype(float)
@@ -438,39 +317,28 @@ def skill_rows(scores: pd.DataFrame, task: CopyTask) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def copy_rows(model, task: CopyTask, n_items: int = 64, seed: int = 0, sprites: list[np.ndarray] | None = None,
-              batch_size: int = 64) -> pd.DataFrame:
-    """The copy skill of ``model`` on ``n_items`` held-out items of ``task``, in the skills
-    report's format (``skill_rows``): ``skills.measure(..., copy=copy_rows(...))``. Sprites:
-    pass the held-out split's ``sprite_images``."""
-    return skill_rows(copy_scores(model, held_out_items(task, n_items, seed, sprites), batch_size), task)
+def copy_rows(model, task: CopyTask, n_items: int = 64, seed: int = 0, sprites: list[np.ndarray] | None = None):
+    """The copy skill of ``model`` on ``n_items`` held-out items of ``task`` as skills report rows
+    (``skills.measure(..., copy=copy_rows(...))``). Sprites: the held-out split's ``sprite_images``."""
+    return skill_rows(copy_scores(model, held_out_items(task, n_items, seed, sprites)), task)
 
 
-def size_sweep(model, tasks: list[CopyTask], n_items: int = 64, seed: int = 0,
-               sprites: list[np.ndarray] | None = None, batch_size: int = 64) -> pd.DataFrame:
-    """``copy_scores`` of one model on held-out items of each task (the same task at other
-    sizes: ``[task.scaled(f) for f in (1, 2, 4)]``), one frame: the scores plus the task's
-    fields (size, n_recall, ...) and its label."""
-    frames = []
-    for task in tasks:
-        scores = copy_scores(model, held_out_items(task, n_items, seed, sprites), batch_size)
-        frames.append(scores.assign(**asdict(task), label=task.label))
-    return pd.concat(frames, ignore_index=True)
+def size_sweep(model, tasks: list[CopyTask], n_items: int = 64, seed: int = 0, sprites=None) -> pd.DataFrame:
+    """``copy_scores`` of one model on held-out items of each task (e.g. ``task.scaled(f)``), with
+    each task's fields and label as columns."""
+    return pd.concat([copy_scores(model, held_out_items(task, n_items, seed, sprites))
+                      .assign(**asdict(task), label=task.label) for task in tasks], ignore_index=True)
 
 
-def size_below(sweep: pd.DataFrame, metric: str = "token_accuracy", threshold: float = 0.9,
-               by: str = "size") -> float:
-    """The smallest ``by`` value (of the model's rows of a ``size_sweep``) where ``metric``
-    falls below ``threshold``; inf when it never does at the sizes tested."""
-    model = sweep[sweep["method"] == "model"].sort_values(by)
+def size_below(sweep: pd.DataFrame, metric: str = "token_accuracy", threshold: float = 0.9) -> float:
+    """The smallest size (of the model's rows of a ``size_sweep``) where ``metric`` falls below
+    ``threshold``; inf when it never does at the sizes tested."""
+    model = sweep[sweep["method"] == "model"].sort_values("size")
     below = model[model[metric] < threshold]
-    return float(below[by].iloc[0]) if len(below) else math.inf
+    return float(below["size"].iloc[0]) if len(below) else math.inf
 
 
-# ---------------------------------------------------------------------------------------------
 # Training a fresh model on a task, with its curve
-
-
 class _CurveTrainer(Trainer):
     """The Trainer, plus greedy copy scores of held-out items at every validation: the curve."""
 
@@ -490,47 +358,23 @@ class _CurveTrainer(Trainer):
 
 
 def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 500, budget_s: float = 0.0,
-               batch_size: int = 32, lr: float = 3e-3, min_lr: float | None = None, warmup_steps: int | None = None,
-               weight_decay: float = 0.01, eval_every: int | None = None, eval_points: int = 10, eval_items: int = 64,
-               seed: int = 0,
-               device: str = "cpu", sprites: list[np.ndarray] | None = None,
+               batch_size: int = 32, lr: float = 3e-3, eval_every: int | None = None, eval_points: int = 10,
+               eval_items: int = 64, seed: int = 0, device: str = "cpu", sprites: list[np.ndarray] | None = None,
                held_out_sprites: list[np.ndarray] | None = None,
                out_dir: str | None = None) -> tuple[PixelByteModel, pd.DataFrame]:
-    """Train a fresh model of ``model_config`` (objective "causal"; weights from ``seed``) on
-    the stream of ``task`` for ``max_steps`` steps of ``batch_size`` items, or fewer: with
-    ``budget_s`` > 0, as many as ``budget_s`` seconds of training allow at the pace of the first
-    steps (the Trainer's probe: the step count is then fixed and the learning-rate schedule ends
-    where training ends; the curve keeps its points up to there). AdamW, linear warmup (default: a tenth
-    of the steps, at most 100), cosine decay to ``min_lr`` (default lr / 10).
-
-    Every ``eval_every`` steps (default: the steps / ``eval_points``) and at the end, ``eval_items``
-    held-out items are scored: teacher-forced loss and accuracy on the copy part (the Trainer's
-    validation) and greedy token / exact-sequence / pixel accuracy (``score_copy``). Sprites:
-    train on ``sprites`` (the training split's), score on ``held_out_sprites``.
-
-    Returns (model, curve): one curve row per evaluation (step, val_loss,
-    teacher_forced_accuracy, token_accuracy, sequence_accuracy, pixel_accuracy, wall_s: since
-    the start, evaluations included); ``curve.attrs["final"]`` holds steps, train_seconds,
-    tokens_per_s (stream positions per second of training, padding excluded), the parameter
-    count and what ended the run (``stopped_by``: "max_steps" or "budget"). ``out_dir``: keep
-    the Trainer's files (metrics.csv, run.json, checkpoints) there; default a temporary folder.
-    """
-    if model_config.objective != "causal":
-        raise ValueError(f"train_copy: model_config.objective={model_config.objective!r}; copy items are whole "
-                         f"causal samples, use objective='causal'")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"train_copy: max_steps={max_steps!r}: expected an integer >= 1")
-    steps = max_steps                       # the Trainer's budget probe may shorten the run
-    train_ds = CopyStream(task, steps * batch_size, seed, sprites)
-    val_ds = CopyStream(task, eval_items, seed, held_out_sprites or sprites, held_out=True)
-    eval_every = eval_every or max(1, steps // eval_points)
+    """Train a fresh causal model of ``model_config`` (weights from ``seed``) on the stream of
+    ``task`` for ``max_steps`` steps or what ``budget_s`` allows (AdamW, cosine decay to lr / 10).
+    Every ``eval_every`` steps (default: steps / ``eval_points``) ``eval_items`` held-out items are
+    scored, teacher-forced and greedily (``score_copy``): one curve row each. Sprites: train on
+    ``sprites``, score on ``held_out_sprites``. ``curve.attrs["final"]``: steps, train_seconds,
+    tokens_per_s (padding excluded), parameters, ``stopped_by``. ``out_dir``: keep the Trainer's files."""
+    eval_every = eval_every or max(1, max_steps // eval_points)
     with tempfile.TemporaryDirectory(prefix="copy_run_") as tmp:
-        train_cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr,
-                                min_lr=lr / 10 if min_lr is None else min_lr,
-                                warmup_steps=min(100, steps // 10) if warmup_steps is None else warmup_steps,
-                                weight_decay=weight_decay, eval_every=eval_every, log_every=eval_every,
-                                budget_s=budget_s,
-                                seed=seed, device=device, progress=False, out_dir=out_dir or tmp)
+        train_cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, min_lr=lr / 10,
+                                warmup_steps=min(100, max_steps // 10), eval_every=eval_every, log_every=eval_every,
+                                budget_s=budget_s, seed=seed, device=device, progress=False, out_dir=out_dir or tmp)
+        train_ds = CopyStream(task, max_steps * batch_size, seed, sprites)
+        val_ds = CopyStream(task, eval_items, seed, held_out_sprites or sprites, held_out=True)
         torch.manual_seed(seed)
         model = PixelByteModel(model_config)
         trainer = _CurveTrainer(model, train_ds, val_ds, train_cfg, probe_items=val_ds.items())
@@ -547,9 +391,8 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
 
 def train_and_sweep(model_config: ModelConfig, task: CopyTask, factors=(1, 2, 4), sweep_items: int = 64,
                     **train_kwargs) -> tuple[PixelByteModel, pd.DataFrame, pd.DataFrame]:
-    """``train_copy`` then ``size_sweep`` of the trained model at ``task.scaled(f)`` for every
-    factor (held-out sprites for sprite copy): (model, curve, sweep), the sweep with a ``factor``
-    column."""
+    """``train_copy``, then ``size_sweep`` of the model at ``task.scaled(f)`` for every factor
+    (held-out sprites for sprite copy): (model, curve, sweep with a ``factor`` column)."""
     model, curve = train_copy(model_config, task, **train_kwargs)
     sprites = train_kwargs.get("held_out_sprites") or train_kwargs.get("sprites")
     sweep = size_sweep(model, [task.scaled(f) for f in factors], sweep_items, train_kwargs.get("seed", 0), sprites)
@@ -562,9 +405,8 @@ def _job(job: dict):
 
 
 def run_jobs(jobs: list[dict], workers: int = 1, report=None) -> list[tuple]:
-    """``train_and_sweep(**job)`` for every job, ``workers`` at once (``train.in_processes``).
-    ``report(k, result)`` is called as each job ``k`` finishes. Returns the (model, curve,
-    sweep) of every job, in the jobs' order."""
+    """``train_and_sweep(**job)`` for every job, ``workers`` at once (``train.in_processes``);
+    ``report(k, result)`` as each job ``k`` finishes. Returns (model, curve, sweep) in the jobs' order."""
     results = [None] * len(jobs)
     for k, (state, curve, attrs, sweep) in in_processes(_job, jobs, workers):
         model = PixelByteModel(jobs[k]["model_config"])
@@ -579,8 +421,7 @@ def run_jobs(jobs: list[dict], workers: int = 1, report=None) -> list[tuple]:
 def curve_trend(curve: pd.DataFrame, metric: str = "sequence_accuracy", goal: float = 0.99,
                 tolerance: float = 0.02) -> str:
     """What a curve says about more training: "reached" (its last point meets ``goal``), "still
-    rising" (the mean of its last third of points is more than ``tolerance`` above the mean of
-    the third before) or "plateaued"."""
+    rising" (its last third's mean is more than ``tolerance`` above the third's before) or "plateaued"."""
     values = curve[metric].astype(float).to_numpy()
     if len(values) and values[-1] >= goal:
         return "reached"
@@ -589,3 +430,253 @@ def curve_trend(curve: pd.DataFrame, metric: str = "sequence_accuracy", goal: fl
     third = max(1, len(values) // 3)
     last, before = values[-third:], values[-2 * third:-third]
     return "still rising" if last.mean() - before.mean() > tolerance else "plateaued"
+
+
+# Notebook 05's study: every family trained on every task, curves, length generalisation
+FAMILIES = MODELS
+# The tasks at their CPU sizes: notebook 05's defaults and compare.py's copy columns
+TASKS = {"image": CopyTask("image", 6, width=6, n_colours=4), "text": CopyTask("text", 2),
+         "selective": CopyTask("selective", 8, n_recall=2), "sprite": CopyTask("sprite", 8)}
+HEADLINE = {"image": "token_accuracy", "text": "token_accuracy", "selective": "sequence_accuracy",
+            "sprite": "pixel_accuracy"}            # the score each task's goal is about
+STUDY_FILES = {"curves": "curves.csv", "sweeps": "sizes.csv", "table": "copy_table.csv", "skills": "copy_skills.csv"}
+_FORMATS = {"curves": "%.6g", "sweeps": "%.6g", "table": "%.4g", "skills": None}
+
+
+@dataclass
+class CopyConfig:
+    """Notebook 05's parameters. ``hidden`` takes one value for every family or a dict with one
+    per family; ``batch_size``, ``max_steps``, ``budget_s`` and ``sweep_items`` one for every
+    task or a dict with one per task. Model fields are ``ModelConfig``'s."""
+    families: str = ",".join(FAMILIES)            # model families, comma-separated
+    tasks: str = ",".join(KINDS)                  # copy tasks, comma-separated
+    dim: int = 64                                 # model width of every family
+    depth: int = 2                                # layers of every family
+    hidden: int | dict = field(default_factory=lambda: {"lstm": 128, "attention": 128, "bysmamba": 16})
+    n_heads: int = 4                              # attention heads
+    expand: int = 2                               # bysmamba: inner width expand x dim
+    ssm: str = "mamba"                            # bysmamba mixer: mamba (Mamba-1) | mamba2 (SSD, one head)
+    positions: bool = False                       # position inputs (segment, row, column, declared size)
+    image_rows: int = TASKS["image"].size         # image repeat: rows (even)
+    image_width: int = TASKS["image"].width       # image repeat: columns
+    image_colours: int = TASKS["image"].n_colours  # image repeat: colours per image
+    text_words: int = TASKS["text"].size          # text repeat: words in the phrase
+    selective_length: int = TASKS["selective"].size    # selective copy: spaces
+    selective_recall: int = TASKS["selective"].n_recall  # selective copy: letters to recall
+    sprite_side: int = TASKS["sprite"].size       # sprite copy: longer side in px
+    size_factors: str = "1,2,4"                   # length generalisation: multiples of the trained size
+    batch_size: int | dict = field(default_factory=lambda: {"image": 16, "text": 32, "selective": 32, "sprite": 16})
+    lr: float = 3e-3                              # AdamW peak learning rate
+    max_steps: int | dict = field(default_factory=lambda: {"image": 200, "text": 500, "selective": 800,
+                                                            "sprite": 200})
+    budget_s: float | dict = 150                  # seconds of training per run, 0: no cap
+    eval_points: int = 8                          # points of each accuracy-vs-steps curve
+    eval_items: int = 64                          # held-out items scored at each point
+    sweep_items: int | dict = field(default_factory=lambda: {"image": 128, "text": 128, "selective": 256,
+                                                              "sprite": 32})
+    seed: int = 0
+    device: str = "cpu"                           # cpu | cuda | auto
+    threads: int = 1                              # torch CPU threads, 0 keeps torch's default
+    workers: int = 2                              # trainings run at once, one process each
+
+    def __post_init__(self):
+        _check_choice(self, "ssm", SSMS)
+        _check_choice(self, "device", DEVICES)
+        _check_bools(self, ["positions"])
+        _check_ints(self, ("dim", "depth", "n_heads", "expand", "image_width", "image_colours", "text_words",
+                           "selective_length", "selective_recall", "sprite_side", "eval_points", "eval_items",
+                           "workers"), 1)
+        _check_ints(self, ["image_rows"], 2)
+        _check_ints(self, ("seed", "threads"), 0)
+        _check_numbers(self, ["lr"], above=True)
+        for name, allowed in (("families", FAMILIES), ("tasks", KINDS)):
+            values = comma_list(getattr(self, name))
+            if not values or any(v not in allowed for v in values):
+                _fail(self, name, f"expected comma-separated values among {list(allowed)}")
+        if self.factors is None:
+            _fail(self, "size_factors", "expected increasing integers starting at 1, e.g. '1,2,4'")
+        self._check_each("hidden", FAMILIES, self.family_list, lambda v: _is_int(v, 1), "an integer >= 1")
+        for name in ("batch_size", "max_steps", "sweep_items"):
+            self._check_each(name, KINDS, self.task_list, lambda v: _is_int(v, 1), "an integer >= 1")
+        self._check_each("budget_s", KINDS, self.task_list, lambda v: _is_number(v) and v >= 0, "a number >= 0")
+        self.copy_tasks()                     # CopyTask and ModelConfig check sizes and heads themselves
+        for family in self.family_list:
+            self.model_config(family)
+
+    def _check_each(self, name: str, keys, used, ok, what: str):
+        value = getattr(self, name)
+        if not isinstance(value, dict):
+            if not ok(value):
+                _fail(self, name, f"expected {what}, or a dict with one for each of {list(keys)}")
+            return
+        unknown, missing = [k for k in value if k not in keys], [k for k in used if k not in value]
+        if unknown or missing:
+            _fail(self, name, f"expected one value for each of {list(used)} (keys among {list(keys)})")
+        bad = next((k for k in used if not ok(value[k])), None)
+        if bad is not None:
+            _fail(self, name, f"expected {what} for each, got {value[bad]!r} for {bad!r}")
+
+    @property
+    def family_list(self) -> list[str]:
+        return comma_list(self.families)
+
+    @property
+    def task_list(self) -> list[str]:
+        return comma_list(self.tasks)
+
+    @property
+    def factors(self) -> list[int] | None:
+        """``size_factors`` as integers; None when they are not increasing integers from 1."""
+        try:
+            factors = [int(f) for f in self.size_factors.split(",")]
+        except (AttributeError, ValueError):
+            return None
+        return factors if factors and factors[0] == 1 and factors == sorted(set(factors)) else None
+
+    def per_task(self, name: str) -> dict:
+        """task -> its value of a by-task field."""
+        value = getattr(self, name)
+        return {t: value[t] if isinstance(value, dict) else value for t in self.task_list}
+
+    def copy_tasks(self) -> dict[str, CopyTask]:
+        tasks = {"image": CopyTask("image", self.image_rows, width=self.image_width, n_colours=self.image_colours),
+                 "text": CopyTask("text", self.text_words),
+                 "selective": CopyTask("selective", self.selective_length, n_recall=self.selective_recall),
+                 "sprite": CopyTask("sprite", self.sprite_side)}
+        return {t: tasks[t] for t in self.task_list}
+
+    def model_config(self, family: str) -> ModelConfig:
+        own = {"lstm": {}, "attention": {"n_heads": self.n_heads},
+               "bysmamba": {"expand": self.expand, "ssm": self.ssm}}[family]
+        hidden = self.hidden[family] if isinstance(self.hidden, dict) else self.hidden
+        return ModelConfig(model=family, dim=self.dim, depth=self.depth, hidden=hidden, objective="causal",
+                           positions=self.positions, **own)
+
+
+def show_ids(ids) -> str:
+    """Token ids as text: bytes as latin-1, ``/`` a row end, ``|`` a segment end, ``#`` a pixel."""
+    return "".join({tok.ROW_END_ID: "/", tok.SEG_END_ID: "|"}.get(i, "#" if i >= tok.FIRST_COLOUR_ID
+                                                                else tok.BYTE_TOKENS[i].decode("latin-1"))
+                   for i in ids)
+
+
+def plan(cfg: CopyConfig, held_out_sprites: list[np.ndarray] | None = None) -> list[tuple[str, str]]:
+    """The (family, task) runs, costliest first (tokens trained on; BysMamba counted 3x), so
+    that parallel workers end together."""
+    steps, batches = cfg.per_task("max_steps"), cfg.per_task("batch_size")
+    cost = {t: steps[t] * batches[t] * np.mean([len(i.ids) for i in held_out_items(task, 16, cfg.seed,
+                                                                                    held_out_sprites)])
+            for t, task in cfg.copy_tasks().items()}
+    return sorted(((family, t) for t in cfg.task_list for family in cfg.family_list),
+                  key=lambda run: -cost[run[1]] * (3 if run[0] == "bysmamba" else 1))
+
+
+@dataclass
+class Study:
+    """What ``run_study`` leaves: the trained models by (family, task), every curve and sweep
+    (with family and task columns), the table, its rows in the skills report's format."""
+    cfg: CopyConfig
+    models: dict
+    curves: pd.DataFrame
+    sweeps: pd.DataFrame
+    table: pd.DataFrame
+    skills: pd.DataFrame
+
+
+def table_row(family: str, task: CopyTask, curve: pd.DataFrame, sweep: pd.DataFrame, factors) -> dict:
+    """One row of the study's table: scores at the trained size beside the best baseline, at the
+    larger sizes, where token accuracy falls below 90%, what the headline curve did, the run."""
+    final = curve.attrs["final"]
+    model_rows = sweep[sweep["method"] == "model"].set_index("factor")
+    base = sweep[(sweep["method"] != "model") & (sweep["factor"] == 1)]
+    row = {"family": family, "task": task.kind, "trained_size": task.size, "parameters": final["parameters"],
+           "steps": final["steps"], "stopped_by": final["stopped_by"], "train_s": round(final["train_seconds"], 1),
+           "tokens_per_s": round(final["tokens_per_s"]), "token_acc": model_rows.loc[1, "token_accuracy"],
+           "baseline_token_acc": base["token_accuracy"].max(), "exact_acc": model_rows.loc[1, "sequence_accuracy"],
+           "baseline_exact_acc": base["sequence_accuracy"].max(),
+           "pixel_acc": model_rows.loc[1, "pixel_accuracy"], "baseline_pixel_acc": base["pixel_accuracy"].max()}
+    for f in factors[1:]:
+        row[f"token_acc_{f}x"] = model_rows.loc[f, "token_accuracy"]
+        row[f"exact_acc_{f}x"] = model_rows.loc[f, "sequence_accuracy"]
+    row["size_below_90"] = size_below(sweep, "token_accuracy", 0.9)
+    headline = HEADLINE[task.kind]
+    row["curve_end"] = f"{curve_trend(curve, headline)} ({headline.split('_')[0]})"
+    return row
+
+
+def append_csv(path, frame: pd.DataFrame, float_format: str | None = None):
+    """Add ``frame``'s rows to the CSV at ``path`` (its header first when the file is new): a
+    run stopped early keeps the rows of what finished."""
+    path = Path(path)
+    frame.to_csv(path, mode="a", header=not path.exists(), index=False, float_format=float_format)
+
+
+def run_study(cfg: CopyConfig, out_dir, sprites: list[np.ndarray] | None = None,
+              held_out_sprites: list[np.ndarray] | None = None, log=None) -> Study:
+    """Train every family of ``cfg`` on every task (``plan``; ``cfg.workers`` at once), score each
+    model at every size factor, and write ``STUDY_FILES`` to ``out_dir`` (each run's rows as it
+    finishes, then all in the plan's order) with ``copy_table.json``. Sprite copy trains on
+    ``sprites``, is scored on ``held_out_sprites``; ``log`` gets each run's summary line."""
+    log = log or functools.partial(print, flush=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in STUDY_FILES.values():
+        (out / name).unlink(missing_ok=True)
+    tasks, factors, runs = cfg.copy_tasks(), cfg.factors, plan(cfg, held_out_sprites)
+    steps, budgets, batches, n_scored = (cfg.per_task(n) for n in ("max_steps", "budget_s", "batch_size",
+                                                                   "sweep_items"))
+    jobs = [dict(model_config=cfg.model_config(family), task=tasks[t], factors=factors, sweep_items=n_scored[t],
+                 max_steps=steps[t], budget_s=budgets[t], batch_size=batches[t], lr=cfg.lr,
+                 eval_points=cfg.eval_points, eval_items=cfg.eval_items, seed=cfg.seed, device=cfg.device,
+                 sprites=sprites, held_out_sprites=held_out_sprites) for family, t in runs]
+    parts = {}
+
+    def finished(k, result):
+        (family, t), (_, curve, sweep) = runs[k], result
+        parts[family, t] = {"curves": curve.assign(family=family, task=t),
+                            "sweeps": sweep.assign(family=family, task=t),
+                            "table": table_row(family, tasks[t], curve, sweep, factors),
+                            "skills": skill_rows(sweep[sweep["factor"] == 1], tasks[t]).assign(family=family)}
+        for name, part in parts[family, t].items():
+            append_csv(out / STUDY_FILES[name], pd.DataFrame([part]) if name == "table" else part, _FORMATS[name])
+        final, last = curve.attrs["final"], curve.iloc[-1]
+        log(f"{family:>9} {t:>9}: {final['steps']:>5} steps in {final['train_seconds']:5.1f} s "
+            f"({final['tokens_per_s']:,.0f} tokens/s), token acc {last['token_accuracy']:.3f}, "
+            f"exact {last['sequence_accuracy']:.3f}")
+
+    models = {run: model for run, (model, _, _) in zip(runs, run_jobs(jobs, cfg.workers, finished))}
+    ordered = {name: [parts[run][name] for run in runs] for name in ("curves", "sweeps", "table")}
+    study = Study(cfg, models, pd.concat(ordered["curves"], ignore_index=True),
+                  pd.concat(ordered["sweeps"], ignore_index=True), pd.DataFrame(ordered["table"]),
+                  pd.concat([parts[f, t]["skills"] for f in cfg.family_list for t in cfg.task_list], ignore_index=True))
+    for name, file in STUDY_FILES.items():
+        getattr(study, name).to_csv(out / file, index=False, float_format=_FORMATS[name])
+    (out / "copy_table.json").write_text(json.dumps(
+        {"tasks": {t: task.label for t, task in tasks.items()}, "size_factors": factors,
+         "rows": json.loads(study.table.to_json(orient="records"))}, indent=1))
+    return study
+
+
+def goals(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Causal BysMamba at >= 99% exact selective copy; >= 99% token accuracy on image and text
+    repeat for the best family; sprite pixel accuracy above the best baseline, per family. Each
+    with what its curve did (``curve_trend`` of the task's headline score)."""
+    def trend(family, task):
+        return curve_trend(curves[(curves["family"] == family) & (curves["task"] == task)], HEADLINE[task])
+
+    rows, by = [], table.set_index(["family", "task"])
+    if ("bysmamba", "selective") in by.index:
+        r = by.loc[("bysmamba", "selective")]
+        rows.append({"goal": "bysmamba selective exact >= 0.99", "value": r["exact_acc"],
+                     "met": r["exact_acc"] >= 0.99, "curve": r["curve_end"]})
+    for t in ("image", "text"):
+        if (table["task"] == t).any():
+            best = table[table["task"] == t].sort_values("token_acc").iloc[-1]
+            rows.append({"goal": f"best family {t} token >= 0.99", "value": best["token_acc"],
+                         "met": best["token_acc"] >= 0.99, "curve": f"{best['family']}: {trend(best['family'], t)}"})
+    for _, r in table[table["task"] == "sprite"].iterrows():
+        rows.append({"goal": f"{r['family']} sprite pixel accuracy above the best baseline's "
+                             f"{r['baseline_pixel_acc']:.3f}",
+                     "value": r["pixel_acc"], "met": r["pixel_acc"] > r["baseline_pixel_acc"],
+                     "curve": trend(r["family"], "sprite")})
+    return pd.DataFrame(rows)

@@ -1,19 +1,10 @@
 """Datasets: load PixelBytes items and cut their token windows into training samples.
 
-Sources (``load_pixelbytes``):
-- ``"embedded"`` (default): emoji sprites shipped in ``pixelbyte/data/`` (see its README card);
-- ``"ffurfaro/PixelBytes-Pokemon"`` or any hub id: ``datasets.load_dataset`` (used on Kaggle);
-- a local parquet file or a folder of parquet files with ``image`` + ``caption`` columns.
-The ``pixelbyte`` column is computed with the project's encoder when a source lacks it; a
-``None`` caption is then read as an empty one (the item is its shape and image), with one warning
-that counts those rows; a ``None`` or unreadable image is refused, naming its row. A ``pixelbyte``
-column a source brings is checked item by item: (L, 3, 3) windows of ids 0..112, L >= 1 (a
-column of flat ids is refused, naming the row and the shape found; build the windows with
-``tokenizer.windows_from_ids``).
-
-Storage (``WindowDataset``): every item's windows are concatenated once into one uint8 array of
-shape (N_tokens, 3, 3) -- 9 bytes per token -- and a sample is a view into it, so stride 1
-costs one int64 start offset per window, not a copy of the window.
+``load_pixelbytes`` reads the embedded emoji sprites (``pixelbyte/data/``), a hub dataset id or
+local parquet files with ``image`` + ``caption`` columns. The ``pixelbyte`` windows are encoded
+with the project's tokenizer when a source lacks them and checked item by item when it brings
+them; errors name the row. A sample is a window (``WindowDataset``: a view into one uint8
+(N_tokens, 3, 3) array of every item's windows, not a copy) or a whole item (``ItemDataset``).
 """
 from __future__ import annotations
 
@@ -26,33 +17,42 @@ import torch
 from torch.utils.data import Dataset
 
 from . import tokenizer as tok
-from .config import EMBEDDED, HUB_DATASET, OBJECTIVES, DataConfig, RunConfig, SampleConfig  # noqa: F401
+from .config import EMBEDDED, HUB_DATASET, OBJECTIVES, DataConfig, RunConfig, SampleConfig, is_hub_id  # noqa: F401
 
 EMBEDDED_PATH = Path(__file__).parent / "data" / "emoji_sprites.parquet"
 
 
-# ---------------------------------------------------------------------------------------------
 # Loading
-
-
 def _parquet_files(path: Path) -> list[str]:
+    """The parquet files of a file or folder source: each readable, with rows, and all with the
+    same columns and types (an error names the file)."""
+    import pyarrow.parquet as pq
+
     files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no parquet files under {path}")
+    columns = {}
+    for file in files:
+        try:
+            parquet = pq.ParquetFile(file)
+        except Exception as err:                        # an empty (0-byte) or corrupt file
+            raise ValueError(f"{file}: not a readable parquet file ({type(err).__name__}: {err})") from None
+        if parquet.metadata.num_rows == 0:
+            raise ValueError(f"{file}: an empty parquet file (0 rows); expected rows with image + caption columns")
+        columns[file] = {c.name: str(c.type) for c in parquet.schema_arrow}
+        if columns[file] != columns[files[0]]:
+            raise ValueError(f"{file}: columns {columns[file]} differ from {files[0]}'s {columns[files[0]]}; "
+                             f"the files of a folder make one dataset and need the same columns and types")
     return files
 
 
 def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached (offline mode, DNS, refused), or None if it answers.
-
-    ``datasets`` retries an unreachable hub for ~30 s; probing one TCP connection first makes
-    an offline machine fail in milliseconds instead.
-    """
+    """Why the hub cannot be reached (offline mode, DNS, refused), or None if it answers: one
+    TCP probe fails at once where ``datasets`` would retry for ~30 s."""
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
-            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
@@ -79,28 +79,24 @@ def _load_hub(name: str, split: str):
 
 def load_pixelbytes(source: str = EMBEDDED, split: str = "train", limit: int | None = None,
                     max_side: int = tok.MAX_IMAGE_SIDE, resize: bool = False):
-    """Load a PixelBytes dataset as a ``datasets.Dataset`` with image, caption, pixelbyte.
-
-    ``source`` is ``"embedded"``, a hub dataset id, or a local parquet file/folder. ``limit``
-    keeps the first items (quick runs). Missing ``pixelbyte`` columns are computed with
-    ``tokenizer.encode_item`` (images larger than ``max_side`` are refused unless ``resize``).
-    """
+    """A PixelBytes dataset as a ``datasets.Dataset`` with image, caption, pixelbyte: from
+    ``"embedded"``, a hub dataset id or a local parquet file/folder, the first ``limit`` items.
+    A missing ``pixelbyte`` column is encoded (images larger than ``max_side``: ``resize``)."""
     import datasets
 
     if source == EMBEDDED:
         ds = datasets.Dataset.from_parquet(str(EMBEDDED_PATH))
     elif os.path.exists(source):
         ds = datasets.Dataset.from_parquet(_parquet_files(Path(source)))
-    elif "/" in source and not source.startswith((".", "/")):
+    elif is_hub_id(source) and not source.endswith(".parquet"):
         ds = _load_hub(source, split)
     else:
         raise FileNotFoundError(
-            f"dataset source {source!r} is neither '{EMBEDDED}', an existing parquet file/folder, "
-            f"nor a hub id like '{HUB_DATASET}'")
+            f"no such file or folder {os.path.abspath(os.path.expanduser(source))}: dataset source {source!r} "
+            f"is neither '{EMBEDDED}', an existing parquet file/folder, nor a hub id like '{HUB_DATASET}'")
     missing = {"image", "caption"} - set(ds.column_names)
     if missing:
-        raise ValueError(f"dataset {source!r} lacks column(s) {sorted(missing)}; "
-                         f"it has {ds.column_names}")
+        raise ValueError(f"dataset {source!r} lacks column(s) {sorted(missing)}; it has {ds.column_names}")
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     if len(ds) == 0:
@@ -121,9 +117,12 @@ def _encode_rows(ds, source: str, max_side: int, resize: bool) -> list[np.ndarra
     missing = [i for i, caption in enumerate(captions) if caption is None]
     if missing:
         warnings.warn(f"dataset {source!r}: column 'caption' is None in {len(missing)} of {len(ds)} rows "
-                      f"(rows {_first_rows(missing)}); those items are encoded as an empty caption is: "
-                      f"shape + image, no caption segment", stacklevel=3)
+                      f"(rows {missing[:5]}{' ...' if len(missing) > 5 else ''}); those items are encoded as an "
+                      f"empty caption is: shape + image, no caption segment", stacklevel=3)
     feature = ds.features["image"]
+    if getattr(feature, "dtype", None) in ("binary", "large_binary") or \
+            (isinstance(feature, dict) and set(feature) <= {"bytes", "path"}):
+        feature = datasets.Image()          # PNG bytes or {bytes, path} structs, as pandas / pyarrow write them
     decoded = not isinstance(feature, datasets.Image)          # else decoded here, row by row
     images = ds["image"] if decoded else ds.cast_column("image", datasets.Image(decode=False))["image"]
     seqs = []
@@ -135,15 +134,14 @@ def _encode_rows(ds, source: str, max_side: int, resize: bool) -> list[np.ndarra
         if image is None:
             raise ValueError(f"{where}, column 'image': None; every item needs an image")
         try:
+            if decoded and isinstance(image, (str, bytes, dict, int, float)):
+                raise ValueError(f"a {type(image).__name__} value ({ds.features['image']}); expected an image: PNG "
+                                 f"bytes, a {{bytes, path}} struct, an (H, W, 3|4) array or a PIL image")
             image = image if decoded else feature.decode_example(image)
             seqs.append(tok.encode_item(image, caption or "", max_side=max_side, resize=resize))
         except Exception as err:                 # an unreadable file, an empty image, a bad mode...
             raise ValueError(f"{where}, column 'image': {err}") from err
     return seqs
-
-
-def _first_rows(rows: list[int], n: int = 5) -> str:
-    return str(rows) if len(rows) <= n else f"[{', '.join(map(str, rows[:n]))}, ...]"
 
 
 def _with_pixelbyte_column(ds, seqs: list[np.ndarray]):
@@ -185,61 +183,32 @@ def _is_list(arrow_type) -> bool:
         or pa.types.is_fixed_size_list(arrow_type)
 
 
-def _list_lengths(array, always: bool = False) -> np.ndarray | None:
-    """Length of each list of an Arrow list array, -1 for a null entry; None (unless ``always``)
-    when every entry is a list of 3 (fixed-size lists of 3 without nulls: nothing to check)."""
-    import pyarrow as pa
+def _list_lengths(array) -> np.ndarray:
+    """Length of each list of an Arrow list array, -1 for a null entry."""
     import pyarrow.compute as pc
 
-    if pa.types.is_fixed_size_list(array.type):
-        if array.type.list_size == 3 and not array.null_count and not always:
-            return None
-        return np.where(array.is_valid().to_numpy(zero_copy_only=False), array.type.list_size, -1)
-    return pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False)
+    return pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _windows(column, where: str) -> tuple[np.ndarray, np.ndarray]:
     """A pixelbyte column (Arrow) -> (all windows (N, 3, 3) uint8, windows per item (n_items,)).
-
-    Checked item by item: L >= 1 windows of 3 rows of 3 integer ids in 0..VOCAB_SIZE-1. The
-    first item that breaks it is named with the shape found, e.g. ``row 0: found shape (54,)``
-    for a column of flat ids (which would otherwise be cut into windows across items)."""
+    Every item must be L >= 1 windows of 3 rows of 3 ids in 0..VOCAB_SIZE-1; the first that is not
+    is named with the shape found, e.g. ``row 0: found shape (54,)`` for a column of flat ids."""
     import pyarrow as pa
 
     if not _is_list(column.type):
         raise ValueError(f"{where} holds {column.type} values; expected (L, 3, 3) windows per item")
-    lengths = _list_lengths(column, always=True).astype(np.int64)        # windows per item
-    sizes, level = [lengths], column.flatten()      # sizes[d][i]: length of list i at depth d (0: items)
-    while _is_list(level.type) and len(sizes) < 3:
-        sizes.append(_list_lengths(level))
-        level = level.flatten()
-
-    def row_of(index: int, depth: int) -> int:
-        """The item that holds entry ``index`` of depth ``depth`` (len(sizes): the ids)."""
-        for d in range(depth - 1, -1, -1):
-            index = index // 3 if sizes[d] is None else \
-                int(np.searchsorted(np.cumsum(np.maximum(sizes[d], 0)), index, side="right"))
-        return index
-
-    bad = [int(i) for i in np.flatnonzero(lengths < 1)[:1]]                 # None, or no windows
-    for d in (1, 2):                                                        # 3 rows of 3 ids each
-        if d < len(sizes) and sizes[d] is not None:
-            bad += [row_of(int(i), d) for i in np.flatnonzero(sizes[d] != 3)[:1]]
-    leaf_ok = len(sizes) == 3 and pa.types.is_integer(level.type)
-    if len(level) and not leaf_ok:                                          # too few / many axes, not ids
-        bad.append(row_of(0, len(sizes)))
-    elif level.null_count:
-        bad.append(row_of(int(np.flatnonzero(~level.is_valid().to_numpy(zero_copy_only=False))[0]), 3))
-    if bad:
-        row = min(bad)
+    lengths = _list_lengths(column)                                      # windows per item
+    ok, level = bool((lengths >= 1).all()), column.flatten()
+    for _ in range(2):                                                   # 3 rows of 3 ids each
+        ok = ok and _lists_of_three(level)
+        level = level.flatten() if _is_list(level.type) else level
+    if not (ok and pa.types.is_integer(level.type) and not level.null_count):
+        row = next((r for r in range(len(column)) if not _is_windows(column[r].as_py())), 0)
         found = _nested_shape(column[row].as_py())
-        if len(found) == 1 and found[0]:
-            hint = ("; token ids become windows with tokenizer.windows_from_ids(ids), flattened windows "
-                    "with np.reshape(item, (-1, 3, 3))")
-        elif len(found) == 2 and found[1] == 9:
-            hint = "; windows stored as 9 ids each: np.reshape(item, (-1, 3, 3))"
-        else:
-            hint = ""
+        hint = ("; token ids become windows with tokenizer.windows_from_ids(ids), flattened windows "
+                "with np.reshape(item, (-1, 3, 3))" if len(found) == 1 and found[0] else
+                "; windows stored as 9 ids each: np.reshape(item, (-1, 3, 3))" if found[1:] == (9,) else "")
         kind = "" if _is_list(level.type) or pa.types.is_integer(level.type) else \
             f" of {level.type} values (token ids are integers)"
         found = f"shape {_shape_text(found)}" if column[row].is_valid else "None"
@@ -249,9 +218,23 @@ def _windows(column, where: str) -> tuple[np.ndarray, np.ndarray]:
     out_of_vocabulary = (values < 0) | (values >= tok.VOCAB_SIZE)
     if out_of_vocabulary.any():
         first = int(np.argmax(out_of_vocabulary))
-        raise ValueError(f"{where}, row {row_of(first, 3)}: token id {int(values[first])} outside the "
+        row = int(np.searchsorted(np.cumsum(lengths) * 9, first, side="right"))
+        raise ValueError(f"{where}, row {row}: token id {int(values[first])} outside the "
                          f"vocabulary 0..{tok.VOCAB_SIZE - 1}")
     return values.astype(np.uint8, copy=False).reshape(-1, 3, 3), lengths
+
+
+def _lists_of_three(array) -> bool:
+    if getattr(array.type, "list_size", None) == 3 and not array.null_count:    # fixed-size: nothing to count
+        return True
+    return _is_list(array.type) and bool((_list_lengths(array) == 3).all())
+
+
+def _is_windows(item) -> bool:
+    """A Python item is (L >= 1, 3, 3) integer ids."""
+    return isinstance(item, list) and len(item) >= 1 and all(
+        isinstance(w, list) and len(w) == 3 and all(
+            isinstance(r, list) and len(r) == 3 and all(type(i) is int for i in r) for r in w) for w in item)
 
 
 def _nested_shape(value) -> tuple:
@@ -279,28 +262,40 @@ def split_items(n_items: int, test_size: float = 0.1, seed: int = 0) -> tuple[np
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-# ---------------------------------------------------------------------------------------------
 # Training samples: windows inside items (the paper's) or whole items
-
-
 def _check_positive(**values):
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class WindowDataset(Dataset):
-    """Training samples cut from pixelbyte sequences, within each item.
+def collate(batch):
+    """[(x (L_i, 3, 3), y (L_i,) or ())] -> x (B, L, 3, 3), y (B, L) or (B,), positions (B, L, 7):
+    zero-padded at the end (id 0, which the loss ignores). Positions are computed here, in the
+    data path, so a training step does no host work for them."""
+    longest = max(len(x) for x, _ in batch)
+    x = torch.zeros(len(batch), longest, 3, 3, dtype=torch.long)
+    for b, (xi, _) in enumerate(batch):
+        x[b, :len(xi)] = xi
+    if batch[0][1].dim() == 0:                                            # ``next``: one target each
+        y = torch.stack([yi for _, yi in batch])
+    else:
+        y = torch.zeros(len(batch), longest, dtype=torch.long)
+        for b, (_, yi) in enumerate(batch):
+            y[b, :len(yi)] = yi
+    return x, y, tok.positions(x)
 
-    Alignment, for a sample starting at token ``s`` of an item with windows ``w`` (L, 3, 3):
+
+class WindowDataset(Dataset):
+    """Training samples cut from pixelbyte sequences, within each item. Alignment, for a sample
+    starting at token ``s`` of an item with windows ``w`` (L, 3, 3):
     - ``next`` (the seed's objective): ``x = w[s : s+L]`` (full windows, centres included),
       ``y = w[s+L, 1, 1]`` -- the single token after the window. Needs ``s + L + 1 <= len``.
     - ``causal``: ``x = w[s : s+L]`` with every centre zeroed (each position sees its causal
       neighbourhood: row above and left, all earlier tokens), ``y = w[s : s+L, 1, 1]`` -- every
       position predicts its own centre token. Needs ``s + L <= len``.
     Items too short for one sample are skipped; if all are, that is an error.
-    ``x`` is int64 (L, 3, 3); ``y`` is int64 () for next, (L,) for causal.
-    """
+    ``x`` is int64 (L, 3, 3); ``y`` is int64 () for next, (L,) for causal."""
 
     def __init__(self, seqs: list[np.ndarray], seq_length: int = 256, stride: int = 32,
                  objective: str = "next"):
@@ -335,9 +330,7 @@ class WindowDataset(Dataset):
         x[:, 1, 1] = 0
         return x, y
 
-    def epoch_order(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
-        """The order of one epoch's samples: a plain shuffle."""
-        return torch.randperm(len(self), generator=generator)
+    collate = staticmethod(collate)
 
     @property
     def n_tokens(self) -> int:
@@ -354,26 +347,22 @@ ITEM_ORDERS = {"data": ("data",), "caption_first": ("caption_first",), "both": (
 
 class ItemDataset(Dataset):
     """Whole items as ``causal`` samples: ``x`` = the item's windows with centres zeroed
-    (L_i, 3, 3), ``y`` = its tokens (L_i,). So a sample always holds a declared shape with its
-    whole image and its caption: the model sees where an image ends (shared/reference/whole_items.md).
-
-    ``orders``: "data" (shape, image, caption), "caption_first" (caption, shape, image: drawing
-    conditioned on a caption), or "both" (every item once in each order). Batches are padded
-    to their longest item (``collate``; padding is id 0, which the loss ignores) and cut from
-    groups of ``bucket`` batches sorted by length, so little of a batch is padding
-    (``padding_share``). Samples are stored sorted by length: evaluation in index order pads
-    little too; ``source_index[i]`` is the position in ``seqs`` of sample i.
-    """
+    (L_i, 3, 3), ``y`` = its tokens (L_i,): a sample holds a declared shape with its whole image
+    and its caption, so the model sees where an image ends. ``orders``: "data", "caption_first" or
+    "both" (every item once in each order). Batches are cut from groups of ``bucket`` batches
+    sorted by length, so little of a batch is padding. Samples are stored sorted by length;
+    ``source_index[i]`` is the position in ``seqs`` of sample i."""
 
     objective = "causal"
 
-    def __init__(self, seqs: list[np.ndarray], orders: str = "data", bucket: int = 16):
+    def __init__(self, seqs: list[np.ndarray], orders: str = "data", bucket: int = 16, rows=None):
         if not seqs:
             raise ValueError("no sequences given: the dataset is empty")
         if orders not in ITEM_ORDERS:
             raise ValueError(f"orders must be one of {list(ITEM_ORDERS)}, got {orders!r}")
         _check_positive(bucket=bucket)
-        samples = [(i, tok.reorder(s, order)) for i, s in enumerate(seqs) for order in ITEM_ORDERS[orders]]
+        samples = [(i, _reordered(s, order, i if rows is None else rows[i]))
+                   for i, s in enumerate(seqs) for order in ITEM_ORDERS[orders]]
         samples.sort(key=lambda pair: len(pair[1]))                      # stable: ties keep their order
         self.source_index = np.array([i for i, _ in samples], dtype=np.int64)
         self.items = [s for _, s in samples]                              # (L_i, 3, 3) uint8 each
@@ -389,15 +378,7 @@ class ItemDataset(Dataset):
         x[:, 1, 1] = 0
         return x, y
 
-    @staticmethod
-    def collate(batch):
-        """[(x (L_i, 3, 3), y (L_i,))] -> x (B, L_max, 3, 3), y (B, L_max), zero-padded at the end."""
-        longest = max(len(y) for _, y in batch)
-        x = torch.zeros(len(batch), longest, 3, 3, dtype=torch.long)
-        y = torch.zeros(len(batch), longest, dtype=torch.long)
-        for b, (xi, yi) in enumerate(batch):
-            x[b, :len(yi)], y[b, :len(yi)] = xi, yi
-        return x, y
+    collate = staticmethod(collate)
 
     def epoch_order(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         """One epoch's order whose consecutive ``batch_size`` blocks are batches of similar
@@ -442,30 +423,46 @@ def evenly_spaced(n_total: int, n: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(np.int64))
 
 
-def make_samples(seqs: list[np.ndarray], samples: SampleConfig, objective: str):
-    """The training samples ``samples`` describes, for a model trained with ``objective``."""
+def _reordered(windows: np.ndarray, order: str, row: int) -> np.ndarray:
+    try:
+        return tok.reorder(windows, order)
+    except ValueError as err:                 # e.g. an item of 4 segments
+        raise ValueError(f"row {row}: {err}") from None
+
+
+def make_samples(seqs: list[np.ndarray], samples: SampleConfig, objective: str, rows=None):
+    """The training samples ``samples`` describes, for a model trained with ``objective``
+    (``rows``: the data rows of ``seqs``, named in errors)."""
     if samples.unit == "item":
         if objective != "causal":
             raise ValueError("whole-item samples (unit='item') need objective='causal'")
-        return ItemDataset(seqs, samples.orders, samples.bucket)
+        return ItemDataset(seqs, samples.orders, samples.bucket, rows)
     return WindowDataset(seqs, samples.seq_length, samples.stride, objective)
 
 
 def split(seqs: list, data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) item indices of a run's data (``split_items`` with its settings)."""
-    return split_items(len(seqs), data_cfg.test_size, data_cfg.split_seed)
+    """(train, held-out) item indices of a run's data (``split_items`` with its settings). Items
+    that repeat an earlier one are dropped first (with a warning that counts them), so no item
+    is on both sides."""
+    first = np.array(sorted({np.asarray(s).tobytes(): i for i, s in reversed(list(enumerate(seqs)))}.values()),
+                     dtype=np.int64)
+    if len(first) < len(seqs):
+        warnings.warn(f"{len(seqs) - len(first)} of {len(seqs)} items repeat an earlier item: dropped before "
+                      f"the train/held-out split", stacklevel=2)
+    train, test = split_items(len(first), data_cfg.test_size, data_cfg.split_seed)
+    return first[train], first[test]
 
 
 def make_datasets(seqs: list[np.ndarray], run: RunConfig):
     """Split the items as ``run.data`` says, then cut each side into ``run.samples``."""
     train_idx, test_idx = split(seqs, run.data)
-    return (make_samples([seqs[i] for i in train_idx], run.samples, run.model.objective),
-            make_samples([seqs[i] for i in test_idx], run.samples, run.model.objective))
+    return tuple(make_samples([seqs[i] for i in idx], run.samples, run.model.objective, idx)
+                 for idx in (train_idx, test_idx))
 
 
 def load(data_cfg: DataConfig) -> list[np.ndarray]:
-    """A run's items as pixelbyte sequences: ``load_pixelbytes(source, limit)``."""
-    return sequences(load_pixelbytes(data_cfg.source, limit=data_cfg.limit))
+    """A run's items as pixelbyte sequences: ``load_pixelbytes(source, limit, resize)``."""
+    return sequences(load_pixelbytes(data_cfg.source, limit=data_cfg.limit, resize=data_cfg.resize))
 
 
 def token_stats(seqs: list[np.ndarray]) -> dict:

@@ -1,27 +1,15 @@
-"""Evaluation: the paper's generation metrics (exactly as computed originally, with the
-baselines that put them in perspective) and token-level metrics.
+"""Evaluation: the paper's generation metrics, computed exactly as originally and always beside
+baselines, and token-level metrics. Everything returns plain data (DataFrames or dicts).
 
-Everything returns plain data: pandas DataFrames (one row per chunk / item / modality) or
-dicts of numbers; ``df.to_csv(path)`` saves them. No plotting here.
-
-1. ``paper_metrics``: the original evaluation. Each sequence (L, 3, 3) is cut into chunks of
-   80 windows starting at 0, 80, 160, ... < L (indices wrap modulo L); the first 64 windows are
-   the prompt, the last 16 the reference. 16 tokens are generated greedily; generated and
-   reference windows are flattened to 144 ids and scored with Hamming
-   (``scipy.spatial.distance.hamming``), cosine similarity (1 - ``scipy...cosine``) and BLEU
-   (``nltk...sentence_bleu([ref], gen)`` on ids as strings, default 4-gram weights, no
-   smoothing). Beside them, always: the same three scores on the 16 centre ids only, and the
-   trivial baselines on the same prompts (repeat the last centre token, the most frequent
-   token of the training data and of the prompt, random ids) plus the true tokens (whose
-   windows must reproduce the reference: a check of the context building).
-   Context choice (the original code is ambiguous here): a generated token's window is built
-   by a ``ContextBuilder`` first fed the TRUE tokens of the sequence before the generated ones
-   (everything before the chunk, then the prompt), so its "row above" comes from the real image
-   rows even when they lie before the chunk. The model itself is fed only the 64 prompt
-   windows (the dataset's own windows) and its generated tokens.
-2. ``token_metrics``: accuracy and bits per token of the model's objective over a dataset, split
-   by modality of the target token (``tokenizer.MODALITIES``), the same numbers as training's.
-Copy tasks (their items, training stream and greedy scoring) live in ``copying``.
+- ``paper_metrics``: each sequence is cut into chunks of 80 windows; from the first 64 (the
+  prompt) 16 tokens are generated greedily and scored against the last 16 with Hamming, cosine
+  similarity and BLEU on the flattened windows, as the original code did. Beside them: the same
+  scores on the centre ids only, trivial baselines on the same prompts, and the true tokens (a
+  check of the context building). A generated token's window is built from the true tokens
+  before it, then the generated ones (where the original code is ambiguous).
+- ``token_metrics``: accuracy and bits per token of the model's objective over a dataset, by
+  modality of the target token: the same numbers as training's.
+Copy tasks live in ``copying``.
 """
 from __future__ import annotations
 
@@ -43,7 +31,6 @@ CHUNK, PROMPT, GENERATED = 80, 64, 16
 METRICS = ("hamming", "cosine", "bleu")
 
 
-# ---------------------------------------------------------------------------------------------
 # The three scores, exactly as the original evaluation called them
 
 
@@ -82,7 +69,6 @@ def scores(reference, generated) -> dict:
             "bleu": bleu(reference, generated)}
 
 
-# ---------------------------------------------------------------------------------------------
 # The paper's generation metrics
 
 
@@ -114,18 +100,13 @@ def paper_metrics(model, seqs: list[np.ndarray], *, max_chunks: int | None = Non
                   batch_size: int = 128, train_seqs: list[np.ndarray] | None = None, seed: int = 0,
                   chunk: int = CHUNK, prompt_length: int = PROMPT, window: int | None = None,
                   use_state: bool | None = None) -> dict[str, pd.DataFrame]:
-    """The original generation metrics, per chunk and summarised, with baselines.
+    """The original generation metrics of ``model`` (None: baselines only) on the first
+    ``max_chunks`` chunks of ``seqs``, beside the baselines. ``train_seqs``: where the
+    "most_frequent_train" token is counted (else "most_frequent_data" of ``seqs``); ``seed``:
+    the random-ids baseline's.
 
-    model: a PixelByteModel (or None: baselines only). seqs: the evaluated (L, 3, 3)
-    sequences (the original used the training split). max_chunks: stop after that many chunks
-    (in order), for quick runs. batch_size: chunks generated at once. train_seqs: where the
-    "most_frequent_train" token is counted (without it, the evaluated sequences:
-    "most_frequent_data"). seed: for the random-ids baseline (uniform over all 113 ids).
-    window / use_state: passed to ``Generator`` (bidirectional models re-run the window).
-
-    Returns {"chunks": one row per (chunk, method) with item, start, method, hamming, cosine,
-    bleu (144 flattened window ids) and hamming_centre, cosine_centre, bleu_centre (16 centre
-    ids); "summary": ``summarize(chunks)``}.
+    Returns {"chunks": one row per (chunk, method): item, start, method, hamming, cosine, bleu
+    (144 window ids) and *_centre (16 centre ids); "summary": ``summarize(chunks)``}.
     """
     if not 0 < prompt_length < chunk:
         raise ValueError(f"prompt_length must be in 1..chunk-1 ({chunk - 1}), got {prompt_length}")
@@ -157,14 +138,11 @@ def paper_metrics(model, seqs: list[np.ndarray], *, max_chunks: int | None = Non
             builder = tok.ContextBuilder()
             builder.feed(histories[k])
             builder.feed(prompt)
-            candidates = {}
-            if model_new is not None:
-                candidates["model"] = model_new[k]
-            candidates["repeat_last"] = [prompt[-1]] * n_new
-            candidates[frequent_name] = [frequent_token] * n_new
-            candidates["most_frequent_prompt"] = [int(np.bincount(prompt).argmax())] * n_new
-            candidates["random"] = random_ids[b0 + k].tolist()
-            candidates["true_tokens"] = tok.centre_ids(reference).tolist()
+            candidates = {} if model_new is None else {"model": model_new[k]}
+            candidates.update({"repeat_last": [prompt[-1]] * n_new, frequent_name: [frequent_token] * n_new,
+                               "most_frequent_prompt": [int(np.bincount(prompt).argmax())] * n_new,
+                               "random": random_ids[b0 + k].tolist(),
+                               "true_tokens": tok.centre_ids(reference).tolist()})
             for method, new in candidates.items():
                 windows = copy.deepcopy(builder).feed(new)                    # (16, 3, 3)
                 full = scores(reference, windows)
@@ -199,16 +177,12 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
 # Token-level metrics
 
 
 def token_metrics(model, dataset, batch_size: int = 64, max_batches: int | None = None) -> pd.DataFrame:
-    """Accuracy (argmax) and bits per token of the model's objective over a dataset
-    (``data.WindowDataset`` or ``ItemDataset``), overall and by modality of the target token
-    (``tokenizer.MODALITIES``: text bytes, pixels, structure = pad / \t / \n). The numbers come
-    from ``models.loss_sums``, as the Trainer's, so the two agree on the same model and data.
-    ``next``: one target per window; ``causal``: every position's own token, padding excluded."""
+    """Accuracy (argmax) and bits per token of the model's objective over a dataset, overall and
+    by modality of the target token: ``models.loss_sums``, as the Trainer's, so the two agree."""
     model_objective = getattr(getattr(model, "config", None), "objective", None)
     data_objective = getattr(dataset, "objective", model_objective)
     if model_objective != data_objective:
@@ -224,9 +198,10 @@ def token_metrics(model, dataset, batch_size: int = 64, max_batches: int | None 
     model.eval()
     try:
         with torch.inference_mode():
-            for x, y in loader:
-                logits, _ = model(x.to(device))                           # (B, L, V)
-                sums += loss_sums(*model.select(logits, y.to(device))).cpu()
+            for batch in loader:
+                x, y, *positions = (t.to(device) for t in batch)
+                logits, _ = model(x, None, *positions)                    # (B, L, V)
+                sums += loss_sums(*model.select(logits, y)).cpu()
     finally:
         model.train(was_training)
     metrics = metrics_from_sums(sums)

@@ -1,34 +1,17 @@
 """Generation: drive a PixelByteModel token by token through text and images in one stream.
 
-Every new token gets its 3x3 context from ``tokenizer.ContextBuilder``, so a generated image's
-pixels see the generated row above exactly as training windows do, and the stream crosses
-segment boundaries at ``\\n`` (shape text -> image -> caption) like the data.
-
-What is fed follows the model's objective (docs/CONTRACTS.md):
-- ``next``: position t is fed the FULL window of token t; its logits predict token t + 1.
-- ``causal``: position t is fed the MASKED window of position t (``ContextBuilder.context()``,
-  centre 0); its logits predict token t itself.
-
-Two ways to get the logits for a new token:
-- stateful (``use_state=True``, the default for causal models): ``model.step`` once per token,
-  carrying the recurrent state, so each new token costs O(1) whatever the context length;
-- window re-run (``use_state=False``, the only way for bidirectional models, i.e.
-  ``model.is_causal`` False): ``model.forward`` over the last ``window`` fed positions for
-  EVERY new token, as the original code did. Its cost grows with the context (up to
-  ``window``), and a bidirectional model only ever sees a window that ends at the new token.
-For a causal model whose whole history fits in ``window`` the two give the same logits.
-
-A batch of prompts of different lengths is stepped in lockstep, left-aligned: at step t every
-row is fed its own position t (a prompt token while its prompt lasts, a generated token after),
-so no row ever sees padding and every row's history has the same length t + 1. Rows that have
-finished are fed empty windows whose logits are ignored. Sampling uses one seeded
-``torch.Generator`` per row (seed + row index), so a batch gives the same tokens as the same
-prompts run one by one with those seeds.
-
-Constrained mode (``constrained=True``) masks the logits with ``StreamGrammar`` so the output is
-a well-formed stream: a shape segment is exactly ``"(h, w)"`` (1 <= h, w <= ``max_side``), the
-image after it has h rows of w colour tokens (``\\t`` exactly at column w, ``\\n`` after row h),
-text segments hold byte tokens only. Dimension consistency is then 100% by construction.
+Every new token gets its 3x3 context from ``tokenizer.ContextBuilder``, so generated pixels see
+the generated row above exactly as training windows do, and the stream crosses segments at
+``\\n`` like the data. What is fed follows the objective (docs/CONTRACTS.md): ``next`` feeds
+token t's full window and predicts token t + 1; ``causal`` feeds position t's masked window and
+predicts token t.
+- stateful (``use_state=True``, the default for causal models): ``model.step`` once per token;
+- window re-run (``use_state=False``, the only way for bidirectional models): ``model.forward``
+  over the last ``window`` positions for every new token, as the original code did.
+A batch of prompts of different lengths is stepped in lockstep, left-aligned, with one seeded
+generator per row, so a batch gives the same tokens as its rows run one by one.
+``constrained=True`` masks the logits with ``StreamGrammar``: the output is a well-formed stream
+(after a shape text, an image of exactly that h x w).
 """
 from __future__ import annotations
 
@@ -49,19 +32,15 @@ _IDS = np.arange(tok.VOCAB_SIZE)
 COLOUR_TOKENS = _IDS >= tok.FIRST_COLOUR_ID                       # (V,) bool
 TEXT_TOKENS = (_IDS >= tok.SPACE_ID) & ~COLOUR_TOKENS              # (V,) bool: printable bytes
 _CHAR_ID = {b.decode("latin-1"): i for i, b in enumerate(tok.BYTE_TOKENS)}
-_ID_CHAR = [b.decode("latin-1") for b in tok.BYTE_TOKENS]
-_DIGITS = "0123456789"
 
 
 def _text_of(token_ids) -> str:
     """Byte token ids -> text (colour ids must not be passed)."""
-    return "".join(_ID_CHAR[int(t)] for t in token_ids)
+    return tok._ID_TO_BYTE[np.asarray(token_ids, dtype=np.int64)].tobytes().decode("latin-1")
 
 
 def _only(*token_ids: int) -> np.ndarray:
-    mask = np.zeros(tok.VOCAB_SIZE, dtype=bool)
-    mask[list(token_ids)] = True
-    return mask
+    return np.isin(_IDS, token_ids)                                   # (V,) bool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,20 +51,14 @@ class StreamGrammar:
     """Which tokens may come next in a well-formed PixelBytes stream.
 
     Segments follow the data's cycle: shape text -> image -> caption text -> shape text ...
-    - shape: exactly ``"(h, w)"`` then ``\\n``, 1 <= h, w <= ``max_side``, no leading zeros
-      (a tiny DFA over the characters typed so far);
-    - image after a shape ``(h, w)``: w colour tokens, then ``\\t`` (rows 1..h-1) or ``\\n``
-      (row h);
+    - shape: exactly ``"(h, w)"`` then ``\\n``, 1 <= h, w <= ``max_side``, no leading zeros;
+    - image after a shape ``(h, w)``: h rows of w colour tokens, each ended by ``\\t`` (the last: ``\\n``);
     - text: byte tokens only (no padding, no ``\\t``), at least one before ``\\n``.
 
-    ``replay(prompt)`` positions the machine at the end of a prompt. Complete prompt segments
-    are classified by content (a text that parses as a shape declares the next image; an image
-    is followed by text; other text is followed by a shape), so data-order prompts
-    (shape [+ image]) and caption-first prompts (caption + shape) both work. The unfinished
-    segment at the end of the prompt must fit what is expected: a prefix of the declared image,
-    text after an image, and after a text (or at the start) a shape prefix -- or plain text,
-    which is then continued as text. Anything else raises ``ValueError``: an image whose shape
-    is not declared cannot be completed consistently.
+    ``replay(prompt)`` positions the machine at the end of a prompt; complete segments are
+    classified by content, so data-order and caption-first prompts both work. The unfinished
+    segment must fit what is expected (after a text, plain text is continued as text); anything
+    else raises ``ValueError``, e.g. an image whose shape is not declared.
     """
 
     SHAPE, IMAGE, TEXT = "shape", "image", "text"
@@ -100,25 +73,19 @@ class StreamGrammar:
         self.row = self.col = 0         # position inside the current image
 
     # -- what may come next -------------------------------------------------------------------
-    def _number_ok(self, digits: str) -> bool:
-        return digits[0] != "0" and int(digits) <= self.max_side
-
     def _shape_chars(self) -> set[str]:
+        """The characters that may extend the shape text typed so far."""
         text = _text_of(self.segment)
         if not text:
             return {"("}
-        body = text[1:]
-        if "," not in body:                                   # typing h
-            allowed = {d for d in _DIGITS if self._number_ok(body + d)}
-            return allowed | {","} if body else allowed
-        rest = body.split(",", 1)[1]
-        if not rest:
+        height, comma, rest = text[1:].partition(",")
+        if comma and not rest:
             return {" "}
-        width = rest[1:]
-        if ")" not in width:                                  # typing w
-            allowed = {d for d in _DIGITS if self._number_ok(width + d)}
-            return allowed | {")"} if width else allowed
-        return {"\n"}
+        number, end = (rest[1:], ")") if comma else (height, ",")     # typing w, else typing h
+        if end in number:
+            return {"\n"}
+        allowed = {d for d in "0123456789" if (number + d)[0] != "0" and int(number + d) <= self.max_side}
+        return allowed | {end} if number else allowed
 
     def allowed(self) -> np.ndarray:
         """(V,) bool mask of the tokens allowed at the current position."""
@@ -126,9 +93,7 @@ class StreamGrammar:
             return _only(*(_CHAR_ID[c] for c in self._shape_chars()))
         if self.kind == self.IMAGE:
             h, w = self.shape
-            if self.col < w:
-                return COLOUR_TOKENS
-            return _only(tok.ROW_END_ID if self.row < h - 1 else tok.SEG_END_ID)
+            return COLOUR_TOKENS if self.col < w else _only(tok.ROW_END_ID if self.row < h - 1 else tok.SEG_END_ID)
         return TEXT_TOKENS | _only(tok.SEG_END_ID) if self.segment else TEXT_TOKENS
 
     # -- moving on ----------------------------------------------------------------------------
@@ -138,28 +103,20 @@ class StreamGrammar:
         if not 0 <= token_id < tok.VOCAB_SIZE or not self.allowed()[token_id]:
             raise ValueError(f"token {token_id} is not allowed in the {self.kind} segment here "
                              f"(segment so far: {self.segment}, shape {self.shape})")
-        self._advance(token_id)
-
-    def _advance(self, token_id: int) -> None:
         if token_id == tok.SEG_END_ID:
-            self._close(self.segment)
-            return
+            return self._close(self.segment)
         self.segment.append(token_id)
         if self.kind == self.IMAGE:
-            if token_id == tok.ROW_END_ID:
-                self.row, self.col = self.row + 1, 0
-            else:
-                self.col += 1
+            self.row, self.col = (self.row + 1, 0) if token_id == tok.ROW_END_ID else (self.row, self.col + 1)
 
     def _close(self, content: list[int]) -> None:
         """End the current segment whose tokens were ``content``; pick the next kind."""
         arr = np.asarray(content, dtype=np.int64)
-        shape = None
-        if not COLOUR_TOKENS[arr].any() and not (arr == tok.ROW_END_ID).any():
-            shape = tok.parse_shape(_text_of(arr))
+        colours = COLOUR_TOKENS[arr]
+        shape = None if colours.any() or (arr == tok.ROW_END_ID).any() else tok.parse_shape(_text_of(arr))
         if shape is not None and min(shape) >= 1:
             self.kind, self.shape = self.IMAGE, shape
-        elif COLOUR_TOKENS[arr].sum() * 2 > len(arr):  # same rule as tokenizer.decode
+        elif colours.sum() * 2 > len(arr):  # same rule as tokenizer.decode
             self.kind, self.shape = self.TEXT, None
         else:
             self.kind, self.shape = self.SHAPE, None
@@ -167,14 +124,11 @@ class StreamGrammar:
 
     def replay(self, token_ids) -> "StreamGrammar":
         """Position the machine at the end of ``token_ids`` (a prompt); returns self."""
-        ids = [int(t) for t in np.asarray(token_ids, dtype=np.int64).reshape(-1)]
-        last_end = max((i for i, t in enumerate(ids) if t == tok.SEG_END_ID), default=-1)
-        start = 0
-        for i in range(last_end + 1):
-            if ids[i] == tok.SEG_END_ID:
-                self._close(ids[start:i])
-                start = i + 1
-        partial = ids[last_end + 1:]
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        *complete, partial = np.split(ids, np.flatnonzero(ids == tok.SEG_END_ID) + 1)
+        for segment in complete:
+            self._close(segment[:-1])
+        partial = partial.tolist()
         if self.kind == self.SHAPE:
             try:
                 for t in partial:
@@ -205,11 +159,10 @@ def segment_spans(token_ids) -> list[tuple[int, int]]:
     """[start, end) of every segment of a flat stream, each including its ``\\n``; a final
     unterminated segment is included when it holds anything but padding."""
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    ends = np.flatnonzero(ids == tok.SEG_END_ID) + 1
-    starts = np.concatenate([[0], ends])
-    spans = [(int(s), int(e)) for s, e in zip(starts[:-1], ends)]
-    if (ids[starts[-1]:] != tok.PAD_ID).any():
-        spans.append((int(starts[-1]), len(ids)))
+    bounds = [0, *(np.flatnonzero(ids == tok.SEG_END_ID) + 1).tolist()]
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    if (ids[bounds[-1]:] != tok.PAD_ID).any():
+        spans.append((bounds[-1], len(ids)))
     return spans
 
 
@@ -234,8 +187,7 @@ class Generation:
 
     @property
     def new_segments(self) -> list[tok.Segment]:
-        """The segments that hold at least one generated token, decoded whole (a caption
-        generated after a prompt's image; an image after a prompt's shape text)."""
+        """The segments that hold at least one generated token, decoded whole."""
         ids = self.ids
         return [tok.decode(ids[s:e])[0] for s, e in segment_spans(ids) if e > len(self.prompt)]
 
@@ -261,26 +213,15 @@ class Generation:
 
 @contextmanager
 def one_cpu_thread(device: torch.device):
-    """Token-by-token decoding is thousands of tiny ops: on a CPU one thread runs them several
-    times faster than two (measured 7 vs 95 ms per step on a busy 2-core machine), so decoding
-    runs single-threaded and the caller's setting comes back after."""
-    if device.type != "cpu":
-        yield
-        return
+    """Token-by-token decoding is thousands of tiny ops, which one CPU thread runs faster than
+    several: decode single-threaded, then restore the caller's setting."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _objective(model, objective: str | None) -> str:
-    objective = objective or getattr(getattr(model, "config", None), "objective", None)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES} (from model.config.objective or "
-                         f"the objective argument), got {objective!r}")
-    return objective
 
 
 def _as_ids(prompt) -> list[int]:
@@ -289,6 +230,8 @@ def _as_ids(prompt) -> list[int]:
         arr = tok.centre_ids(arr)                              # a pixelbyte sequence (L, 3, 3)
     if arr.ndim > 1:
         raise ValueError(f"a prompt is a list of token ids or an (L, 3, 3) sequence, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got {arr.dtype} values {arr.reshape(-1)[:5].tolist()}")
     ids = [int(t) for t in arr.reshape(-1)]
     bad = [t for t in ids if not 0 <= t < tok.VOCAB_SIZE]
     if bad:
@@ -334,19 +277,19 @@ def _per_row(value, n: int, name: str) -> list:
 class Generator:
     """Token-by-token generation for any model that follows the contract.
 
-    ``window``: how many past positions the window re-run feeds (default: what the model's run
-    was trained to see, ``run.context_length``; the whole stream for models with positions or
-    trained on whole items; else 256, the original training length).
-    ``use_state``: True = ``model.step`` with the recurrent state (causal models only; the
-    default for them), False = re-run ``model.forward`` over the last ``window`` positions for
-    every new token (the only option for bidirectional models, and what the original code did).
-    ``max_side``: the largest image side a generated shape text may declare (constrained mode).
+    ``window``: how many past positions the window re-run feeds (default: the model run's
+    ``context_length``; the whole stream for models with positions; else ``DEFAULT_WINDOW``).
+    ``use_state``: step the recurrent state (causal models) or re-run the window (see the module
+    docstring). ``max_side``: the largest image side a generated shape may declare (constrained).
     """
 
     def __init__(self, model, window: int | None = None, use_state: bool | None = None,
-                 objective: str | None = None, max_side: int = tok.MAX_IMAGE_SIDE):
+                 max_side: int = tok.MAX_IMAGE_SIDE):
         self.model = model
-        self.objective = _objective(model, objective)
+        self.objective = getattr(getattr(model, "config", None), "objective", None)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES} (from model.config.objective), "
+                             f"got {self.objective!r}")
         self.is_causal = bool(getattr(model, "is_causal", False))
         self.use_state = self.is_causal if use_state is None else bool(use_state)
         if self.use_state and not self.is_causal:
@@ -368,15 +311,24 @@ class Generator:
         self.device = params.device if params is not None else torch.device("cpu")
 
     # -- the model call for one step ----------------------------------------------------------
-    def _logits(self, x_t: np.ndarray, fed: np.ndarray | None, t: int, rows: list[int], state):
-        """x_t (B, 3, 3) fed at position t -> (logits (len(rows), V) float32 CPU, state)."""
+    def _logits(self, x_t: np.ndarray, fed: list[np.ndarray], t: int, rows: list[int], state,
+                guidance: float | None = None):
+        """x_t (B, 3, 3) fed at position t -> (logits (len(rows), V) float32 CPU, state). With
+        ``guidance`` the state holds 2B streams, conditional then unconditional, stepped in one
+        batch and mixed: uncond + guidance * (cond - uncond)."""
         if self.use_state:
-            logits, state = self.model.step(torch.from_numpy(x_t).to(self.device), state)
+            x = torch.from_numpy(x_t).to(self.device)
+            if guidance is None:
+                logits, state = self.model.step(x, state)
+            else:
+                both, state = self.model.step(torch.cat([x, x]), state)
+                cond, uncond = both.float().chunk(2)
+                logits = uncond + guidance * (cond - uncond)
             return logits[rows].float().cpu(), state                     # (R, V)
         if not rows:
             return None, state
         lo = 0 if self.window is None else max(0, t + 1 - self.window)
-        x = torch.from_numpy(fed[rows, lo:t + 1]).to(self.device)       # (R, t+1-lo, 3, 3)
+        x = torch.from_numpy(np.stack(fed[lo:t + 1], axis=1)[rows]).to(self.device)   # (R, t+1-lo, 3, 3)
         return self.model(x)[0][:, -1].float().cpu(), state              # (R, V)
 
     @staticmethod
@@ -385,7 +337,7 @@ class Generator:
         """logits (R, V) (already masked) -> one token per row."""
         if temperature == 0:
             return logits.argmax(-1).tolist()
-        logits = logits / temperature
+        logits = (logits - logits.max(-1, keepdim=True).values) / temperature  # max at 0: no inf / inf
         if top_k is not None and top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]               # (R, 1)
             logits = logits.masked_fill(logits < kth, -math.inf)
@@ -397,32 +349,43 @@ class Generator:
                  stop_after_segments: int | Sequence[int] | None = None, constrained: bool = False,
                  histories: Sequence[Sequence[int]] | None = None,
                  prompt_windows: Sequence[np.ndarray] | None = None,
-                 forced: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+                 forced: Sequence[Sequence[int]] | None = None,
+                 guidance: float | None = None) -> list[Generation]:
         """Continue each prompt; returns one ``Generation`` per prompt, in order.
 
-        prompts: one prompt or a list; a prompt is a list of ids or an (L, 3, 3) sequence.
-            The ``next`` objective needs at least one prompt token; ``causal`` accepts [].
-        max_new_tokens: per batch or per prompt. temperature: 0 = greedy (argmax), else
-            softmax(logits / temperature) sampling, optionally among the ``top_k`` best.
+        prompts: one prompt or a list; a prompt is a list of ids or an (L, 3, 3) sequence
+            (``next`` needs at least one token; ``causal`` accepts []).
+        max_new_tokens, stop_after_segments (stop a row after this many ``\\n``): per batch or
+            per prompt. temperature: 0 = greedy, else sampling, optionally among the ``top_k`` best.
         seed: int (row i uses seed + i) or one seed per prompt.
-        stop_after_segments: stop a row once it has generated this many ``\\n`` (per batch or
-            per prompt; None = only max_new_tokens).
-        constrained: mask logits with ``StreamGrammar`` (well-formed shapes, images of exactly
-            the declared size, byte-only text).
-        histories: per prompt, ids that come before it in the stream; they set the
-            ContextBuilder (row above) but are NOT fed to the model.
-        prompt_windows: per prompt, the (len, 3, 3) full windows to feed for its tokens instead
-            of the ones the builder computes (e.g. the dataset's own windows).
-        forced: per prompt, a continuation to teacher-force instead of sampling (scoring:
-            ``Generation.logprobs`` then holds its log-likelihood); overrides max_new_tokens.
+        constrained: mask logits with ``StreamGrammar``.
+        histories: per prompt, ids before it in the stream: they set the ContextBuilder (row
+            above) but are NOT fed to the model (unless the model reads positions).
+        prompt_windows: per prompt, the (len, 3, 3) windows to feed instead of the builder's.
+        forced: per prompt, a continuation to teacher-force (``logprobs`` then scores it).
+        guidance: classifier-free guidance scale for a ``condition`` model (None: plain
+            conditional decoding): logits = uncond + guidance * (cond - uncond).
         """
         prompts = _as_batch(prompts)
         n = len(prompts)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        temperature = float(temperature)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        if guidance is not None:
+            if not getattr(getattr(self.model, "config", None), "condition", False):
+                raise ValueError("guidance needs a model trained with condition=True (and condition_dropout "
+                                 "> 0, so it has also learned the unconditional stream)")
+            if not self.use_state:
+                raise ValueError("guidance steps the conditional and unconditional streams side by side "
+                                 "(model.step): it needs use_state=True")
+            if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating)) \
+                    or not math.isfinite(guidance):
+                raise ValueError(f"guidance must be a finite number (0 = unconditional, 1 = conditional), "
+                                 f"got {guidance!r}")
+            guidance = float(guidance)
         stop_segments = _per_row(stop_after_segments, n, "stop_after_segments")
         if any(s is not None and (not isinstance(s, (int, np.integer)) or s < 1) for s in stop_segments):
             raise ValueError(f"stop_after_segments must be integers >= 1 or None, "
@@ -440,9 +403,9 @@ class Generator:
         for p, w in zip(prompts, prompt_windows):
             if w is not None and (np.shape(w) != (len(p), 3, 3) or (tok.centre_ids(w) != p).any()):
                 raise ValueError("prompt_windows must be (len(prompt), 3, 3) with the prompt as centres")
-        seeds = _per_row(seed, n, "seed")
-        if isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(n)]
+        seeds = [int(seed) + i for i in range(n)] if isinstance(seed, (int, np.integer)) else _per_row(seed, n, "seed")
+        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2 ** 64 for s in seeds):
+            raise ValueError(f"seed must be an integer in 0..2**64 - 1 (row i uses seed + i), got {seed!r}")
         rngs = [torch.Generator().manual_seed(int(s)) for s in seeds]
         user_prompts, user_histories = prompts, histories
         if self.feeds_history:   # the history becomes part of what is fed (not of the output)
@@ -462,41 +425,37 @@ class Generator:
         stop = ["max_new_tokens"] * n
         done = [b == 0 for b in budgets]
         n_steps = max((len(p) + b - shift for p, b in zip(prompts, budgets) if b > 0), default=0)
-        fed = None if self.use_state else np.zeros((n, n_steps, 3, 3), dtype=np.int64)
+        fed = []                                                  # what the window re-run feeds
 
         was_training = getattr(self.model, "training", False)
         if hasattr(self.model, "eval"):
             self.model.eval()
         try:
             with torch.inference_mode(), one_cpu_thread(self.device):
-                state = self.model.init_state(n, device=self.device) if self.use_state else None
+                state = None
+                if self.use_state and guidance is None:
+                    state = self.model.init_state(n, device=self.device)
+                elif self.use_state:      # n conditional streams, then the same n without condition
+                    state = self.model.init_state(2 * n, device=self.device,
+                                                  unconditional=torch.arange(2 * n) >= n)
                 for t in range(n_steps):
                     if all(done):
                         break
                     x_t = np.zeros((n, 3, 3), dtype=np.int64)                 # (B, 3, 3)
-                    rows = []                                                 # rows sampling now
-                    for i in range(n):
-                        if done[i]:
-                            continue
-                        n_prompt = len(prompts[i])
-                        if shift:      # feed token t's full window; it predicts token t + 1
-                            x_t[i] = builders[i].push(ids[i][t])
-                            if t < n_prompt and prompt_windows[i] is not None:
-                                x_t[i] = prompt_windows[i][t]
-                            if t + 1 >= n_prompt:
-                                rows.append(i)
-                        else:          # feed position t's masked window; it predicts token t
-                            x_t[i] = builders[i].context()
-                            if t < n_prompt:
-                                if prompt_windows[i] is not None:
-                                    x_t[i] = prompt_windows[i][t]
-                                    x_t[i, 1, 1] = tok.PAD_ID
-                                builders[i].push(ids[i][t])
-                            else:
-                                rows.append(i)
-                    if fed is not None:
-                        fed[:, t] = x_t
-                    logits, state = self._logits(x_t, fed, t, rows, state)
+                    rows = [i for i in range(n) if not done[i] and t + shift >= len(prompts[i])]
+                    for i in (i for i in range(n) if not done[i]):
+                        in_prompt = t < len(prompts[i])
+                        # next: token t's full window (predicts t + 1); causal: position t's masked one
+                        x_t[i] = builders[i].push(ids[i][t]) if shift else builders[i].context()
+                        if in_prompt and prompt_windows[i] is not None:
+                            x_t[i] = prompt_windows[i][t]
+                            if not shift:
+                                x_t[i, 1, 1] = tok.PAD_ID
+                        if in_prompt and not shift:
+                            builders[i].push(ids[i][t])
+                    if not self.use_state:
+                        fed.append(x_t)
+                    logits, state = self._logits(x_t, fed, t, rows, state, guidance)
                     if not rows:
                         continue
                     raw_logp = torch.log_softmax(logits.double(), dim=-1)        # (R, V)
@@ -515,8 +474,7 @@ class Generator:
                             builders[i].push(token)
                         if constrained:
                             grammars[i].push(token)
-                        if token == tok.SEG_END_ID:
-                            ended[i] += 1
+                        ended[i] += token == tok.SEG_END_ID
                         if stop_segments[i] is not None and ended[i] >= stop_segments[i]:
                             done[i], stop[i] = True, "segments"
                         elif len(new[i]) >= budgets[i]:
@@ -549,8 +507,7 @@ def log_likelihood(model, prompts, continuations, **kwargs) -> list[float]:
 
 def text_ids(text: str) -> list[int]:
     """Normalised text -> byte token ids (no segment end)."""
-    clean, _ = tok.normalize_text(text)
-    return [int(t) for t in tok.text_to_ids(clean)]
+    return tok.text_to_ids(tok.normalize_text(text)[0]).tolist()
 
 
 def continue_prompt(sequence, n_tokens: int | None = None) -> list[int]:
@@ -569,19 +526,11 @@ def shape_prompt(height: int, width: int) -> list[int]:
 
 def caption_to_sprite_prompt(caption: str, shape: tuple[int, int] | None = None,
                              caption_first: bool = False) -> list[int]:
-    """Caption -> sprite prompt.
-
-    The data's order is shape, image, caption, so a model trained on it generates an image
-    BEFORE it reads any caption. Two designs:
-    (a) ``caption_first=False`` (in distribution): the prompt is the declared shape
-        ``"(h, w)\\n"`` only and the caption does not condition the image; use
-        ``caption_to_sprite`` to sample candidates and keep the one under which the caption is
-        most likely. With ``shape=None`` the prompt is empty (the model writes the shape; only
-        a ``causal``-objective model can start from nothing).
-    (b) ``caption_first=True``: ``caption + "\\n"`` then the shape (if given). This puts the
-        caption before the image, which a model trained on the data order has never seen
-        (its windows stay inside one item): out of distribution, expect worse samples.
-    """
+    """Caption -> sprite prompt. In the data order (shape, image, caption) the caption cannot
+    condition the image: ``caption_first=False`` gives the shape segment only (empty with
+    ``shape=None``: the model writes it), for ``caption_to_sprite`` to rank candidates by the
+    caption. ``caption_first=True`` puts ``caption + "\\n"`` first, which a data-order model has
+    never seen: expect worse samples."""
     shape_ids = [] if shape is None else shape_prompt(*shape)
     if not caption_first:
         return shape_ids
@@ -613,65 +562,37 @@ def caption_to_sprite(model, caption: str, shape: tuple[int, int], n_candidates:
 # Dimension consistency (measured)
 
 
-def _declared_shape(previous: tok.Segment | None) -> tuple[int, int] | None:
-    """The (h, w) a segment declares for the next one, if it is a shape text."""
-    return tok.parse_shape(previous.text) if previous is not None and previous.kind == "text" else None
-
-
-def _stream_images(ids: list[int], first_generated: int) -> list[tuple[tok.Segment, tuple | None]]:
-    """(image segment, declared shape or None) for every image-like segment holding a token at
-    or after ``first_generated``: segments decoded as images, and the segment after a shape
-    text even when it did not decode as an image (a failed image)."""
+def _images(segments: list[tok.Segment], counted: list[bool]) -> list[tuple[tok.Segment, tuple | None]]:
+    """(segment, declared shape or None) for every counted image-like segment: segments decoded
+    as images, and the segment after a shape text even when it is not an image (a failed one)."""
     out, previous = [], None
-    for s, e in segment_spans(ids):
-        seg = tok.decode(ids[s:e])[0]
-        declared = _declared_shape(previous)
-        if e > first_generated and (seg.kind == "image" or declared is not None):
+    for seg, count in zip(segments, counted):
+        declared = tok.parse_shape(previous.text) if previous is not None and previous.kind == "text" else None
+        if count and (seg.kind == "image" or declared is not None):
             out.append((seg, declared))
         previous = seg
     return out
 
 
 def dimension_consistency(generated, prompt_length: int | None = None) -> dict:
-    """Share of generated images whose row count and every row width match the declared
-    ``(h, w)`` (the shape text segment just before the image).
+    """Share of generated images whose rows all match the ``(h, w)`` the segment before declared.
 
-    ``generated``: a ``Generation`` or list of them (only images holding generated tokens
-    count), flat ids or a list of flat ids (all images count, or those after
-    ``prompt_length``), or a list of ``tokenizer.Segment``. Images cut off by the token budget
-    (no ``\\n``) are left out of the share and counted in ``unterminated``; images without a
-    declared shape count as inconsistent (``undeclared``). ``share`` is nan with no images;
-    ``share_of_attempts`` also counts unterminated images, as failures.
+    ``generated``: a ``Generation`` or list of them (images holding generated tokens count),
+    flat ids or a list of them (images after ``prompt_length`` count), or ``tokenizer.Segment``s.
+    Images cut off without ``\\n`` count in ``unterminated`` only (``share_of_attempts`` counts
+    them as failures); undeclared images are inconsistent. ``share`` is nan with no images.
     """
-    streams: list[tuple[list[int], int]] = []
-    segments_only: list[tok.Segment] | None = None
-    if isinstance(generated, Generation):
-        streams = [(generated.ids, len(generated.prompt))]
-    elif isinstance(generated, np.ndarray) and generated.ndim == 1:
-        streams = [(generated.tolist(), prompt_length or 0)]
+    items = [generated] if isinstance(generated, Generation) else list(generated)
+    if items and all(isinstance(x, tok.Segment) for x in items):
+        pairs = _images(items, [True] * len(items))
     else:
-        items = list(generated)
-        if items and all(isinstance(x, tok.Segment) for x in items):
-            segments_only = items
-        elif all(isinstance(x, (int, np.integer)) for x in items):
-            streams = [([int(x) for x in items], prompt_length or 0)]
-        else:
-            for x in items:
-                if isinstance(x, Generation):
-                    streams.append((x.ids, len(x.prompt)))
-                else:
-                    streams.append((_as_ids(x), prompt_length or 0))
-    pairs = []
-    if segments_only is not None:
-        previous = None
-        for seg in segments_only:
-            declared = _declared_shape(previous)
-            if seg.kind == "image" or declared is not None:
-                pairs.append((seg, declared))
-            previous = seg
-    else:
-        for ids, first in streams:
-            pairs.extend(_stream_images(ids, first))
+        if all(isinstance(x, (int, np.integer)) for x in items):      # one flat stream
+            items = [items]
+        pairs = []
+        for x in items:
+            ids, first = (x.ids, len(x.prompt)) if isinstance(x, Generation) else (_as_ids(x), prompt_length or 0)
+            spans = segment_spans(ids)
+            pairs += _images([tok.decode(ids[s:e])[0] for s, e in spans], [e > first for s, e in spans])
     counts = {"images": 0, "consistent": 0, "undeclared": 0, "unterminated": 0}
     for seg, declared in pairs:
         if not seg.terminated:

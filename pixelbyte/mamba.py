@@ -1,19 +1,15 @@
 """Mamba mixer (selective state space layer) with two backends and one set of weights.
 
-Follows `mamba_ssm.modules.mamba_simple.Mamba` (state-spaces/mamba): same constructor, same
-parameter names, shapes and init, so a state dict loads with `strict=True` into mamba_ssm's
-`Mamba` and into mambapy's `MambaBlock`, and back.
-
-Backends
-- "cuda": mamba_ssm's fused kernels (`mamba_inner_fn`), fed with this module's own parameters,
-  exactly as `mamba_simple.Mamba.forward` does. Needs the `mamba_ssm` package and CUDA tensors.
-- "torch": pure PyTorch, any device. The selective scan is a custom autograd Function over
-  chunks of `chunk_size` steps that keeps only the chunk-boundary states for backward and
-  recomputes each chunk in a hand-written backward (see `ChunkedSelectiveScan`). On CPU this
-  is the fastest eager strategy we measured and it needs ~8x less memory than autograd through
-  a time loop. `scan_impl="compiled"` runs the same chunk functions under torch.compile (one
-  fused C++ loop nest per chunk): ~3x faster again (benchmarks/run.py).
-- "auto": "cuda" when mamba_ssm imports and the input is on CUDA, "torch" otherwise.
+Same constructor, parameter names, shapes and init as `mamba_ssm.modules.mamba_simple.Mamba`
+(state-spaces/mamba), so a state dict loads with `strict=True` into mamba_ssm's `Mamba` and into
+mambapy's `MambaBlock`, and back.
+- backend "cuda": mamba_ssm's fused kernels on this module's parameters (needs mamba_ssm, CUDA);
+  "torch": pure PyTorch, any device; "auto": "cuda" when it can run, else "torch".
+- the torch scan, `scan_impl`: "chunked" walks chunks of `chunk_size` steps, keeps only the
+  state entering each chunk and recomputes a chunk in a hand-written backward (memory O(T), not
+  O(L)). Forward and backward are custom ops, so `torch.compile(model, fullgraph=True)` sees one
+  node each instead of tracing their loops. "compiled" runs the chunk bodies under
+  torch.compile; "reference" is the sequential `selective_scan_ref`.
 
 Math (per channel d of d_inner, state size N; B and C are shared across channels):
     x, z = in_proj(h)                    x = silu(causal_conv1d(x))
@@ -33,18 +29,15 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-BACKENDS = ("auto", "cuda", "torch")
-SCAN_IMPLS = ("chunked", "compiled", "reference")
+from .config import BACKENDS, SCAN_IMPLS, _check_choice, _check_ints
+
 CHUNK_SIZE = 32  # steps per chunk of the eager chunked scan
 COMPILED_CHUNK_SIZE = 4  # steps per chunk of the compiled scan
 
 
-# --------------------------------------------------------------------------------------------
 # Optional mamba_ssm / causal_conv1d (GPU only). Imported lazily: `import mamba_ssm` fails on a
 # CPU-only machine (its interface module imports the compiled extension unconditionally).
-# --------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,10 +67,25 @@ def mamba_ssm_available() -> bool:
     return _mamba_ssm_ops()[0] is not None
 
 
-# --------------------------------------------------------------------------------------------
+def use_kernels(module: nn.Module, x: torch.Tensor, ops, needs: str) -> bool:
+    """Whether ``module`` (with ``backend``) runs mamba_ssm's kernels (``ops()``) on ``x``:
+    "torch" never, "auto" when x is on CUDA and they import, "cuda" always (or an error)."""
+    if module.backend == "torch":
+        return False
+    if module.backend == "auto":
+        return x.is_cuda and ops()[0] is not None
+    name = type(module).__name__
+    if ops()[0] is None:
+        raise RuntimeError(f"{name}(backend='cuda') needs the mamba_ssm package with its {needs}; import "
+                           f"failed: {ops()[1]}. Use backend='torch' or 'auto'.")
+    if not x.is_cuda:
+        raise RuntimeError(f"{name}(backend='cuda') needs CUDA tensors, got input on device '{x.device}'. "
+                           "Move the model and input to CUDA or use backend='torch' or 'auto'.")
+    return True
+
+
 # Selective scan: slow sequential reference and fast chunked version, same signature/semantics
 # as mamba_ssm's `selective_scan_ref` / `selective_scan_fn`.
-# --------------------------------------------------------------------------------------------
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -190,76 +198,94 @@ def _scan_chunk_backward(h0, u, delta, A, B, C, grad_y, grad_h, grad_A):
 
 
 # Inductor knobs for the unrolled chunk: fuse without a size limit and recompute cheap values
-# instead of storing every intermediate (B, Dn, N) tensor to memory (backward ~1.5x faster).
+# instead of storing every intermediate (B, Dn, N) tensor to memory.
 _INDUCTOR_OPTIONS = {"max_fusion_size": 4096, "realize_reads_threshold": 100}
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn):
-    # Compiled lazily and once per function: a cold compile costs ~10-30 s and needs a C
-    # compiler. Chunks all have the same shape (L is padded), so it does not recompile per
-    # chunk; it does per batch size and dtype.
+    # Compiled lazily, once per function (a cold compile is slow and needs a C compiler). Chunks
+    # all have one shape (L is padded): it recompiles per batch size and dtype, not per chunk.
     import torch._inductor.config as inductor_config
 
     options = {k: v for k, v in _INDUCTOR_OPTIONS.items() if hasattr(inductor_config, k)}
     return torch.compile(fn, dynamic=False, options=options)
 
 
-class ChunkedSelectiveScan(torch.autograd.Function):
-    """Selective scan over chunks of T steps; backward recomputes one chunk at a time.
+# The chunked scan is two custom ops (forward, backward): torch.compile(model, fullgraph=True)
+# sees each as one opaque node, so the graph does not break and the T-step Python loops are not
+# unrolled into it (tracing them costs minutes at L = 256). Eager, they run the code above.
+_Tensor = torch.Tensor
 
-    Forward (no graph) walks the chunks and saves only the state entering each chunk.
-    Backward walks the chunks in reverse: from the saved state it recomputes the chunk and runs
-    the hand-written `_scan_chunk_backward` with the incoming gradients of the chunk's outputs y
-    and of its outgoing state, which yields the gradient of the incoming state for the previous
-    chunk. Peak memory is one chunk's states, O(T*B*Dn*N), instead of O(L*B*Dn*N).
-    With `compile_chunk` the chunk's forward and backward run under torch.compile (fused C++
-    loop nests over (b, d) with the T steps unrolled inside).
 
-    Inputs are batch-major, as the mixer makes them (a chunk is a strided view, no copies):
-    u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N), with L a multiple of T.
-    Returns y : (B, L, Dn) (no D skip, no gate) and last_state : (B, Dn, N).
+@torch.library.custom_op("pixelbyte::chunked_scan", mutates_args=())
+def _chunked_scan(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, chunk_size: int,
+                  compile_chunk: bool) -> tuple[_Tensor, _Tensor, _Tensor]:
+    """Forward: walks the chunks, keeps only the state entering each one (for backward).
+
+    u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N), L a multiple of T = chunk_size.
+    Returns y : (B, L, Dn) (no D skip, no gate), last_state : (B, Dn, N), states : (nc, B, Dn, N).
     """
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk_size, compile_chunk):
-        batch, L, dim = u.shape
-        assert L % chunk_size == 0, "pad L to a multiple of chunk_size (see selective_scan)"
-        scan_chunk = _compiled(_scan_chunk) if compile_chunk else _scan_chunk
-        h = u.new_zeros(batch, dim, A.shape[1])  # (B, Dn, N)
-        states, ys = [], []  # state entering each chunk (B, Dn, N), outputs (B, T, Dn)
-        for start in range(0, L, chunk_size):
-            sl = slice(start, start + chunk_size)
-            states.append(h)
-            y, h = scan_chunk(h, u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl])
-            ys.append(y)
-        ctx.save_for_backward(u, delta, A, B, C, *states)
-        ctx.chunk_size, ctx.compile_chunk = chunk_size, compile_chunk
-        return torch.cat(ys, dim=1), h
-
-    @staticmethod
-    @once_differentiable  # no double backward: a clear error instead of wrong second derivatives
-    def backward(ctx, grad_y, grad_last_state):
-        # grad_y : (B, L, Dn), grad_last_state : (B, Dn, N) (zeros if last_state was unused)
-        u, delta, A, B, C, *states = ctx.saved_tensors
-        T = ctx.chunk_size
-        grad_u, grad_delta, grad_B, grad_C = (torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                                              for t in (u, delta, B, C))
-        grad_A = torch.zeros_like(states[0])  # (B, Dn, N), summed over the batch at the end
-        grad_y, grad_h = grad_y.contiguous(), grad_last_state.contiguous()
-        scan_chunk_backward = _compiled(_scan_chunk_backward) if ctx.compile_chunk else _scan_chunk_backward
-        for k in reversed(range(len(states))):
-            sl = slice(k * T, (k + 1) * T)
-            args = (states[k], u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl], grad_y[:, sl], grad_h, grad_A)
-            (grad_u[:, sl], grad_delta[:, sl], grad_A, grad_h,
-             grad_B[:, sl], grad_C[:, sl]) = scan_chunk_backward(*args)
-        grads = (grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C)
-        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
+    scan_chunk = _compiled(_scan_chunk) if compile_chunk else _scan_chunk
+    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])  # (B, Dn, N)
+    states, ys = [], []
+    for start in range(0, u.shape[1], chunk_size):
+        sl = slice(start, start + chunk_size)
+        states.append(h)
+        y, h = scan_chunk(h, u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl])
+        ys.append(y)
+    return torch.cat(ys, dim=1), h.contiguous(), torch.stack(states)
 
 
-@torch.compiler.disable  # torch.compile(model) runs the scan as it is (its chunks compile on their own)
+@_chunked_scan.register_fake
+def _(u, delta, A, B, C, chunk_size, compile_chunk):
+    batch, L, dim = u.shape
+    return (u.new_empty(batch, L, dim), u.new_empty(batch, dim, A.shape[1]),
+            u.new_empty(L // chunk_size, batch, dim, A.shape[1]))
+
+
+@torch.library.custom_op("pixelbyte::chunked_scan_backward", mutates_args=())
+def _chunked_scan_backward(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor,
+                           states: _Tensor, grad_y: _Tensor, grad_last_state: _Tensor,
+                           chunk_size: int, compile_chunk: bool) -> tuple[_Tensor, _Tensor, _Tensor, _Tensor, _Tensor]:
+    """Backward: walks the chunks in reverse, recomputing each from its saved entering state
+    (`_scan_chunk_backward`); peak memory is one chunk's states, O(T*B*Dn*N), not O(L*B*Dn*N).
+    No autograd formula of its own: double backward is an error, not a wrong answer."""
+    T = chunk_size
+    grad_u, grad_delta, grad_B, grad_C = (t.new_empty(t.shape) for t in (u, delta, B, C))
+    grad_A = torch.zeros_like(states[0])  # (B, Dn, N), summed over the batch at the end
+    grad_y, grad_h = grad_y.contiguous(), grad_last_state.contiguous()
+    scan_chunk_backward = _compiled(_scan_chunk_backward) if compile_chunk else _scan_chunk_backward
+    for k in reversed(range(states.shape[0])):
+        sl = slice(k * T, (k + 1) * T)
+        (grad_u[:, sl], grad_delta[:, sl], grad_A, grad_h, grad_B[:, sl], grad_C[:, sl]) = \
+            scan_chunk_backward(states[k], u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl],
+                                grad_y[:, sl], grad_h, grad_A)
+    return grad_u, grad_delta, grad_A.sum(0), grad_B, grad_C
+
+
+@_chunked_scan_backward.register_fake
+def _(u, delta, A, B, C, states, grad_y, grad_last_state, chunk_size, compile_chunk):
+    return tuple(t.new_empty(t.shape) for t in (u, delta, A, B, C))
+
+
+def _chunked_scan_setup(ctx, inputs, output):
+    u, delta, A, B, C, ctx.chunk_size, ctx.compile_chunk = inputs
+    ctx.save_for_backward(u, delta, A, B, C, output[2])
+
+
+def _chunked_scan_grad(ctx, grad_y, grad_last_state, _grad_states):
+    # grad_y : (B, L, Dn), grad_last_state : (B, Dn, N) (zeros if last_state was unused)
+    grads = _chunked_scan_backward(*ctx.saved_tensors, grad_y, grad_last_state, ctx.chunk_size,
+                                   ctx.compile_chunk)
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
+
+
+_chunked_scan.register_autograd(_chunked_scan_grad, setup_context=_chunked_scan_setup)
+
+
 def _scan_chunked(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
-    """Pads L to a multiple of the chunk with delta = 0 and runs ChunkedSelectiveScan.
+    """Pads L to a multiple of the chunk with delta = 0 and runs the chunked scan.
 
     u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N) -> y : (B, L, Dn), h : (B, Dn, N)
     delta = 0 gives exp(0*A) = 1 and delta*u*B = 0: the state passes through padding unchanged,
@@ -271,7 +297,7 @@ def _scan_chunked(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
     pad = (-L) % chunk_size
     if pad:
         u, delta, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B, C))
-    y, h = ChunkedSelectiveScan.apply(u, delta, A.contiguous(), B, C, chunk_size, compile_chunk)
+    y, h, _ = _chunked_scan(u, delta, A.contiguous(), B, C, chunk_size, compile_chunk)
     return y[:, :L], h
 
 
@@ -294,9 +320,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (out, last_state) if return_last_state else out
 
 
-# --------------------------------------------------------------------------------------------
 # Pieces shared with the Mamba-2 mixer (pixelbyte/mamba2.py)
-# --------------------------------------------------------------------------------------------
 
 
 def dt_bias_init(n, dt_min, dt_max, dt_init_floor, device=None):
@@ -313,8 +337,7 @@ def causal_conv1d(x, weight, bias=None):
     first L outputs, in the (B, L, channels) layout.
 
     x : (B, L, Dc), weight : (Dc, 1, K) (conv1d.weight), bias : (Dc) -> (B, L, Dc).
-    K shifted multiply-adds instead of nn.Conv1d: no transposes to channels-first and back
-    (forward + backward ~1.4x faster on CPU here).
+    K shifted multiply-adds instead of nn.Conv1d: no transposes to channels-first and back.
     """
     seqlen, width = x.shape[1], weight.shape[-1]
     x = F.pad(x, (0, 0, width - 1, 0))  # (B, K - 1 + L, Dc), zeros before t = 0
@@ -334,40 +357,28 @@ def causal_conv1d_step(x, conv_state, weight, bias=None):
     return x if bias is None else x + bias
 
 
-# --------------------------------------------------------------------------------------------
 # The mixer
-# --------------------------------------------------------------------------------------------
 
 
 class Mamba(nn.Module):
     """Mamba mixer: (B, L, D) -> (B, L, D), parameters identical to mamba_ssm's `Mamba`.
-
-    backend: "auto" | "cuda" | "torch" (see module docstring).
-    chunk_size: time steps per chunk of the torch scan (memory/speed trade-off); None picks
-        32 for "chunked" and 4 for "compiled" (its chunk is unrolled into one C++ loop nest,
-        longer chunks spill registers and compile for longer).
-    scan_impl: the torch backend's scan: "chunked" (default), "compiled" (the chunk forward and
-        backward under torch.compile: ~3x faster on CPU after a ~30 s cold compile, needs a C
-        compiler) or "reference" (sequential `selective_scan_ref`, for checks and benchmarks).
-    """
+    ``backend`` and ``scan_impl``: see the module docstring; ``chunk_size``: steps per chunk of
+    the torch scan (None: CHUNK_SIZE, or COMPILED_CHUNK_SIZE for "compiled")."""
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
                  dt_max=0.1, dt_init_floor=1e-4, bias=False, conv_bias=True, backend="auto",
                  chunk_size=None, device=None, dtype=None, scan_impl="chunked"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"Mamba: backend={backend!r} is not one of {BACKENDS}")
-        if scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"Mamba: scan_impl={scan_impl!r} is not one of {SCAN_IMPLS}")
+        self.backend, self.chunk_size, self.scan_impl = backend, chunk_size, scan_impl
+        _check_choice(self, "backend", BACKENDS)
+        _check_choice(self, "scan_impl", SCAN_IMPLS)
+        _check_ints(self, ["chunk_size"], 1, optional=True)
         if chunk_size is None:
-            chunk_size = COMPILED_CHUNK_SIZE if scan_impl == "compiled" else CHUNK_SIZE
-        if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"Mamba: chunk_size={chunk_size!r} must be a positive int or None")
+            self.chunk_size = COMPILED_CHUNK_SIZE if scan_impl == "compiled" else CHUNK_SIZE
         factory_kwargs = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
-        self.backend, self.chunk_size, self.scan_impl = backend, chunk_size, scan_impl
 
         # x and z branches in one matmul: (B, L, D) -> (B, L, 2*Dn)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory_kwargs)
@@ -398,33 +409,14 @@ class Mamba(nn.Module):
                                                  self.dt_proj.bias.device))
         self.dt_proj.bias._no_reinit = True  # a generic "zero all biases" init must skip it
 
-    # ---------------------------------------------------------------------- backend choice
-
     def _use_cuda_kernels(self, x: torch.Tensor) -> bool:
-        if self.backend == "torch":
-            return False
-        if self.backend == "auto":
-            return x.is_cuda and mamba_ssm_available()
-        ops, reason = _mamba_ssm_ops()
-        if ops is None:
-            raise RuntimeError("Mamba(backend='cuda') needs the mamba_ssm package with its CUDA "
-                               f"kernels (pip install mamba-ssm causal-conv1d); import failed: "
-                               f"{reason}. Use backend='torch' or 'auto'.")
-        if not x.is_cuda:
-            raise RuntimeError(f"Mamba(backend='cuda') needs CUDA tensors, got input on "
-                               f"device '{x.device}'. Move the model and input to CUDA or use "
-                               "backend='torch' or 'auto'.")
-        return True
+        return use_kernels(self, x, _mamba_ssm_ops, "CUDA kernels (pip install mamba-ssm causal-conv1d)")
 
     # ---------------------------------------------------------------------- forward
 
     def forward(self, hidden_states, inference_cache=None):
-        """hidden_states : (B, L, D) -> (B, L, D).
-
-        inference_cache: optional (conv_state, ssm_state) from `allocate_inference_cache`;
-        if given, they are filled in place with the states after the last token (prefill),
-        ready for `step`.
-        """
+        """hidden_states : (B, L, D) -> (B, L, D). ``inference_cache`` (conv_state, ssm_state) from
+        `allocate_inference_cache`, if given, is filled with the states after the last token."""
         if self._use_cuda_kernels(hidden_states):
             return self._forward_cuda(hidden_states, inference_cache)
         return self._forward_torch(hidden_states, inference_cache)
@@ -502,10 +494,8 @@ class Mamba(nn.Module):
     # ---------------------------------------------------------------------- decoding
 
     def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
-        """Zero states for `step`: conv_state (B, Dn, d_conv), ssm_state (B, Dn, N).
-
-        max_seqlen is unused (the state does not grow with length); kept for mamba_ssm's API.
-        """
+        """Zero states for `step`: conv_state (B, Dn, d_conv), ssm_state (B, Dn, N)
+        (``max_seqlen``: unused, the state does not grow; kept for mamba_ssm's API)."""
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
         ssm_dtype = self.dt_proj.weight.dtype if dtype is None else dtype
@@ -514,10 +504,8 @@ class Mamba(nn.Module):
         return conv_state, ssm_state
 
     def step(self, hidden_states, conv_state, ssm_state):
-        """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state).
-
-        conv_state (B, Dn, d_conv) and ssm_state (B, Dn, N) are updated in place.
-        """
+        """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), the states
+        updated in place."""
         if hidden_states.shape[1] != 1:
             raise ValueError(f"Mamba.step decodes one token at a time: got hidden_states of shape "
                              f"{tuple(hidden_states.shape)}, expected (B, 1, {self.d_model})")

@@ -1,19 +1,13 @@
 """Mamba-2 mixer (SSD: state space duality) with two backends and one set of weights.
 
-Follows `mamba_ssm.modules.mamba2.Mamba2` (state-spaces/mamba) with its default options
-(rmsnorm=True, norm_before_gate=False, D per head, no extra MLP channels): same constructor
-arguments, parameter names, shapes and init, so a state dict loads with `strict=True` into
-mamba_ssm's `Mamba2` and back, and its GPU kernels run on these weights.
-
-Backends
-- "cuda": mamba_ssm's Triton SSD kernel (`mamba_chunk_scan_combined`) for the scan; the
-  projections, the conv and the gated norm are this module's own torch code.
-- "torch": pure PyTorch, any device. The scan is `ssd_chunked`: the chunked SSD algorithm,
-  where a scalar decay per head turns the within-chunk scan into a masked (T x T) matrix
-  product and the states are passed between chunks only. It is made of matmuls and a few
-  elementwise ops on small tensors, so plain autograd through it is fast (no custom backward).
-  `scan_impl="reference"` runs the sequential `ssd_ref` instead (for checks and benchmarks).
-- "auto": "cuda" when mamba_ssm imports and the input is on CUDA, "torch" otherwise.
+Same constructor arguments, parameter names, shapes and init as `mamba_ssm.modules.mamba2.Mamba2`
+with its default options (rmsnorm, norm_before_gate=False, D per head), so a state dict loads with
+`strict=True` into mamba_ssm's `Mamba2` and back.
+- backend "cuda": mamba_ssm's Triton SSD kernel for the scan, this module's torch code around it;
+  "torch": pure PyTorch, any device; "auto": "cuda" when it can run, else "torch".
+- the torch scan: `ssd_chunked`, where the scalar decay per head turns each chunk into a masked
+  (T x T) matrix product and only the states pass between chunks: matmuls, so plain autograd is
+  fast. `scan_impl="reference"` runs the sequential `ssd_ref` instead.
 
 Math (per head h of H = d_inner / headdim, channels p of headdim P, state size N; B and C are
 shared by the heads of a group, ngroups G; the decay is one scalar per head and token):
@@ -36,16 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .mamba import BACKENDS, _compute_dtype, causal_conv1d_step, dt_bias_init
+from .config import BACKENDS, _check_choice, _check_ints, _fail
+from .config import MAMBA2_SCAN_IMPLS as SCAN_IMPLS
+from .mamba import _compute_dtype, causal_conv1d_step, dt_bias_init, use_kernels
 
-SCAN_IMPLS = ("chunked", "reference")
-CHUNK_SIZE = 32  # tokens per chunk of the torch SSD (CPU: fastest of 16 / 32 / 64 / 128 here)
+CHUNK_SIZE = 32  # tokens per chunk of the torch SSD (the fastest on a CPU)
 CUDA_CHUNK_SIZE = 256  # mamba_ssm's default for its Triton kernels
 
 
-# --------------------------------------------------------------------------------------------
 # Optional mamba_ssm (GPU only), imported lazily as in pixelbyte/mamba.py.
-# --------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,13 +56,11 @@ def mamba2_ssm_available() -> bool:
     return _mamba2_ops()[0] is not None
 
 
-# --------------------------------------------------------------------------------------------
 # SSD scan: sequential reference, the minimal SSD of the Mamba-2 paper, and the fast chunked
 # version, all with one signature. Inputs (dt after softplus):
 #   x : (B, L, H, P), dt : (B, L, H), A : (H), B, C : (B, L, G, N), D : (H),
 #   initial_state : (B, H, P, N)  ->  y : (B, L, H, P), last_state : (B, H, P, N)
 # Head h reads group h // (H // G) of B and C (mamba_ssm's convention).
-# --------------------------------------------------------------------------------------------
 
 
 def _check_ssd_shapes(x, dt, A, B, C):
@@ -224,9 +215,7 @@ def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, chunk_size=CHUNK_SIZ
     return y, last_state
 
 
-# --------------------------------------------------------------------------------------------
 # Causal depthwise conv with a hand-written backward
-# --------------------------------------------------------------------------------------------
 
 
 class CausalConv1d(torch.autograd.Function):
@@ -236,7 +225,7 @@ class CausalConv1d(torch.autograd.Function):
     out_t = sum_k weight[:, k] * x_{t - (K-1-k)} + bias. Autograd through the reference pads x
     and slices it per tap, so its backward fills and adds a padded (B, L+K-1, Dc) buffer per
     tap; here each tap adds into the output (forward) or into grad_x (backward) in place, on the
-    overlapping time range only: forward + backward ~1.8x faster on CPU at Dc = 209.
+    overlapping time range only.
     """
 
     @staticmethod
@@ -267,9 +256,7 @@ class CausalConv1d(torch.autograd.Function):
         return grad_x, grad_taps[:, None], grad_bias
 
 
-# --------------------------------------------------------------------------------------------
 # Gated RMSNorm (mamba_ssm's RMSNormGated, norm_before_gate=False)
-# --------------------------------------------------------------------------------------------
 
 
 class RMSNormGated(nn.Module):
@@ -292,20 +279,13 @@ class RMSNormGated(nn.Module):
         return (groups.flatten(-2) * self.weight).to(dtype)
 
 
-# --------------------------------------------------------------------------------------------
 # The mixer
-# --------------------------------------------------------------------------------------------
 
 
 class Mamba2(nn.Module):
     """Mamba-2 mixer: (B, L, D) -> (B, L, D), parameters identical to mamba_ssm's `Mamba2`.
-
-    backend: "auto" | "cuda" | "torch" (see module docstring).
-    chunk_size: tokens per chunk of the SSD; None picks 32 for the torch backend (measured on
-        CPU) and mamba_ssm's 256 for its kernels. The result does not depend on it.
-    scan_impl: the torch backend's scan: "chunked" (`ssd_chunked`, default) or "reference"
-        (the sequential `ssd_ref`, for checks and benchmarks).
-    """
+    ``backend`` and ``scan_impl``: see the module docstring; ``chunk_size``: tokens per chunk of
+    the SSD (None: CHUNK_SIZE, or CUDA_CHUNK_SIZE for the kernels; the result does not depend on it)."""
 
     def __init__(self, d_model, d_state=128, d_conv=4, expand=2, headdim=64, ngroups=1,
                  A_init_range=(1, 16), dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, bias=False,
@@ -314,10 +294,10 @@ class Mamba2(nn.Module):
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
-        self._check_args(headdim, ngroups, A_init_range, chunk_size, backend, scan_impl)
-        self.headdim, self.ngroups = headdim, ngroups
-        self.nheads = self.d_inner // headdim
+        self.headdim, self.ngroups, self.A_init_range = headdim, ngroups, A_init_range
         self.chunk_size, self.backend, self.scan_impl = chunk_size, backend, scan_impl
+        self._check_args()
+        self.nheads = self.d_inner // headdim
         factory_kwargs = {"device": device, "dtype": dtype}
 
         # [z, x, B, C, dt] in one matmul: (B, L, D) -> (B, L, 2*Dn + 2*G*N + H)
@@ -344,55 +324,29 @@ class Mamba2(nn.Module):
                                  **factory_kwargs)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
 
-    def _check_args(self, headdim, ngroups, A_init_range, chunk_size, backend, scan_impl):
-        def bad(name, value, allowed):
-            raise ValueError(f"Mamba2: {name}={value!r} is invalid: {allowed}")
-
-        for name, value in (("d_model", self.d_model), ("d_state", self.d_state),
-                            ("d_conv", self.d_conv), ("headdim", headdim), ("ngroups", ngroups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(name, value, "expected a positive int")
-        if self.d_inner < 1 or self.d_inner % headdim:
-            bad("headdim", headdim, f"must divide d_inner = expand * d_model = {self.d_inner} "
-                                    f"(divisors: {[k for k in range(1, self.d_inner + 1) if self.d_inner % k == 0]})")
-        if (self.d_inner // headdim) % ngroups:
-            bad("ngroups", ngroups, f"must divide the number of heads, d_inner / headdim = "
-                                    f"{self.d_inner // headdim}")
-        if not (len(A_init_range) == 2 and 0 < A_init_range[0] <= A_init_range[1]):
-            bad("A_init_range", A_init_range, "expected (low, high) with 0 < low <= high")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size < 1):
-            bad("chunk_size", chunk_size, "expected a positive int or None")
-        if backend not in BACKENDS:
-            bad("backend", backend, f"allowed values are {list(BACKENDS)}")
-        if scan_impl not in SCAN_IMPLS:
-            bad("scan_impl", scan_impl, f"allowed values are {list(SCAN_IMPLS)}")
-
-    # ---------------------------------------------------------------------- backend choice
+    def _check_args(self):
+        # the style of pixelbyte/config.py; ModelConfig checks its own fields before building this
+        _check_ints(self, ("d_model", "d_state", "d_conv", "headdim", "ngroups"), 1)
+        _check_ints(self, ["chunk_size"], 1, optional=True)
+        _check_choice(self, "backend", BACKENDS)
+        _check_choice(self, "scan_impl", SCAN_IMPLS)
+        if self.d_inner < 1 or self.d_inner % self.headdim:
+            _fail(self, "headdim", f"must divide d_inner = expand * d_model = {self.d_inner}")
+        if (self.d_inner // self.headdim) % self.ngroups:
+            _fail(self, "ngroups", f"must divide the number of heads, d_inner / headdim = "
+                                   f"{self.d_inner // self.headdim}")
+        if not (len(self.A_init_range) == 2 and 0 < self.A_init_range[0] <= self.A_init_range[1]):
+            _fail(self, "A_init_range", "expected (low, high) with 0 < low <= high")
 
     def _use_cuda_kernels(self, x: torch.Tensor) -> bool:
-        if self.backend == "torch":
-            return False
-        if self.backend == "auto":
-            return x.is_cuda and mamba2_ssm_available()
-        ops, reason = _mamba2_ops()
-        if ops is None:
-            raise RuntimeError("Mamba2(backend='cuda') needs the mamba_ssm package with its Triton "
-                               f"kernels (pip install mamba-ssm); import failed: {reason}. "
-                               "Use backend='torch' or 'auto'.")
-        if not x.is_cuda:
-            raise RuntimeError(f"Mamba2(backend='cuda') needs CUDA tensors, got input on device "
-                               f"'{x.device}'. Move the model and input to CUDA or use "
-                               "backend='torch' or 'auto'.")
-        return True
+        return use_kernels(self, x, _mamba2_ops, "Triton kernels (pip install mamba-ssm)")
 
     # ---------------------------------------------------------------------- forward
 
     def _in_proj(self, u):
         # u : (..., D) -> z (..., Dn), xBC (..., Dn + 2*G*N), dt (..., H). The matmul's output
         # width is padded to a multiple of 8 with zero weight rows, dropped after: the CPU GEMM
-        # is slower on odd widths (2*81 + 128 + 1 = 291 at the paper's size; in_proj forward +
-        # backward at B*L = 8192: 25.3 -> 21.7 ms on one thread, median of 25 interleaved runs)
+        # is slower on odd widths (291 at the paper's size)
         weight, bias = self.in_proj.weight, self.in_proj.bias
         pad = -weight.shape[0] % 8
         if pad:
@@ -409,12 +363,8 @@ class Mamba2(nn.Module):
                 B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state)))
 
     def forward(self, hidden_states, inference_cache=None):
-        """hidden_states : (B, L, D) -> (B, L, D).
-
-        inference_cache: optional (conv_state, ssm_state) from `allocate_inference_cache`;
-        if given, they are filled in place with the states after the last token (prefill),
-        ready for `step`.
-        """
+        """hidden_states : (B, L, D) -> (B, L, D). ``inference_cache`` (conv_state, ssm_state) from
+        `allocate_inference_cache`, if given, is filled with the states after the last token."""
         batch, seqlen, _ = hidden_states.shape
         use_cuda_kernels = self._use_cuda_kernels(hidden_states)
         z, xBC, dt = self._in_proj(hidden_states)  # (B, L, .)
@@ -454,10 +404,8 @@ class Mamba2(nn.Module):
     # ---------------------------------------------------------------------- decoding
 
     def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
-        """Zero states for `step`: conv_state (B, Dn + 2*G*N, d_conv), ssm_state (B, H, P, N).
-
-        max_seqlen is unused (the state does not grow with length); kept for mamba_ssm's API.
-        """
+        """Zero states for `step`: conv_state (B, Dn + 2*G*N, d_conv), ssm_state (B, H, P, N)
+        (``max_seqlen``: unused, the state does not grow; kept for mamba_ssm's API)."""
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
         ssm_dtype = self.in_proj.weight.dtype if dtype is None else dtype
@@ -467,11 +415,8 @@ class Mamba2(nn.Module):
         return conv_state, ssm_state
 
     def step(self, hidden_states, conv_state, ssm_state):
-        """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state).
-
-        conv_state (B, Dn + 2*G*N, d_conv) and ssm_state (B, H, P, N) are updated in place.
-        O(1) per token on every backend (the recurrence of `ssd_ref`, one step).
-        """
+        """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), the states
+        updated in place: one step of `ssd_ref`'s recurrence, on every backend."""
         if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
             raise ValueError(f"Mamba2.step decodes one token at a time: got hidden_states of shape "
                              f"{tuple(hidden_states.shape)}, expected (B, 1, {self.d_model})")

@@ -21,7 +21,7 @@ def check(name: str, value, kind: type | tuple = None, minimum=None, choices=Non
         if not ok:
             names = " or ".join(k.__name__ for k in kinds)
             raise ParameterError(f"parameter {name}={value!r}: expected {names}, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
+    if minimum is not None and not value >= minimum:          # (NaN is not >= anything)
         raise ParameterError(f"parameter {name}={value!r}: must be >= {minimum}")
     if choices is not None and value not in choices:
         raise ParameterError(f"parameter {name}={value!r}: allowed values are {list(choices)}")
@@ -33,14 +33,13 @@ def check(name: str, value, kind: type | tuple = None, minimum=None, choices=Non
 def check_local_or_hub(name: str, value: str) -> str:
     """A local path that exists, a model shipped in the package (``models.PRETRAINED``), or
     something shaped like a hub id ``owner/name``."""
-    import re
-
+    from .config import is_hub_id
     from .models import PRETRAINED
 
     check(name, value, str)
     if Path(value).exists() or value in PRETRAINED:
         return value
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value) and not value.startswith((".", "/")):
+    if is_hub_id(value):
         return value            # a hub id: from_pretrained downloads it (needs network)
-    raise ParameterError(f"parameter {name}={value!r}: no such file or directory, and not a hub id "
-                         f"like 'owner/name'")
+    raise ParameterError(f"parameter {name}={value!r}: no such file or directory {Path(value).absolute()}, "
+                         f"and not a hub id like 'owner/name'")

@@ -5,7 +5,9 @@
     python -m pixelbyte.pipeline --out runs/mine --only 01_data_exploration
     python -m pixelbyte.pipeline --prepare-only --out build/nbval --params notebooks/params_ci.json
 
-Each notebook ``notebooks/NN_name.ipynb`` is executed to ``<out>/NN_name.ipynb`` with the
+The notebooks are ``--notebooks FOLDER`` (default ``./notebooks`` of the current directory, so
+run it from the repository root); runs go to ``runs/`` there unless ``--out`` says otherwise.
+Each notebook ``NN_name.ipynb`` is executed to ``<out>/NN_name.ipynb`` with the
 parameters ``out_dir=<out>/NN_name`` (where its PNG/CSV files go), ``run_dir=<out>`` (where
 earlier notebooks left their outputs, e.g. the checkpoint) and the overrides of the params
 file: ``{"02_training": {"model": "lstm"}, "*": {"seed": 1}}`` ("*": every notebook that has
@@ -17,27 +19,35 @@ from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
+from .config import _closest, looks_like_path
+
+NOTEBOOKS = Path("notebooks")   # the default: ./notebooks of the current directory (the repository root)
 INJECTED = ("out_dir", "run_dir")       # every notebook has them; the pipeline sets them
+PATH_PARAMS = ("dataset", "checkpoint")  # made absolute from the caller's folder: notebooks run in their own
 
 
-def notebook_paths(only: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
-    """The project's notebooks ``NN_name.ipynb`` in order (the one list of them)."""
-    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        unknown = [name for name in only if name not in {p.stem for p in paths}]
+def notebook_paths(only: list[str] | None = None, folder: Path | None = None) -> list[Path]:
+    """The project's notebooks ``NN_name.ipynb`` in ``folder`` (default ./notebooks), in order."""
+    paths = sorted(Path(folder or NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+    if only is not None:
+        if not only:
+            raise ValueError("--only names no notebook: name the ones to run (--only 02_training 03_generation) "
+                             "or leave --only out to run them all")
+        names = [p.stem for p in paths]
+        unknown = [name for name in only if name not in names]
         if unknown:
-            raise ValueError(f"unknown notebook(s) {unknown}{_closest(unknown[0], [p.stem for p in paths])}")
+            raise ValueError(f"unknown notebook(s) {unknown}{_closest(unknown[0], names, cutoff=0.5)}")
         paths = [p for p in paths if p.stem in only]
     if not paths:
-        raise ValueError(f"no notebooks found in {folder}")
+        raise ValueError(f"no notebooks NN_*.ipynb in {Path(folder or NOTEBOOKS).resolve()}" + (
+            "" if folder else " (./notebooks of the current directory: run from the repository root, "
+                              "or pass the folder: --notebooks)"))
     return paths
 
 
@@ -52,12 +62,7 @@ def parameters(notebook: Path) -> dict:
             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
 
 
-def _closest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; valid: {sorted(valid)}"
-
-
-def check_params(params: dict, folder: Path = NOTEBOOKS, source: str = "params") -> dict:
+def check_params(params: dict, folder: Path | None = None, source: str = "params") -> dict:
     """Refuse a notebook name or parameter name that no notebook has (a typo would otherwise
     be ignored and the run would use the default). Returns ``params``."""
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
@@ -65,16 +70,17 @@ def check_params(params: dict, folder: Path = NOTEBOOKS, source: str = "params")
     known = {p.stem: set(parameters(p)) for p in notebook_paths(folder=folder)}
     for notebook, values in params.items():
         if notebook != "*" and notebook not in known:
-            raise ValueError(f"{source}: unknown notebook {notebook!r}{_closest(notebook, known)}")
+            raise ValueError(f"{source}: unknown notebook {notebook!r}{_closest(notebook, known, cutoff=0.5)}")
         valid = set().union(*known.values()) if notebook == "*" else known[notebook]
         for name in values:
             if name not in valid:
-                raise ValueError(f"{source}: {notebook!r} has no parameter {name!r}{_closest(name, valid)}")
+                raise ValueError(f"{source}: {notebook!r} has no parameter {name!r}{_closest(name, valid, cutoff=0.5)}")
     return params
 
 
-def load_params(path: str | None, folder: Path = NOTEBOOKS) -> dict:
-    """A params JSON file, checked against the notebooks' parameters ({} without a file)."""
+def load_params(path: str | None, folder: Path | None = None) -> dict:
+    """A params JSON file, checked against the notebooks' parameters ({} without a file); a relative
+    path in ``dataset`` / ``checkpoint`` is made absolute from the current folder."""
     if path is None:
         return {}
     try:
@@ -83,7 +89,9 @@ def load_params(path: str | None, folder: Path = NOTEBOOKS) -> dict:
         raise ValueError(f"--params {path}: no such file") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"--params {path}: not valid JSON ({err})") from None
-    return check_params(params, folder, source=str(path))
+    params = check_params(params, folder, source=str(path))
+    return {notebook: {k: os.path.abspath(os.path.expanduser(v)) if k in PATH_PARAMS and looks_like_path(v) else v
+                       for k, v in values.items()} for notebook, values in params.items()}
 
 
 def notebook_params(notebook: Path, out: Path, params: dict) -> dict:
@@ -93,7 +101,7 @@ def notebook_params(notebook: Path, out: Path, params: dict) -> dict:
     return {"out_dir": str(out / notebook.stem), "run_dir": str(out), **shared, **params.get(notebook.stem, {})}
 
 
-def new_run_folder(root: Path = ROOT / "runs") -> Path:
+def new_run_folder(root: Path = Path("runs")) -> Path:
     """``root/<timestamp>``, created exclusively: two jobs started in the same second get two folders."""
     root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -108,13 +116,14 @@ def new_run_folder(root: Path = ROOT / "runs") -> Path:
 
 
 def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | None = None,
-        progress: bool = True, notebooks: Path = NOTEBOOKS, prepare_only: bool = False,
+        progress: bool = True, notebooks: Path | None = None, prepare_only: bool = False,
         log_output: bool = False) -> list[Path]:
     """Execute (or only prepare) the notebooks found in ``notebooks``; returns their paths.
-    ``log_output`` streams every cell's output to this process's log as it comes (hours-long
-    runs on Kaggle), instead of only into the executed notebook."""
+    ``log_output`` streams every cell's output to this process's stdout / stderr as it comes
+    (papermill's own ``log_output`` goes to a logger that nothing shows outside its CLI)."""
     import papermill as pm
 
+    notebooks = Path(notebooks or NOTEBOOKS).resolve()
     out.mkdir(parents=True, exist_ok=True)
     done = []
     for nb in notebook_paths(only, notebooks):
@@ -124,7 +133,8 @@ def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | No
             print(f"[pixelbyte] {nb.stem}: executing -> {target}", flush=True)
         pm.execute_notebook(str(nb), str(target), parameters=notebook_params(nb, out, params),
                             kernel_name=kernel, cwd=str(notebooks), progress_bar=progress and not prepare_only,
-                            prepare_only=prepare_only, log_output=log_output)
+                            prepare_only=prepare_only,
+                            **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if log_output else {}))
         if not prepare_only:
             print(f"[pixelbyte] {nb.stem}: done in {time.time() - start:.0f} s", flush=True)
         done.append(target)
@@ -137,16 +147,16 @@ def main(argv=None):
     ap.add_argument("--params", default=None, help="JSON file of parameter overrides")
     ap.add_argument("--only", nargs="*", default=None, help="notebook names to run (default all)")
     ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
-    ap.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_*.ipynb notebooks")
+    ap.add_argument("--notebooks", default=None, help="folder of NN_*.ipynb notebooks (default ./notebooks)")
     ap.add_argument("--prepare-only", action="store_true", help="inject the parameters, do not execute")
     ap.add_argument("--log-output", action="store_true",
                     help="stream cell outputs to the log (no progress bar): long unattended runs")
     args = ap.parse_args(argv)
-    folder = Path(args.notebooks)
+    folder = Path(args.notebooks) if args.notebooks else None
     try:
         params = load_params(args.params, folder)
         notebook_paths(args.only, folder)
-        out = Path(args.out).resolve() if args.out else new_run_folder()
+        out = (Path(args.out) if args.out else new_run_folder()).resolve()
     except (ValueError, OSError) as err:
         sys.exit(f"pixelbyte.pipeline: {err}")
     start = time.time()

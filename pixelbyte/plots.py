@@ -12,7 +12,11 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .tokenizer import BYTE_TOKENS, FIRST_COLOUR_ID, PALETTE, VOCAB_SIZE, centre_ids, decode, is_colour
 
 
 def _as_array(image) -> np.ndarray:
@@ -24,12 +28,8 @@ def _as_array(image) -> np.ndarray:
 
 def sprite_grid(images, captions=None, ncols: int = 8, scale: float = 1.3, title: str | None = None,
                 wrap: int = 20, fontsize: float = 6.0, max_lines: int = 4) -> Figure:
-    """Show sprites in a grid, pixels as crisp squares, each with its caption wrapped beneath.
-
-    ``images``: PIL images or (H, W, 3|4) uint8 arrays; ``captions``: same length or None;
-    ``scale``: inches per grid cell; ``wrap``: characters per caption line, at most
-    ``max_lines`` lines (longer captions end with "...").
-    """
+    """Sprites (PIL images or (H, W, 3|4) uint8 arrays) in a grid, pixels as crisp squares, each
+    with its caption beneath: ``wrap`` characters per line, at most ``max_lines`` lines."""
     images = list(images)
     if captions is not None:
         captions = list(captions)
@@ -58,8 +58,7 @@ def sprite_grid(images, captions=None, ncols: int = 8, scale: float = 1.3, title
 
 
 def save_figure(fig: Figure, path, dpi: int = 150) -> Figure:
-    """Save ``fig`` as PNG at ``path`` (parent folders created); returns the figure, so a
-    notebook cell ending with ``save_figure(...)`` also shows it."""
+    """Save ``fig`` as PNG at ``path`` (folders created); returns it, so a notebook cell shows it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png", facecolor="white")
@@ -68,8 +67,6 @@ def save_figure(fig: Figure, path, dpi: int = 150) -> Figure:
 
 def palette() -> Figure:
     """The 55 NES colours with their token ids."""
-    from .tokenizer import FIRST_COLOUR_ID, PALETTE
-
     ncols = 11
     fig = Figure(figsize=(ncols * 0.7, 5 * 0.7 + 0.4))
     ax = fig.subplots()
@@ -87,10 +84,7 @@ def palette() -> Figure:
 
 
 def length_histogram(lengths) -> Figure:
-    """Histogram of tokens per item, split into text and pixel tokens.
-
-    ``lengths``: DataFrame with columns tokens, pixel_tokens, text_tokens (one row per item).
-    """
+    """Histograms of tokens per item, all and by modality (``lengths``: tokens, pixel_tokens, text_tokens)."""
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
     axes[0].hist(lengths["tokens"], bins=40, color="tab:blue")
@@ -104,8 +98,6 @@ def length_histogram(lengths) -> Figure:
 
 
 def _token_label(token_id: int) -> str:
-    from .tokenizer import BYTE_TOKENS, FIRST_COLOUR_ID
-
     if token_id >= FIRST_COLOUR_ID:
         return f"c{token_id}"
     return {0: "pad", 1: "\\t", 2: "\\n", 3: "' '"}.get(token_id, BYTE_TOKENS[token_id].decode("latin-1"))
@@ -113,8 +105,6 @@ def _token_label(token_id: int) -> str:
 
 def token_frequencies(token_ids, top: int = 40) -> Figure:
     """Bar chart of the ``top`` most frequent tokens; colour tokens drawn in their colour."""
-    from .tokenizer import FIRST_COLOUR_ID, PALETTE, VOCAB_SIZE
-
     counts = np.bincount(np.asarray(token_ids).ravel(), minlength=VOCAB_SIZE)
     order = np.argsort(-counts)[:top]
     colours = [PALETTE[t - FIRST_COLOUR_ID] / 255 if t >= FIRST_COLOUR_ID else (0.35, 0.35, 0.35)
@@ -131,8 +121,6 @@ def token_frequencies(token_ids, top: int = 40) -> Figure:
 
 def _window_rgb(window: np.ndarray) -> np.ndarray:
     """(3, 3) token window -> (3, 3, 3) RGB; bytes light grey, empty cells dark."""
-    from .tokenizer import FIRST_COLOUR_ID, PALETTE
-
     rgb = np.full((3, 3, 3), 40, np.uint8)
     for (r, c), t in np.ndenumerate(window):
         if t >= FIRST_COLOUR_ID:
@@ -143,13 +131,8 @@ def _window_rgb(window: np.ndarray) -> np.ndarray:
 
 
 def context_windows(sequence: np.ndarray, n: int = 6, seed: int = 0) -> Figure:
-    """A sprite with ``n`` tokens marked, and each token's causal 3x3 window beside it.
-
-    ``sequence``: one item's pixelbyte windows (L, 3, 3). Pixel tokens are picked at random
-    (seeded) among those with a full row above.
-    """
-    from .tokenizer import decode, centre_ids, is_colour
-
+    """A sprite (one item's windows (L, 3, 3)) with ``n`` random pixel tokens that have a row
+    above marked, and each token's causal 3x3 window beside it."""
     ids = centre_ids(sequence)
     segments = decode(ids)
     image = next(s.image for s in segments if s.kind == "image")
@@ -184,17 +167,11 @@ def context_windows(sequence: np.ndarray, n: int = 6, seed: int = 0) -> Figure:
 
 
 def _rect(x, y, label):
-    from matplotlib.patches import Rectangle
-
     return Rectangle((x, y), 1, 1, fill=False, edgecolor="red", linewidth=1.2, label=label or None)
 
 
 def training_curves(metrics, title: str = "Training") -> Figure:
-    """Loss, accuracy and per-modality accuracy vs step, train vs val.
-
-    ``metrics``: the trainer's metrics.csv as a DataFrame (columns step, split, loss, accuracy,
-    acc_text, acc_pixel).
-    """
+    """Loss, accuracy and per-modality accuracy vs step, train vs val, from the trainer's metrics.csv."""
     fig = Figure(figsize=(12, 3.4))
     axes = fig.subplots(1, 3)
     styles = {"train": dict(color="tab:blue", alpha=0.6), "val": dict(color="tab:red", marker="o")}
@@ -217,17 +194,13 @@ def training_curves(metrics, title: str = "Training") -> Figure:
     return fig
 
 
-# ---------------------------------------------------------------------------------------------
 # Model comparison (notebook 04)
-
 FAMILY_COLOURS = {"rnn": "Blues", "ssm": "Greens", "att": "Reds"}   # a colour map per family
 OBJECTIVE_STYLES = {"next": "-", "causal": "--"}
 
 
 def _family_colours(runs, families) -> dict:
     """run -> colour: shades of its family's colour map, one per run of that family."""
-    from matplotlib import colormaps
-
     colours = {}
     for family in dict.fromkeys(families):
         members = [r for r, f in zip(runs, families) if f == family]
@@ -238,13 +211,9 @@ def _family_colours(runs, families) -> dict:
 
 
 def validation_curves(histories, title: str = "Validation loss of every run") -> Figure:
-    """Validation loss of all runs on one figure, against optimizer steps and wall time.
-
-    ``histories``: the trainers' metrics.csv rows with columns run, family, objective, split,
-    step, wall_time, loss (``compare.Comparison.histories``). Colour = family (shades per
-    run), solid = ``next`` objective, dashed = ``causal`` (its loss averages every position,
-    so it is not comparable with ``next``'s last-position loss).
-    """
+    """Validation loss of all runs (``compare.Comparison.histories``) against optimizer steps and
+    wall time. Colour = family, solid = ``next``, dashed = ``causal`` (its loss averages every
+    position: not comparable with ``next``'s last-position loss)."""
     val = histories[histories["split"] == "val"]
     runs = list(dict.fromkeys(val["run"]))
     families = [val.loc[val["run"] == r, "family"].iloc[0] for r in runs]
@@ -270,13 +239,9 @@ def validation_curves(histories, title: str = "Validation loss of every run") ->
 
 def metric_bars(summary, metrics=("hamming", "cosine", "bleu"),
                 title: str = "Paper metrics on held-out items (mean +- std over chunks)") -> Figure:
-    """Horizontal bars of each metric's mean with its std as error bars, one bar per model run
-    (coloured by family) and per trivial baseline (grey, hatched, at the bottom); a dashed
-    line marks the best baseline.
-
-    ``summary``: columns method, family ("baseline" for baselines), ``<metric>_mean`` and
-    ``<metric>_std`` (``compare.bar_summary``).
-    """
+    """Each metric's mean +- std as horizontal bars, one per model run (coloured by family) and
+    per trivial baseline (grey, hatched, at the bottom; a dashed line marks the best one).
+    ``summary``: ``compare.bar_summary``'s frame."""
     summary = summary.reset_index(drop=True)
     is_base = (summary["family"] == "baseline").to_numpy()
     models = summary[~is_base]
@@ -334,3 +299,78 @@ def sprite_rows(rows: dict, references=None, captions=None, scale: float = 1.2,
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# The copy skill (notebook 05)
+COPY_COLOURS = {"lstm": "tab:blue", "attention": "tab:red", "bysmamba": "tab:green"}
+
+
+def copy_examples(examples: dict) -> Figure | None:
+    """The pictures of image and sprite copies among ``examples`` ({task: copying.CopyItem}):
+    the prompt's image, then the copy; None when there is none."""
+    images, names = [], []
+    for task, item in examples.items():
+        if task in ("image", "sprite"):
+            images += [s.image for s in decode(item.ids) if s.kind == "image"]
+            names += ["image: top half the prompt, bottom half the copy"] if task == "image" else \
+                ["sprite: in the prompt", "sprite: the copy"]
+    return sprite_grid(images, names, ncols=4, scale=1.6,
+                       title="Image and sprite copies: the prompt's image, then the copy") if images else None
+
+
+def _copy_finish(fig: Figure, axes, title: str) -> Figure:
+    axes[-1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def copy_curves(curves, sweeps, tasks: dict, families) -> Figure:
+    """Greedy copy accuracy against optimizer steps, one panel per task ({task: CopyTask}): token
+    (solid), exact-sequence (dashed) and for sprites pixel accuracy (dotted) per family, the best
+    trivial baseline in grey. ``curves`` and ``sweeps``: ``copying.Study``'s."""
+    baseline_at = sweeps[(sweeps["method"] != "model") & (sweeps["factor"] == 1)].groupby("task")[
+        ["token_accuracy", "sequence_accuracy", "pixel_accuracy"]].max()
+    fig = Figure(figsize=(4.2 * len(tasks), 3.6))
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, (t, task) in zip(axes, tasks.items()):
+        for family in families:
+            rows = curves[(curves["family"] == family) & (curves["task"] == t)]
+            colour = COPY_COLOURS[family]
+            ax.plot(rows["step"], rows["token_accuracy"], color=colour, marker=".", label=f"{family} token")
+            ax.plot(rows["step"], rows["sequence_accuracy"], color=colour, ls="--", label=f"{family} exact")
+            if t == "sprite":
+                ax.plot(rows["step"], rows["pixel_accuracy"], color=colour, ls=":", label=f"{family} pixel")
+        ax.axhline(baseline_at.loc[t, "token_accuracy"], color="grey", lw=1, label="best baseline, token")
+        if t == "sprite":
+            ax.axhline(baseline_at.loc[t, "pixel_accuracy"], color="grey", ls=":", lw=1, label="best baseline, pixel")
+        ax.set(title=task.label, xlabel="optimizer step", ylabel="accuracy on held-out items", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    return _copy_finish(fig, axes, "Copy accuracy against training steps (greedy generation)")
+
+
+def copy_sizes(sweeps, tasks: dict, families) -> Figure:
+    """Copy accuracy against task size (length generalisation), one panel per task: token
+    (solid) and exact-sequence (dashed) accuracy per family, the best baseline in grey, the
+    trained size dotted."""
+    from .copying import SIZE_NAMES
+
+    fig = Figure(figsize=(4.2 * len(tasks), 3.6))
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, (t, task) in zip(axes, tasks.items()):
+        rows = sweeps[sweeps["task"] == t]
+        for family in families:
+            own = rows[(rows["family"] == family) & (rows["method"] == "model")]
+            colour = COPY_COLOURS[family]
+            ax.plot(own["size"], own["token_accuracy"], color=colour, marker="o", label=f"{family} token")
+            ax.plot(own["size"], own["sequence_accuracy"], color=colour, marker="o", ls="--", label=f"{family} exact")
+        best = rows[rows["method"] != "model"].groupby("size")["token_accuracy"].max()
+        ax.plot(best.index, best.values, color="grey", marker="x", lw=1, label="best baseline, token")
+        ax.axvline(task.size, color="black", lw=0.8, ls=":")
+        ax.set(title=task.kind, xlabel=SIZE_NAMES[t], ylabel="accuracy on held-out items", xscale="log",
+               ylim=(-0.02, 1.02))
+        ax.minorticks_off()
+        sizes = sorted(rows["size"].unique())
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.grid(alpha=0.3)
+    return _copy_finish(fig, axes, "Copy accuracy against task size (trained at the dotted line)")

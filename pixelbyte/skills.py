@@ -4,32 +4,20 @@
     report.table          # skill, metric, value, baseline, baseline_is, items
     report.examples       # generated captions and sprites, for the pictures
 
-What a trained PixelByte model must do (and how each is scored here):
-- **keep the declared dimensions**: from a held-out item's shape text ``"(h, w)\\n"`` (data
-  order) or its caption then its shape (caption-first order), sample the image freely; the share
-  of attempts that give exactly h rows of w colours closed by ``\\n`` (an unfinished image is a
-  failure). Baseline: a sampler drawing the training set's token frequencies (its chance of an
-  exact image is computed, not sampled).
-- **sprite -> caption**: from a held-out sprite (shape + image), write the caption (greedy by
-  default, ``caption_temperature``); the share
-  whose *group* (the words after the last ". " up to ",": "smileys and emotion", "flags", ...)
-  is the reference's, and how close the *name* (before the last ". ") is, as difflib's ratio
-  (1 = the same string). Baselines: always answering the majority group of the training items;
-  the name of a random training item.
-- **caption -> sprite**: from a held-out caption and its shape (caption-first order), draw the
-  sprite (constrained to the declared shape, so content is judged apart from dimensions); a
-  classifier fitted on the training sprites (``SpriteClassifier``) predicts each drawing's group.
-  Floor: chance (1 / number of groups), or always the majority training group where that scores
-  more; ceiling: the classifier on the real held-out sprites.
-- **switch between text and image, model the stream**: bits per token on whole held-out items
-  by modality, in both orders. Baseline: the training set's token frequencies (unigram).
-Copy skills are trained and measured by ``copying`` (notebook 05); ``copying.copy_rows`` gives
-rows of this table's format, appended with ``measure(copy=...)``.
+- keep the declared dimensions: from a shape text (or a caption then its shape), the share of
+  freely sampled images of exactly h rows of w colours; baseline: the training token frequencies;
+- sprite -> caption: the share of captions in the reference's group, and how close the name is;
+  baselines: the majority training group, a random training name;
+- caption -> sprite: a classifier fitted on the training sprites (``SpriteClassifier``) names
+  each drawing's group; floor: chance or the majority group; ceiling: the real held-out sprites;
+- the stream: bits per token on whole held-out items by modality, both orders; baseline: unigram.
+Copy skills come from ``copying`` (``measure(copy=...)``).
 """
 from __future__ import annotations
 
 import difflib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,8 +43,9 @@ def caption_group(caption: str, known=None) -> str:
 
 
 def caption_name(caption: str) -> str:
-    """'grinning face. smileys and emotion, face smiling' -> 'grinning face'."""
-    return caption.rsplit(". ", 1)[0].strip() if ". " in caption else ""
+    """'grinning face. smileys and emotion, face smiling' -> 'grinning face'; a caption without
+    ". " is all name (never "": two empty names would score a perfect similarity)."""
+    return caption.rsplit(". ", 1)[0].strip()
 
 
 def name_similarity(a: str, b: str) -> float:
@@ -71,6 +60,7 @@ class Item:
     image: np.ndarray           # (h, w) palette indices
     caption: str
     prompt: list[int]           # shape + image ids (the sprite -> caption prompt)
+    segments: tuple = field(default=(), repr=False)   # (shape, image, caption) windows (L_s, 3, 3)
 
     @classmethod
     def of(cls, windows: np.ndarray) -> "Item | None":
@@ -79,7 +69,8 @@ class Item:
         caption = tok.decode(tok.centre_ids(blocks[2]))[0] if sprite is not None else None
         if caption is None or caption.kind != "text":
             return None
-        return cls(sprite[0], sprite[1], caption.text, [int(t) for t in tok.centre_ids(np.concatenate(blocks[:2]))])
+        return cls(sprite[0], sprite[1], caption.text, [int(t) for t in tok.centre_ids(np.concatenate(blocks[:2]))],
+                   tuple(blocks))
 
 
 def spread(items: list, n: int) -> list:
@@ -88,21 +79,14 @@ def spread(items: list, n: int) -> list:
     return [items[k] for k in data.evenly_spaced(len(items), n)]
 
 
-def palette_indices(rgb: np.ndarray) -> np.ndarray:
-    """(h, w, 3) palette RGB (decoded sprites) -> (h, w) palette indices."""
-    return tok.quantize(rgb)
-
-
 # ---------------------------------------------------------------------------------------------
 # The sprite classifier behind caption -> sprite
 
 
 class SpriteClassifier:
-    """Logistic regression (scikit-learn) from a sprite's colours to its caption group.
-
-    Features: one-hot colour counts pooled over a 4x4 grid of blocks of a 24x24 canvas (the
-    sprite top-left, white around it), plus the whole sprite's colour histogram. On the embedded
-    set it gets ~0.65 of held-out real sprites right against 0.15 for the majority group."""
+    """Logistic regression (scikit-learn) from a sprite's colours to its caption group. Features:
+    colour counts in each block of a 4x4 grid over a 24x24 canvas (the sprite top-left, white
+    around it), plus the whole canvas's colour histogram."""
 
     CANVAS, GRID = 24, 4
 
@@ -142,9 +126,24 @@ class SpriteClassifier:
         return self.model.predict(self.features(images))
 
 
-def fit_classifier(train_seqs: list[np.ndarray]) -> SpriteClassifier:
+def fit_classifier(train_seqs: list[np.ndarray]) -> SpriteClassifier | None:
+    """The classifier of the training sprites' groups; None when their captions have none."""
     items = [i for i in map(Item.of, train_seqs) if i is not None]
+    if no_groups_reason([i.caption for i in items]):
+        return None
     return SpriteClassifier().fit([i.image for i in items], [caption_group(i.caption) for i in items])
+
+
+def no_groups_reason(captions: list[str], members: int = 3, share: float = 0.8) -> str | None:
+    """Why the captions have no groups to score (None when they have): groups exist when at
+    least ``share`` of the captions have a ``caption_group`` held by ``members`` captions or more
+    (the emoji's do; free-text paragraphs such as Pokedex entries do not)."""
+    groups = [caption_group(c) for c in captions]
+    counts = Counter(groups)
+    shared = sum(counts[g] >= members for g in groups) / max(1, len(groups))
+    return None if shared >= share else (
+        f"left out: the captions have no groups ({len(counts)} distinct group texts among {len(groups)} "
+        f"training captions, {shared:.0%} of them in a group of {members} or more)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +153,7 @@ def fit_classifier(train_seqs: list[np.ndarray]) -> SpriteClassifier:
 @dataclass
 class SkillsConfig:
     items: int = 32                 # held-out items scored (evenly spread over the split)
+    retrieval: tuple = (8, 32)      # retrieval among K held-out items, for each K (fewer if fewer items)
     temperature: float = 0.8        # sampling temperature of images (greedy images of small models degenerate)
     caption_temperature: float = 0.0  # captions: 0 = greedy, as captioning is scored (the likeliest caption)
     top_k: int | None = None        # sample among the k likeliest tokens only (None = all)
@@ -167,6 +167,8 @@ class SkillsConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"SkillsConfig.{name}={value!r}: expected a number >= 0")
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in self.retrieval):
+            raise ValueError(f"SkillsConfig.retrieval={self.retrieval!r}: expected integers >= 2")
 
 
 @dataclass
@@ -187,10 +189,6 @@ class Skills:
         lines += [f"| {r.skill} | {r.metric} | {fmt(r.value)} | {fmt(r.baseline)} | {r.baseline_is} | {r.items} |"
                   for r in self.table.itertuples()]
         return "\n".join(lines)
-
-    def wide(self, prefix: str = "") -> dict:
-        """One flat dict ``{skill/metric: value}`` (a row of a comparison table)."""
-        return {f"{prefix}{r.skill}/{r.metric}": r.value for r in self.table.itertuples()}
 
 
 def _generate(model, prompts, budgets, cfg: SkillsConfig, constrained: bool = False, temperature=None):
@@ -235,7 +233,7 @@ def caption_rows(written: list[str], items: list[Item], train_captions: list[str
     majority = max(sorted(known), key=groups.count)
     rng = np.random.default_rng(seed)
     random_names = [caption_name(train_captions[k]) for k in rng.integers(0, len(train_captions), len(items))]
-    return [
+    rows = [
         {"skill": "sprite -> caption", "metric": "group accuracy",
          "value": float(np.mean([caption_group(w, known) == caption_group(r) for w, r in zip(written, refs)])),
          "baseline": float(np.mean([caption_group(r) == majority for r in refs])),
@@ -245,28 +243,125 @@ def caption_rows(written: list[str], items: list[Item], train_captions: list[str
          "baseline": float(np.mean([name_similarity(n, caption_name(r)) for n, r in zip(random_names, refs)])),
          "baseline_is": "name of a random training item", "items": len(items)},
     ]
+    why = no_groups_reason(train_captions)
+    if why:
+        rows[0].update(value=math.nan, baseline=math.nan, baseline_is=why)
+    return rows
 
 
-def sprite_rows(drawn: list[np.ndarray], items: list[Item], classifier: SpriteClassifier) -> list[dict]:
-    """Group accuracy of drawn sprites (palette indices) by the classifier, with its ceiling.
-
-    The floor is the better of chance and "always the training set's majority group": on a
-    subset with few groups (3 of 04's 4 scored items are faces) a drawing that tells the
-    classifier nothing can still score far above 1 / groups."""
+def sprite_rows(drawn: list[np.ndarray], items: list[Item], classifier: SpriteClassifier | None,
+                why: str | None = None) -> list[dict]:
+    """Group accuracy of drawn sprites (palette indices) by the classifier, with its ceiling;
+    without a classifier (captions without groups), the same rows with nan and ``why``. The
+    floor is the better of chance and "always the majority group": on a subset with few groups a
+    drawing that tells the classifier nothing can still score far above 1 / groups."""
+    sprites = {"group accuracy (classifier)": drawn,
+               "classifier on the real held-out sprites (ceiling)": [i.image for i in items]}
+    row = {"skill": "caption -> sprite", "items": len(items)}
+    if classifier is None:
+        return [{**row, "metric": metric, "value": math.nan, "baseline": math.nan,
+                 "baseline_is": why or "left out: no sprite classifier"} for metric in sprites]
     truth = np.array([caption_group(i.caption) for i in items])
-    chance = 1 / len(classifier.groups)
-    majority = classifier.majority
+    chance, majority = 1 / len(classifier.groups), classifier.majority
     constant = float(np.mean(truth == majority))
     floor, floor_is = ((constant, f"always the majority group ({majority!r}); chance is {chance:.3f}")
                        if constant > chance else (chance, f"chance (1 / {len(classifier.groups)} groups)"))
-    return [
-        {"skill": "caption -> sprite", "metric": "group accuracy (classifier)",
-         "value": float((classifier.predict(drawn) == truth).mean()), "baseline": floor,
-         "baseline_is": floor_is, "items": len(items)},
-        {"skill": "caption -> sprite", "metric": "classifier on the real held-out sprites (ceiling)",
-         "value": float((classifier.predict([i.image for i in items]) == truth).mean()), "baseline": floor,
-         "baseline_is": floor_is, "items": len(items)},
-    ]
+    return [{**row, "metric": metric, "value": float((classifier.predict(images) == truth).mean()),
+             "baseline": floor, "baseline_is": floor_is} for metric, images in sprites.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-modal: does one modality inform the other? Read from the model's own likelihood of
+# held-out items, so they need no caption groups (causal models only).
+
+CROSS = {"caption -> sprite": ("caption", "sprite", "image"), "sprite -> caption": ("sprite", "caption", "caption")}
+
+
+def pair_stream(a: Item, b: Item, direction: str) -> tuple[np.ndarray, int]:
+    """b's scored segments after a's conditioning ones: (windows (L, 3, 3), where b's begin).
+    caption -> sprite: a's caption, b's shape and image; sprite -> caption: a's shape and image,
+    b's caption. Segments are windowed on their own, so any pair is a well-formed stream."""
+    first, then = (a.segments[2:], b.segments[:2]) if direction == "caption -> sprite" \
+        else (a.segments[:2], b.segments[2:])
+    return np.concatenate(first + then), sum(map(len, first))
+
+
+@torch.no_grad()
+def stream_bits(model, streams: list[np.ndarray], starts: list[int], batch_size: int = 32) -> list[np.ndarray]:
+    """Bits (-log2 p) of every token of each stream (L_k, 3, 3) from ``starts[k]`` on, by a
+    causal model reading the whole stream. Streams are batched by length and zero-padded at the
+    end as ``data.ItemDataset`` does: many candidate streams per forward pass. The slow
+    reference is ``generate.log_likelihood`` (teacher-forced, token by token)."""
+    samples = data.ItemDataset(streams)                     # sorted by length: little padding
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = [None] * len(streams)
+    for b in range(0, len(samples), batch_size):
+        chosen = range(b, min(b + batch_size, len(samples)))
+        x, y, *positions = (t.to(device) for t in samples.collate([samples[i] for i in chosen]))
+        logits, _ = model(x, None, *positions)              # (B, L, V)
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, y[..., None])[..., 0]   # (B, L)
+        bits = (-logp / math.log(2)).cpu().numpy()
+        for row, i in enumerate(chosen):
+            k = samples.source_index[i]
+            out[k] = bits[row, starts[k]:len(streams[k])]
+    return out
+
+
+def partners(n: int, groups: list[str] | None = None, seed: int = 0) -> list[int]:
+    """Each item's swap partner: another item, of another group where groups exist (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        apart = [j for j in others if groups is not None and groups[j] != groups[i]]
+        out.append(int(rng.choice(apart or others)))
+    return out
+
+
+def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | None = None) -> list[dict]:
+    """Both directions on ``items``. Swap gain: bits per token of an item's image (caption) after
+    its own caption (sprite) minus after a partner's (of another group where ``groups`` exist),
+    and the share of items likelier after their own. Retrieval: among K items, the share of
+    queries whose own candidate is the likeliest. A model that ignores the partner scores gain 0,
+    share 0.5 (ties count half) and exactly 1 / K (the same candidate wins for every query)."""
+    n = len(items)
+    ks = {}                                                  # k scored -> the K asked
+    for asked in cfg.retrieval:
+        ks.setdefault(max(2, min(asked, n)), asked)
+    why = None if model.config.objective == "causal" else \
+        f"left out: needs a causal model, this one's objective is {model.config.objective!r}"
+    why = why or (None if n >= 2 else "left out: needs 2 held-out items or more")
+    rng = np.random.default_rng(cfg.seed)
+    partner, order = (partners(n, groups, cfg.seed) if n >= 2 else []), rng.permutation(n)
+    sets = {k: [order[g:g + k] for g in range(0, n - k + 1, k)] for k in ks}
+    rows = []
+    for direction, (given, scored, swapped) in CROSS.items():
+        values = {}
+        if why is None:
+            pairs = sorted({(b, b) for b in range(n)} | {(partner[b], b) for b in range(n)}
+                           | {(a, b) for chosen in sets.values() for s in chosen for a in s for b in s})
+            streams, starts = zip(*(pair_stream(items[a], items[b], direction) for a, b in pairs))
+            bits = dict(zip(pairs, stream_bits(model, list(streams), list(starts), cfg.batch_size)))
+            skip = [len(i.segments[0]) if swapped == "image" else 0 for i in items]   # the shape is not the image
+            own = np.array([bits[b, b][skip[b]:].sum() for b in range(n)])
+            other = np.array([bits[partner[b], b][skip[b]:].sum() for b in range(n)])
+            values["gain"] = float((other - own).sum() / sum(len(bits[b, b]) - skip[b] for b in range(n)))
+            values["share"] = float(np.mean(0.5 + 0.5 * np.sign(other - own)))
+            total = {pair: v.sum() for pair, v in bits.items()}
+            for k, chosen in sets.items():                   # for each query a, the likeliest candidate b
+                values[k] = float(np.mean([min(s, key=lambda b: total[a, b]) == a for s in chosen for a in s]))
+        row = {"skill": direction, "items": n}
+        rows += [{**row, "metric": f"swap gain: own {given} minus another's, bits per {swapped} token",
+                  "value": values.get("gain", math.nan), "baseline": 0.0,
+                  "baseline_is": why or f"a model that ignores the {given}"},
+                 {**row, "metric": f"swap: share of items likelier after their own {given}",
+                  "value": values.get("share", math.nan), "baseline": 0.5,
+                  "baseline_is": why or f"a model that ignores the {given} (ties count half)"}]
+        rows += [{**row, "metric": f"retrieval: top-1 {scored} among {k} by p({scored} | {given})",
+                  "value": values.get(k, math.nan), "baseline": 1 / k, "items": k * len(sets[k]),
+                  "baseline_is": why or f"chance (1 / {k})" + (f"; only {n} items, not {asked}" if k < asked else "")}
+                 for k, asked in ks.items()]
+    return rows
 
 
 def _generations(model, items: list[Item], cfg: SkillsConfig, caption_budget: int) -> dict:
@@ -279,7 +374,7 @@ def _generations(model, items: list[Item], cfg: SkillsConfig, caption_budget: in
     sprites = _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=True) for i in items],
                         [h * (w + 1) for h, w in (i.shape for i in items)], cfg, constrained=True)
     return {"images": images, "captions": [o.texts[-1] if o.texts else "" for o in captions],
-            "drawn": [palette_indices(o.images[-1]) for o in sprites]}
+            "drawn": [tok.quantize(o.images[-1]) for o in sprites]}      # (h, w) palette indices
 
 
 def _bits_rows(model, test_seqs, unigram) -> list[dict]:
@@ -318,16 +413,17 @@ def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
             cfg: SkillsConfig | None = None, classifier: SpriteClassifier | None = None,
             copy: pd.DataFrame | None = None) -> Skills:
     """The skills report of ``model`` on ``cfg.items`` held-out items spread over the split (all for
-    bits per token). ``classifier``: a fitted ``SpriteClassifier`` (fitted on ``train_seqs``
-    when None); ``copy``: rows from ``copying.copy_rows`` to append (same columns)."""
+    bits per token). Group metrics are left out, with the reason, where the training captions have
+    no groups (``no_groups_reason``). ``classifier``: a fitted ``SpriteClassifier`` (fitted on
+    ``train_seqs`` when None); ``copy``: rows from ``copying.copy_rows`` to append."""
     cfg = cfg or SkillsConfig()
     items = spread([i for i in map(Item.of, test_seqs) if i is not None], cfg.items)
     if not items:
         raise ValueError("no held-out item has the shape, image, caption segments the skills need")
-    train_items = [i for i in map(Item.of, train_seqs) if i is not None]
-    classifier = classifier or fit_classifier(train_seqs)
+    train_captions = [i.caption for i in map(Item.of, train_seqs) if i is not None]
+    why = no_groups_reason(train_captions)
+    classifier = None if why else classifier or fit_classifier(train_seqs)
     unigram = _unigram(train_seqs)
-    train_captions = [i.caption for i in train_items]
     caption_budget = int(1.5 * max(len(c) for c in train_captions)) + 8 if train_captions else 160
     was_training = model.training
     model.eval()
@@ -335,10 +431,11 @@ def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
         with torch.no_grad():
             made = _generations(model, items, cfg, caption_budget)
             bits = _bits_rows(model, test_seqs, unigram)
+            cross = cross_rows(model, items, cfg, None if why else [caption_group(i.caption) for i in items])
     finally:
         model.train(was_training)
     rows = (dimension_rows(made["images"], items, unigram) + caption_rows(made["captions"], items, train_captions, cfg.seed)
-            + sprite_rows(made["drawn"], items, classifier) + bits)
+            + sprite_rows(made["drawn"], items, classifier, why) + cross + bits)
     table = pd.DataFrame(rows, columns=COLUMNS)
     if copy is not None:
         table = pd.concat([table, copy[list(COLUMNS)]], ignore_index=True)

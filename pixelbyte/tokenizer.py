@@ -7,27 +7,22 @@ the caption -- and every token carries its causal 3x3 neighbourhood (the "PxBy" 
      [left,    self, 0      ],
      [0,       0,    0      ]]
 
-Rows end with ``\\t`` (id 1) and a segment ends with ``\\n`` (id 2). Each segment is padded on its
-own, so the first token of a segment sees nothing. This reproduces the original dataset's
-encoder exactly (see tests/fixtures/pixelbytes_upstream_vectors.json).
-
-Input policies (``load_rgb``, ``normalize_text``, ``encode_item``):
-- pixel values become 8 bits by their type, never by clipping: uint8 as they are; 16 bits (PIL
-  modes ``I;16*`` and ``I``, uint16 arrays) ``round(v / 257)``, so 65535 -> 255; floats (PIL
-  mode ``F``, float arrays) must lie in [0, 1], ``round(v * 255)``; other integer arrays must
-  hold 0..255. Values outside the range are refused, naming the mode or dtype;
-- an empty image (a side of 0 pixels) is refused; so is one longer than ``max_side`` unless
-  ``resize=True``; alpha is composited on white;
-- a caption must be a string (``""`` for an item without one: shape + image only); ``None`` is
-  refused here, and ``data.load_pixelbytes`` reads a ``None`` caption as ``""`` with a warning.
+Rows end with ``\\t`` (id 1), a segment with ``\\n`` (id 2). Each segment is padded on its own, so
+its first token sees nothing. This reproduces the original dataset's encoder exactly
+(tests/fixtures/pixelbytes_upstream_vectors.json). ``load_rgb``, ``normalize_text`` and
+``encode_item`` refuse rather than guess: pixel values become 8 bits by their type (never by
+clipping), and an empty or oversized image or a non-string caption is an error naming it.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary (the original order: 58 byte tokens, then 55 NES colours)
@@ -57,11 +52,9 @@ PAD_ID, ROW_END_ID, SEG_END_ID = 0, 1, 2
 SPACE_ID = 3
 FIRST_COLOUR_ID = N_BYTES
 
-# byte value -> token id (-1 where the byte has no token); vectorised text encoding uses it
-_BYTE_TO_ID = np.full(256, -1, dtype=np.int16)
-for _i, _b in enumerate(BYTE_TOKENS):
-    _BYTE_TO_ID[_b[0]] = _i
 _ID_TO_BYTE = np.array([b[0] for b in BYTE_TOKENS], dtype=np.uint8)
+_BYTE_TO_ID = np.full(256, -1, dtype=np.int16)          # byte value -> token id (-1: no token)
+_BYTE_TO_ID[_ID_TO_BYTE] = np.arange(N_BYTES)
 
 MAX_IMAGE_SIDE = 128  # sprites are ~25 px; anything this large is almost surely a mistake
 
@@ -107,10 +100,8 @@ def quantize(rgb: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> palette index (H, W) int64 of the nearest colour in CIELAB."""
     rgb = np.asarray(rgb, dtype=np.uint8)
     # sprites hold few distinct colours: convert each once, not once per pixel
-    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    colours, inverse = np.unique(packed.ravel(), return_inverse=True)
-    unique_rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=-1)
-    lab = rgb_to_lab(unique_rgb.astype(np.uint8))                       # (U, 3)
+    colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    lab = rgb_to_lab(colours)                                            # (U, 3)
     dist = ((lab[:, None, :] - _PALETTE_LAB) ** 2).sum(-1)               # (U, 55)
     return dist.argmin(-1)[inverse].reshape(rgb.shape[:-1])
 
@@ -127,54 +118,49 @@ def to_palette_rgb(rgb: np.ndarray) -> np.ndarray:
 def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.ndarray:
     """PIL image or (H, W, 3|4) array -> (H, W, 3) uint8 RGB.
 
-    Pixel values become 8 bits by their type (``to_8bit``: 16-bit and float images are scaled,
-    never clipped). Alpha is composited on white (transparent sprite backgrounds become white,
-    as in the Pokemon dataset). An empty image is refused, and so is one whose longer side
-    exceeds ``max_side``, unless ``resize=True``, which downscales it (nearest neighbour,
-    keeping pixel-art edges).
+    Pixel values become 8 bits by their type (``to_8bit``). Alpha is composited on white (as
+    the Pokemon dataset's transparent backgrounds). An empty image is refused, and so is one
+    longer than ``max_side`` unless ``resize=True`` downscales it (nearest neighbour).
     """
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        _check_not_empty(image.size[1], image.size[0])
+        if 0 in image.size:
+            raise ValueError(_empty_message(image.size[::-1]))
         pil = image
         if pil.mode in SIXTEEN_BIT_MODES or pil.mode == "F":
-            depth = "float" if pil.mode == "F" else "16"
-            pil = Image.fromarray(to_8bit(np.asarray(pil), depth, f"PIL mode {pil.mode!r}"), "L")
+            values, depth = np.asarray(pil), "float" if pil.mode == "F" else "16"
+            if pil.mode == "I" and 0 <= values.min() and values.max() <= 255:   # read as 16-bit: black
+                depth = "8"
+                warnings.warn("a PIL mode 'I' (32-bit) image holding values 0..255: read as 8-bit", stacklevel=2)
+            pil = Image.fromarray(to_8bit(values, depth, f"PIL mode {pil.mode!r}"), "L")
     else:
         arr = np.asarray(image)
         if arr.size == 0:
-            raise ValueError(f"image is empty ({'x'.join(map(str, arr.shape[:2]))} pixels, HxW): an item "
-                             f"needs an image with H, W > 0" if arr.ndim >= 2 else
-                             f"image is empty (an array of shape {arr.shape}): an item needs an image "
-                             f"with H, W > 0")
+            raise ValueError(_empty_message(arr.shape))
         if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
             raise ValueError(f"image must have shape (H, W, 3) or (H, W, 4), got {arr.shape}")
         arr = to_8bit(arr, _array_depth(arr.dtype), f"array of dtype {arr.dtype}")
         pil = Image.fromarray(arr, "RGBA" if arr.shape[-1] == 4 else "RGB")
     if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
-        rgba = pil.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        pil = Image.alpha_composite(white, rgba)
+        pil = Image.alpha_composite(Image.new("RGBA", pil.size, "white"), pil.convert("RGBA"))
     pil = pil.convert("RGB")
     w, h = pil.size
     if max(h, w) > max_side:
         if not resize:
-            raise ValueError(
-                f"image is {h}x{w} (HxW), larger than max_side={max_side}; pass resize=True to "
-                f"downscale it, or raise max_side")
+            raise ValueError(f"image is {h}x{w} (HxW), larger than max_side={max_side}; pass resize=True "
+                             f"to downscale it, or raise max_side")
         scale = max_side / max(h, w)
         pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.NEAREST)
     return np.asarray(pil, dtype=np.uint8)
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")   # PIL modes read as 16-bit values
-PIXEL_DEPTHS = {"8": 255, "16": 65535}                          # integer depths and their top value
 
 
-def _check_not_empty(h: int, w: int):
-    if h == 0 or w == 0:
-        raise ValueError(f"image is empty ({h}x{w} pixels, HxW): an item needs an image with H, W > 0")
+def _empty_message(shape: tuple) -> str:
+    size = f"{shape[0]}x{shape[1]} pixels, HxW" if len(shape) >= 2 else f"an array of shape {shape}"
+    return f"image is empty ({size}): an item needs an image with H, W > 0"
 
 
 def _array_depth(dtype: np.dtype) -> str:
@@ -191,9 +177,8 @@ def _array_depth(dtype: np.dtype) -> str:
 
 def to_8bit(values: np.ndarray, depth: str, what: str) -> np.ndarray:
     """Pixel values -> uint8 (same shape). ``depth``: "8" (0..255, kept), "16" (0..65535,
-    ``round(v / 257)``: 128 -> 0, 129 -> 1, 65535 -> 255) or "float" (0..1, ``round(v * 255)``,
-    halves up: 0.5 -> 128). Values outside the depth's range are refused, naming ``what``
-    (the PIL mode or the array dtype) and the range found: nothing is clipped."""
+    ``round(v / 257)``) or "float" (0..1, ``round(v * 255)``, halves up). Values outside the
+    range are refused, naming ``what`` (the PIL mode or the array dtype): nothing is clipped."""
     v = np.asarray(values)
     if v.size == 0:
         return v.astype(np.uint8)
@@ -205,7 +190,7 @@ def to_8bit(values: np.ndarray, depth: str, what: str) -> np.ndarray:
             raise ValueError(f"image ({what}) holds values {lo:g}..{hi:g}; float pixel values must lie "
                              f"in [0, 1] (for 0..255 floats, pass them as uint8)")
         return np.floor(v.astype(np.float64) * 255 + 0.5).astype(np.uint8)
-    lo, hi, top = int(v.min()), int(v.max()), PIXEL_DEPTHS[depth]
+    lo, hi, top = int(v.min()), int(v.max()), 65535 if depth == "16" else 255
     if lo < 0 or hi > top:
         rule = "16-bit values 0..65535" if depth == "16" else \
             "8-bit values 0..255 (uint16 arrays are read as 16-bit, float arrays as 0..1)"
@@ -218,21 +203,16 @@ def to_8bit(values: np.ndarray, depth: str, what: str) -> np.ndarray:
 def normalize_text(text: str) -> tuple[str, int]:
     """Text policy: NFKD, drop non-ASCII, lowercase; other unknown characters become a space.
 
-    Returns ``(clean_text, n_replaced)``. Non-ASCII code points (accents after NFKD, emoji)
-    are dropped as in the original dataset; ASCII characters without a token (``?``, ``&``,
-    ``\\t`` and ``\\n`` inside a caption, ...) are replaced by a space and counted, never a
-    KeyError. Tabs and newlines must not survive: they are the row/segment separators.
+    Returns ``(clean_text, n_replaced)``. Non-ASCII code points are dropped as in the original
+    dataset; ASCII characters without a token (``?``, ``&``, ...) are replaced by a space and
+    counted, and so are ``\\t`` and ``\\n``: they are the row/segment separators.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__} {text!r}")
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     raw = np.frombuffer(ascii_text.encode(), dtype=np.uint8)
-    ids = _BYTE_TO_ID[raw]
-    unknown = (ids < 0) | (raw == ord("\t")) | (raw == ord("\n")) | (raw == 0)
-    if unknown.any():
-        raw = raw.copy()
-        raw[unknown] = ord(" ")
-    return raw.tobytes().decode(), int(unknown.sum())
+    unknown = _BYTE_TO_ID[raw] < SPACE_ID                  # no token, or \x00 \t \n (padding, separators)
+    return np.where(unknown, ord(" "), raw).astype(np.uint8).tobytes().decode(), int(unknown.sum())
 
 
 def text_to_ids(text: str) -> np.ndarray:
@@ -250,12 +230,9 @@ def text_to_ids(text: str) -> np.ndarray:
 
 
 def segment_windows(grid: np.ndarray) -> np.ndarray:
-    """Token grid (rows, cols) -> causal windows (rows * (cols + 1), 3, 3) uint8.
-
-    Appends the separator column (``\\t`` on every row but the last, whose separator is
-    ``\\n``), pads by one on every side, takes each cell's 3x3 neighbourhood and zeroes the
-    cells that come later in reading order (the one to the right and the row below).
-    """
+    """Token grid (rows, cols) -> causal windows (rows * (cols + 1), 3, 3) uint8: appends the
+    separator column (``\\t``, the last row ``\\n``), pads by one, takes each cell's 3x3
+    neighbourhood and zeroes the cells later in reading order (right, and the row below)."""
     rows, cols = grid.shape
     sep = np.full((rows, 1), ROW_END_ID, dtype=np.uint8)
     sep[-1, 0] = SEG_END_ID
@@ -272,7 +249,6 @@ def segment_windows(grid: np.ndarray) -> np.ndarray:
 class EncodeStats:
     """What the encoder had to change to make an item encodable."""
     text_replaced: int = 0       # ASCII characters without a token, replaced by a space
-    resized_from: tuple | None = None
 
 
 ITEM_ORDERS = ("data", "caption_first")
@@ -280,14 +256,9 @@ ITEM_ORDERS = ("data", "caption_first")
 
 def encode_item(image, caption: str, max_side: int = MAX_IMAGE_SIDE, resize: bool = False,
                 stats: EncodeStats | None = None, order: str = "data") -> np.ndarray:
-    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8.
-
-    ``order="data"``: shape text, image, caption (the original dataset's order);
-    ``order="caption_first"``: caption, shape text, image -- so a model can draw a sprite
-    conditioned on its caption. Segments are padded on their own, so both orders hold the same
-    windows, only the segments move (``reorder``)."""
-    if order not in ITEM_ORDERS:
-        raise ValueError(f"order={order!r}: allowed values are {list(ITEM_ORDERS)}")
+    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8, in ``order``: "data" (shape text,
+    image, caption: the original dataset's) or "caption_first" (caption, shape text, image: a
+    model can draw a sprite conditioned on its caption; same windows, see ``reorder``)."""
     if not isinstance(caption, str):
         raise TypeError(f"caption={caption!r}: expected a string; use '' for an item without a caption "
                         f"(load_pixelbytes reads a None caption as '' and warns)")
@@ -311,9 +282,8 @@ def split_segments(windows: np.ndarray) -> list[np.ndarray]:
 
 
 def reorder(windows: np.ndarray, order: str) -> np.ndarray:
-    """A data-order item (shape, image[, caption]) -> the same item in ``order``. Lossless:
-    ``caption_first`` moves the caption segment to the front; an item without a caption, or
-    ``order="data"``, is returned as it is."""
+    """A data-order item (shape, image[, caption]) -> the same item in ``order``: ``caption_first``
+    moves the caption segment to the front; an item without a caption is returned as it is."""
     if order not in ITEM_ORDERS:
         raise ValueError(f"order={order!r}: allowed values are {list(ITEM_ORDERS)}")
     blocks = split_segments(windows)
@@ -336,12 +306,8 @@ def encode_text(text: str) -> np.ndarray:
 
 
 class ContextBuilder:
-    """Feed token ids one by one; get each token's causal 3x3 window.
-
-    Keeps the previous row of the current segment (with its separator) and the current row,
-    so an arbitrary, possibly ragged stream gets exactly the windows the batch encoder would
-    give a well-formed one. ``window(next_id)`` peeks without consuming; ``push`` consumes.
-    """
+    """Feed token ids one by one; get each token's causal 3x3 window, exactly the batch
+    encoder's for a well-formed stream. ``window(next_id)`` peeks; ``push`` consumes."""
 
     def __init__(self):
         self.prev_row: list[int] = []   # row above, including its separator; [] on a segment's first row
@@ -349,11 +315,10 @@ class ContextBuilder:
 
     def window(self, token_id: int) -> np.ndarray:
         """The (3, 3) uint8 window the token ``token_id`` would get at the current position."""
-        c, prev = len(self.row), self.prev_row
+        c = len(self.row)
         win = np.zeros((3, 3), dtype=np.uint8)
-        for j, col in enumerate((c - 1, c, c + 1)):
-            if 0 <= col < len(prev):
-                win[0, j] = prev[col]
+        above = ([PAD_ID] + self.prev_row)[c:c + 3]        # columns c - 1, c, c + 1 of the row above
+        win[0, :len(above)] = above
         if c > 0:
             win[1, 0] = self.row[-1]
         win[1, 1] = token_id
@@ -399,9 +364,8 @@ def parse_shape(text: str) -> tuple[int, int] | None:
 
 
 def item_sprite(windows: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
-    """The declared ``(h, w)`` and the image of an item that opens with its shape text and its
-    image (the data order), the image as (h, w) palette indices; None unless the first two
-    segments are a shape and an image of exactly that shape."""
+    """(declared (h, w), image as (h, w) palette indices) of a data-order item; None unless its
+    first two segments are a shape text and an image of exactly that shape."""
     blocks = split_segments(windows)
     if len(blocks) < 2:
         return None
@@ -430,7 +394,7 @@ class Segment:
         return (len(self.row_widths), max(self.row_widths, default=0)) if self.kind == "image" else None
 
 
-def _decode_segment(ids: list[int], terminated: bool) -> Segment:
+def _decode_segment(ids: np.ndarray, terminated: bool) -> Segment:
     arr = np.asarray(ids, dtype=np.int64)
     issues = [] if terminated else ["segment not terminated by \\n"]
     body = arr[arr != PAD_ID]
@@ -446,17 +410,11 @@ def _decode_segment(ids: list[int], terminated: bool) -> Segment:
         text_ids = body[~colour & ~tabs]
         return Segment("text", text=_ID_TO_BYTE[text_ids].tobytes().decode("latin-1"),
                        terminated=terminated, issues=issues)
-    rows, row = [], []
-    for t in body:
-        if t == ROW_END_ID:
-            rows.append(row)
-            row = []
-        elif t >= FIRST_COLOUR_ID:
-            row.append(int(t) - FIRST_COLOUR_ID)
-        else:
-            issues.append(f"byte token {int(t)} inside image dropped")
-    if row or not rows:
-        rows.append(row)
+    issues += [f"byte token {t} inside image dropped" for t in body[~colour & (body != ROW_END_ID)]]
+    pieces = np.split(body, np.flatnonzero(body == ROW_END_ID) + 1)         # each row with its \t
+    rows = [r[r >= FIRST_COLOUR_ID] - FIRST_COLOUR_ID for r in pieces]
+    if len(rows) > 1 and not len(rows[-1]):              # the last row ended with its \t
+        rows.pop()
     widths = [len(r) for r in rows]
     if len(set(widths)) > 1:
         issues.append(f"ragged rows: widths {sorted(set(widths))}")
@@ -469,19 +427,14 @@ def _decode_segment(ids: list[int], terminated: bool) -> Segment:
 def decode(token_ids) -> list[Segment]:
     """Flat token ids -> segments split at ``\\n``. Never raises on malformed streams:
     ragged rows, stray tokens and a missing final ``\\n`` are reported in ``Segment.issues``."""
-    ids = [int(t) for t in np.asarray(token_ids).reshape(-1)]
-    bad = [t for t in ids if not 0 <= t < VOCAB_SIZE]
-    if bad:
-        raise ValueError(f"token ids outside 0..{VOCAB_SIZE - 1}: {bad[:5]}")
-    segments, current = [], []
-    for t in ids:
-        if t == SEG_END_ID:
-            segments.append(_decode_segment(current, terminated=True))
-            current = []
-        else:
-            current.append(t)
-    if any(t != PAD_ID for t in current):
-        segments.append(_decode_segment(current, terminated=False))
+    ids = np.asarray(token_ids).reshape(-1).astype(np.int64)
+    bad = ids[(ids < 0) | (ids >= VOCAB_SIZE)]
+    if len(bad):
+        raise ValueError(f"token ids outside 0..{VOCAB_SIZE - 1}: {bad[:5].tolist()}")
+    *complete, rest = np.split(ids, np.flatnonzero(ids == SEG_END_ID) + 1)
+    segments = [_decode_segment(s[:-1], terminated=True) for s in complete]
+    if (rest != PAD_ID).any():
+        segments.append(_decode_segment(rest, terminated=False))
     return segments
 
 
@@ -503,78 +456,124 @@ def decode_item(windows: np.ndarray, order: str = "data") -> tuple[np.ndarray | 
 
 
 # ---------------------------------------------------------------------------------------------
-# Where a token sits in the stream (causal: from the tokens before it)
+# Where a token sits in the stream, read from the tokens before it only. Torch ops, so a model
+# computes them on its device inside its graph (no host round trip per step): batched from
+# causal windows (``positions``) and one token at a time (``StreamPositions``), same numbers.
 
-POSITION_FEATURES = ("segment", "row", "column", "height", "width")
+POSITION_FEATURES = ("segment", "row", "column", "height", "width", "rows_left", "columns_left")
+POSITION_LIMITS = (7,) + (MAX_IMAGE_SIDE + 2,) * 6     # each feature is clipped to 0..limit
+SHAPE_TEXT_MAX = 12                                    # longer segments never spell a shape
 
 
-def previous_ids(causal_windows: np.ndarray) -> np.ndarray:
-    """Masked windows of a stream from its start (..., L, 3, 3) -> the id of the token before
-    each position (..., L); position 0 gets \n (a stream starts like a new segment).
+def _shape_machine() -> tuple[np.ndarray, np.ndarray]:
+    """The shape text ``(h, w)`` as a state machine over token ids, ``_SHAPE_RE`` spelled out:
+    state 0 wants "(", 1 spaces then h, 2 in h, 3 spaces then ",", 4 spaces then w, 5 in w,
+    6 spaces then ")", 7 accepted (trailing spaces), 8 rejected. -> (next state (9, V), digit (V,))."""
+    ids = {c: _BYTE_TO_ID[ord(c)] for c in "(),"}
+    space = [i for i, b in enumerate(BYTE_TOKENS) if re.fullmatch(r"\s", b.decode("latin-1"))]
+    digit = np.full(VOCAB_SIZE, -1, dtype=np.int64)
+    digit[[_BYTE_TO_ID[ord(str(d))] for d in range(10)]] = np.arange(10)
+    digits = np.flatnonzero(digit >= 0)
+    nxt = np.full((9, VOCAB_SIZE), 8, dtype=np.int64)
+    nxt[0, ids["("]] = 1
+    for state, on_space, on_digit, on_mark, mark in ((1, 1, 2, None, None), (2, 3, 2, 4, ","),
+                                                      (3, 3, None, 4, ","), (4, 4, 5, None, None),
+                                                      (5, 6, 5, 7, ")"), (6, 6, None, 7, ")"), (7, 7, None, None, None)):
+        nxt[state, space] = on_space
+        if on_digit is not None:
+            nxt[state, digits] = on_digit
+        if mark is not None:
+            nxt[state, ids[mark]] = on_mark
+    return nxt, digit
+
+
+_SHAPE_NEXT, _DIGIT = _shape_machine()
+
+
+def parse_shape_ids(tail, n):
+    """The (h, w) the last ``n`` of ``tail`` spell as a shape text, else (0, 0).
+    tail : (..., SHAPE_TEXT_MAX) long, n : (...) long -> (..., 2) long."""
+    nxt, digit = torch.as_tensor(_SHAPE_NEXT, device=tail.device), torch.as_tensor(_DIGIT, device=tail.device)
+    state = torch.zeros_like(n)
+    h, w = torch.zeros_like(n), torch.zeros_like(n)
+    for j in range(SHAPE_TEXT_MAX):                     # a fixed number of steps: one graph
+        token = tail[..., j]
+        state = torch.where(j >= SHAPE_TEXT_MAX - n, nxt[state, token], state)
+        h = torch.where(state == 2, h * 10 + digit[token], h)
+        w = torch.where(state == 5, w * 10 + digit[token], w)
+    ok = (state == 7) & (n >= 5) & (n <= SHAPE_TEXT_MAX)
+    return torch.stack([h, w], -1) * ok[..., None]
+
+
+def position_features(segment, row, column, declared):
+    """(...) segment, row, column and (..., 2) declared (h, w) -> (..., 7) clipped features."""
+    height, width = declared.unbind(-1)
+    has = height > 0
+    rows_left = torch.where(has, height - row + 1, 0)             # 1 = the last row / past it
+    cols_left = torch.where(has, width - column + 1, 0)
+    out = torch.stack([segment, row, column, height, width, rows_left, cols_left], -1)
+    return torch.minimum(out.clamp_min(0), torch.tensor(POSITION_LIMITS, device=out.device))
+
+
+def previous_ids(causal_windows):
+    """Masked windows of a stream from its start (..., L, 3, 3) tensor -> the id of the token
+    before each position (..., L); position 0 gets \n (a stream starts like a new segment).
 
     The left cell is the previous token, except at the start of a row: there the previous token
     was a row end \t when the row above exists, a segment end \n when it does not (first row of
     a segment). Real tokens are never 0, so the rule is exact for any well-formed stream."""
-    w = np.asarray(causal_windows)
-    left, above = w[..., 1, 0], w[..., 0, :].max(-1)
-    return np.where(left != PAD_ID, left, np.where(above != PAD_ID, ROW_END_ID, SEG_END_ID))
+    left, above = causal_windows[..., 1, 0], causal_windows[..., 0, :].amax(-1)
+    return torch.where(left != PAD_ID, left, torch.where(above != PAD_ID, ROW_END_ID, SEG_END_ID))
 
 
-def stream_positions(token_ids) -> np.ndarray:
-    """For each token t of a stream, where it sits given ``token_ids[:t]`` only:
-    (segment index, row and column inside the segment, declared height and width), as an
-    (L + 1, 5) int64 array whose last row is the position of the token after the stream.
+def segment_starts(causal_windows):
+    """Causal windows (B, L, 3, 3) of streams from their start -> (B, L): the position where the
+    segment of each position starts (everything before it is the stream's completed segments)."""
+    starts = previous_ids(causal_windows) == SEG_END_ID
+    t = torch.arange(starts.shape[-1], device=starts.device)
+    return torch.where(starts, t, 0).cummax(-1).values
 
-    A text segment is one row. The declared (h, w) is the shape the previous segment wrote when
-    it parses as ``"(h, w)"`` (so it is set while an image is drawn), else (0, 0)."""
-    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    prev = np.concatenate([[SEG_END_ID], ids])                         # (L + 1,)
-    t = np.arange(len(prev))
+
+def positions(causal_windows):
+    """Causal windows of streams from their start (B, L, 3, 3) -> position features (B, L, 7)
+    of each token (``POSITION_FEATURES``): segment, row and column inside it (a text segment is
+    one row), the (h, w) the previous segment declared when it spells ``"(h, w)"`` (else 0), and
+    the rows / columns left. Padding at the end of a stream changes nothing before it."""
+    prev = previous_ids(causal_windows).long()                        # (B, L)
+    t = torch.arange(prev.shape[-1], device=prev.device)
     seg_start, row_end = prev == SEG_END_ID, prev == ROW_END_ID
-    segment = np.cumsum(seg_start) - 1
-    column = t - np.maximum.accumulate(np.where(seg_start | row_end, t, 0))
-    rows_so_far = np.cumsum(row_end)
-    row = rows_so_far - rows_so_far[np.maximum.accumulate(np.where(seg_start, t, 0))]
-    declared = np.zeros((segment[-1] + 1, 2), dtype=np.int64)          # per segment index
-    ends = np.flatnonzero(ids == SEG_END_ID)
-    for k, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1] + 1]), ends)):
-        shape = _shape_of(ids[a:b])
-        if shape is not None:
-            declared[k + 1] = shape
-    return np.stack([segment, row, column, declared[segment, 0], declared[segment, 1]], axis=1)
+    segment = seg_start.cumsum(-1) - 1
+    seg_begin = segment_starts(causal_windows)
+    column = t - torch.where(seg_start | row_end, t, 0).cummax(-1).values
+    rows = row_end.cumsum(-1)
+    row = rows - rows.gather(-1, seg_begin)
+    # at a segment's first position: the previous segment (its last <= 12 tokens, and its length)
+    tail = F.pad(prev, (SHAPE_TEXT_MAX, 0)).unfold(-1, SHAPE_TEXT_MAX, 1)[..., :-1, :]   # (B, L, 12)
+    n = F.pad((t - seg_begin)[..., :-1], (1, 0))                     # tokens of the segment before
+    shape = parse_shape_ids(tail, n) * seg_start[..., None]          # (B, L, 2)
+    declared = shape.gather(-2, seg_begin[..., None].expand_as(shape))
+    return position_features(segment, row, column, declared)
 
 
-def _shape_of(segment_ids) -> tuple[int, int] | None:
-    """(h, w) if a segment's tokens spell a shape text, else None (cheap rejection first)."""
-    if not 5 <= len(segment_ids) <= 12 or segment_ids[0] != _BYTE_TO_ID[ord("(")] \
-            or (np.asarray(segment_ids) >= FIRST_COLOUR_ID).any():
-        return None
-    return parse_shape(_ID_TO_BYTE[np.asarray(segment_ids, dtype=np.int64)].tobytes().decode("latin-1"))
+class StreamPositions:
+    """``positions`` one token at a time for a batch of streams, as tensors on ``device``:
+    ``features()`` (B, 7) is the position of the next token, ``push(ids (B,))`` advances."""
 
+    def __init__(self, batch_size: int, device=None):
+        zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.segment, self.row, self.column, self.length = zeros, zeros, zeros, zeros
+        self.declared = torch.zeros(batch_size, 2, dtype=torch.long, device=device)
+        self.tail = torch.zeros(batch_size, SHAPE_TEXT_MAX, dtype=torch.long, device=device)
 
-class StreamPosition:
-    """``stream_positions`` one token at a time: ``push(id)`` after each token, ``current()``
-    is the position of the next one. O(1) per token (generation steps through it)."""
+    def features(self):
+        return position_features(self.segment, self.row, self.column, self.declared)
 
-    def __init__(self):
-        self.segment, self.row, self.column = 0, 0, 0
-        self.declared = (0, 0)
-        self.text: list[int] = []        # the current segment while it may still be a shape text
-
-    def current(self) -> np.ndarray:
-        return np.array([self.segment, self.row, self.column, *self.declared], dtype=np.int64)
-
-    def push(self, token_id: int) -> None:
-        token_id = int(token_id)
-        if token_id == SEG_END_ID:
-            self.declared = _shape_of(self.text) or (0, 0) if self.text is not None else (0, 0)
-            self.segment, self.row, self.column, self.text = self.segment + 1, 0, 0, []
-            return
-        if token_id == ROW_END_ID:
-            self.row, self.column = self.row + 1, 0
-        else:
-            self.column += 1
-        if self.text is not None:
-            self.text.append(token_id)
-            if len(self.text) > 12:     # longer than any shape text: stop keeping it
-                self.text = None
+    def push(self, token_ids) -> None:
+        token = token_ids.long()
+        seg, row_end = token == SEG_END_ID, token == ROW_END_ID
+        self.declared = torch.where(seg[:, None], parse_shape_ids(self.tail, self.length), self.declared)
+        self.segment = self.segment + seg
+        self.row = torch.where(seg, 0, self.row + row_end)
+        self.column = torch.where(seg | row_end, 0, self.column + 1)
+        self.tail = torch.where(seg[:, None], 0, torch.cat([self.tail[:, 1:], token[:, None]], 1))
+        self.length = torch.where(seg, 0, self.length + 1)

@@ -1,44 +1,25 @@
 """Training: a plain-PyTorch Trainer for PixelByte models (nanoGPT-like, one file).
 
     python -m pixelbyte.train --model.model lstm --train.epochs 2 --train.out-dir runs/lstm
-    python -m pixelbyte.train --config run.json                          # a whole RunConfig from a file
-    torchrun --nproc_per_node 2 -m pixelbyte.train --config run.json     # DDP, 2 GPUs (Kaggle T4 x2)
-    python -m pixelbyte.train --config run.json --resume                 # continue from out_dir/last.pt
+    python -m pixelbyte.train --config run.json [--resume]          # a whole RunConfig from a file
+    torchrun --nproc_per_node 2 -m pixelbyte.train --config run.json     # DDP
 
-From Python::
+    model, final = train(run)                             # load data, build samples and model, fit
+    final = Trainer(model, train_ds, val_ds, run).fit()   # with datasets of your own
 
-    run = RunConfig(samples=SampleConfig(unit="item"), model=ModelConfig(objective="causal"), ...)
-    model, final = train(run)                   # load the data, build samples and model, fit
-    # or, with datasets of your own:
-    final = Trainer(model, train_ds, val_ds, run).fit()
-
-The model owns its loss (``model(x, targets) -> (logits, loss)``, ``model.select``); the
-Trainer runs the optimisation and reports per-modality metrics from ``models.loss_sums``, the
-same numbers ``evaluate.token_metrics`` gives.
-
-What one optimizer step is: ``grad_accum`` micro-batches of ``batch_size`` samples each, where
-``batch_size`` is the *global* micro-batch (all ranks together; each rank takes its
-``batch_size // world_size`` slice of the same global batch), so a run on 1 or N processes sees
-the same samples per step. Each epoch is ``len(train_ds) // (batch_size * grad_accum)`` steps in
-the order ``train_ds.epoch_order`` draws (a shuffle; length-sorted batches for whole items), so
-(epoch, batch in epoch) follows from the step count and a resumed run replays the same order
-from the middle of an epoch. ``budget_s`` caps the steps: after ``PROBE_STEPS`` timed steps the
-run fixes its step count (kept in checkpoints) so that the learning-rate schedule still ends
-where training ends.
-
-Distributed: ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK; nccl on CUDA, gloo on CPU; rank 0
-alone logs and writes files, metrics are summed over ranks.
-
-Out dir: ``metrics.csv`` / ``metrics.json`` (one row per log or eval), ``run.json`` (the
-RunConfig, versions, sizes, final metrics), ``last.pt`` / ``best.pt`` (full training state,
-atomic writes) and ``best_model/`` (``save_pretrained`` of the best weights, with its run.json).
-A lock file keeps a second training out of a folder in use; a folder holding a finished or
-started run is refused unless ``fit(resume=True)`` or ``fit(overwrite=True)``.
+The model owns its loss; the Trainer runs the optimisation and reports the per-modality metrics
+that ``evaluate.token_metrics`` gives. ``batch_size`` is the global micro-batch (each rank takes
+its slice of the same batch), so 1 or N processes see the same samples per step; the epoch
+order follows from the step count, so a resumed run replays it. ``budget_s`` fixes the step
+count after a few timed steps, so that the learning-rate schedule ends where training ends.
+``out_dir`` holds the metrics, ``run.json``, ``last.pt`` / ``best.pt`` (atomic writes) and
+``best_model/``; a folder in use or holding a run is refused unless resumed or overwritten.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -48,6 +29,7 @@ import random
 import shutil
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,11 +39,12 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm   # log lines that keep a bar whole
 
-from . import __version__, git_commit
+from . import __version__, git_commit, kaggle_env
 from . import tokenizer as tok
 from .config import RUNTIME_FIELDS, DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, \
-    field_diff, resolve_device
+    _is_int, atomic_write_text, field_diff, resolve_device
 from .data import evenly_spaced
 from .models import CheckpointError, PixelByteModel, loss_sums, metrics_from_sums
 
@@ -86,6 +69,10 @@ class NonFiniteLossError(FloatingPointError):
 
 class RunFolderBusy(RuntimeError):
     """Another training holds the lock of the output folder, or the folder holds a run."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the training state was checkpointed to out_dir/last.pt first (when a step was taken)."""
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -125,15 +112,13 @@ def _single_threaded(fn, job):
 def in_processes(fn, jobs: list, workers: int = 1):
     """Yield ``(k, fn(jobs[k]))`` for every job: here and in order with ``workers=1``, else as
     they finish in that many spawned processes of one CPU thread each (small trainings do not
-    scale with threads: on a 2-core CPU two of them at once take the time of one). ``fn`` must
-    be importable (a module-level function) and its results picklable."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    scale with threads). ``fn`` must be a module-level function, its results picklable."""
+    if not _is_int(workers, 1):
         raise ValueError(f"workers={workers!r}: expected an integer >= 1")
     if workers == 1 or len(jobs) <= 1:
         for k, job in enumerate(jobs):
             yield k, fn(job)
         return
-    import functools
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -143,7 +128,6 @@ def in_processes(fn, jobs: list, workers: int = 1):
             yield futures[future], future.result()
 
 
-# ---------------------------------------------------------------------------------------------
 # Data order and distributed setup
 
 
@@ -178,6 +162,7 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         torch_device = torch.device("cuda", torch.cuda.current_device())
     if world_size > 1 and not dist.is_initialized():
+        os.environ.update(kaggle_env.torchrun_env())    # NCCL on GPUs without peer access (T4 x2)
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -189,7 +174,6 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------------------------------------
 # Files
 
 
@@ -213,10 +197,12 @@ def atomic_torch_save(obj, path: Path):
             os.close(dir_fd)
 
 
-def atomic_write_text(text: str, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def tokens_crc32(ds) -> int | None:
+    """crc32 of a dataset's tokens (``WindowDataset.tokens``, ``ItemDataset.items``); None for others."""
+    arrays = [ds.tokens] if hasattr(ds, "tokens") else getattr(ds, "items", None)
+    if not isinstance(arrays, list):             # a stream made on the fly (CopyStream.items is a method)
+        return None
+    return functools.reduce(lambda crc, a: zlib.crc32(np.ascontiguousarray(a), crc), arrays, 0)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -272,18 +258,14 @@ def _set_rng_state(state: dict):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-# ---------------------------------------------------------------------------------------------
 # Trainer
 
 
 class Trainer:
-    """Train ``model`` (``model(x, y) -> (logits, loss)``, ``model.select``, ``model.config``)
-    on ``train_ds`` / ``val_ds`` (``data.WindowDataset`` / ``ItemDataset`` or anything with
-    ``__getitem__ -> (x, y)``; optional ``epoch_order``, ``collate``, ``describe``).
-
-    ``run``: the RunConfig the datasets were built from, or just a TrainConfig (datasets made
-    by hand: the run then records no data or sample settings).
-    """
+    """Train ``model`` (``model(x, y[, positions]) -> (logits, loss)``, ``model.select``,
+    ``model.config``) on ``train_ds`` / ``val_ds`` (``__getitem__ -> (x, y)``; optional
+    ``epoch_order``, ``collate``, ``describe``). ``run``: the RunConfig the datasets were built
+    from, or just a TrainConfig (datasets made by hand)."""
 
     def __init__(self, model: nn.Module, train_ds, val_ds, run: RunConfig | TrainConfig):
         if isinstance(run, TrainConfig):
@@ -297,10 +279,10 @@ class Trainer:
         self.out_dir = Path(self.cfg.out_dir)
         cfg = self.cfg
 
-        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.use_amp, why = kaggle_env.amp_decision(run.model.model, cfg.amp and self.device.type == "cuda")
         if cfg.amp and not self.use_amp:
-            warnings.warn("TrainConfig.amp=True ignored: fp16 autocast + GradScaler need CUDA; "
-                          "training in fp32 on CPU", stacklevel=2)
+            warnings.warn("TrainConfig.amp=True ignored: " + (why if self.device.type == "cuda" else
+                          "fp16 autocast + GradScaler need CUDA; training in fp32 on CPU"), stacklevel=2)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                            fused=self.device.type == "cuda" or None)
@@ -340,13 +322,12 @@ class Trainer:
                 raise ValueError(f"objective mismatch: model.config.objective={objective!r}, "
                                  f"{name}.objective={ds_objective!r}; build the datasets for the "
                                  f"model's objective")
-        if cfg.batch_size % self.world_size:
-            raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is the global batch and must be "
-                             f"divisible by the world size {self.world_size}")
-        for name, ds in (("train_ds", train_ds), ("val_ds", val_ds)):
             if ds is not None and len(ds) == 0:
                 raise ValueError(f"{name} is empty (0 samples): no item is long enough for a window, "
                                  f"or the source has no items")
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is the global batch and must be "
+                             f"divisible by the world size {self.world_size}")
         need = cfg.batch_size * cfg.grad_accum
         if len(train_ds) < need:
             raise ValueError(f"train_ds has {len(train_ds)} samples, fewer than one optimizer step takes "
@@ -361,7 +342,14 @@ class Trainer:
         a folder that already holds a run is refused unless ``resume`` or ``overwrite``.
         Returns the final metrics (last train window, last eval, best val loss, tokens/s)."""
         with self._claim_out_dir(resume, overwrite):
-            return self._fit(resume)
+            try:
+                return self._fit(resume)
+            except KeyboardInterrupt:
+                if self.step:
+                    self.save()
+                where = f"checkpoint {self.out_dir / 'last.pt'} written: resume with --resume (fit(resume=True))" \
+                    if self.step else "no step taken, nothing saved"
+                raise TrainingInterrupted(f"interrupted at step {self.step} of {self.total_steps}; {where}") from None
 
     @contextlib.contextmanager
     def _claim_out_dir(self, resume: bool, overwrite: bool):
@@ -481,9 +469,8 @@ class Trainer:
         seconds_per_step = train_seconds / steps_timed
         lengths = getattr(self.train_ds, "lengths", None)
         if lengths is not None and tokens_timed:
-            # whole items: a step costs what its items' tokens cost, and the few probe steps draw
-            # batches of 200 or of 700 tokens by chance (up to 1.7x off in the main job); time
-            # per token x the epoch's mean tokens per step does not depend on which they drew
+            # whole items: the probe steps draw short or long batches by chance; time per token
+            # x the epoch's mean tokens per step does not depend on which they drew
             seconds_per_step = train_seconds / tokens_timed * float(np.mean(lengths)) \
                 * self.cfg.batch_size * self.cfg.grad_accum
         pace = torch.tensor([seconds_per_step], dtype=torch.float64, device=self.device)
@@ -501,12 +488,11 @@ class Trainer:
         sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64, device=self.device)
         tokens = 0
         for micro in range(cfg.grad_accum):
-            x, y = next(batches)
-            x = x.to(self.device, non_blocking=True)                                      # (b, L, 3, 3)
-            y = y.to(self.device, non_blocking=True)                                      # (b,) | (b, L)
+            x, y, *positions = (t.to(self.device, non_blocking=True) for t in next(batches))
+            # x (b, L, 3, 3), y (b,) | (b, L), positions (b, L, 7) when the dataset gives them
             sync = micro == cfg.grad_accum - 1 or self.world_size == 1
             with (contextlib.nullcontext() if sync else self.train_model.no_sync()), self._autocast():
-                logits, loss = self.train_model(x, y)                                     # (b, L, V), ()
+                logits, loss = self.train_model(x, y, *positions)                         # (b, L, V), ()
             self.scaler.scale(loss / cfg.grad_accum).backward()
             sums += loss_sums(*self.model.select(logits.detach(), y))
             tokens += real_tokens(x, y) * self.world_size
@@ -547,11 +533,11 @@ class Trainer:
         self.forward_model.eval()
         sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64, device=self.device)
         tokens, t0 = 0, time.perf_counter()
-        for x, y in self._loader(Subset(ds, chosen[self.rank::self.world_size].tolist()), batch_size=per_rank,
+        for batch in self._loader(Subset(ds, chosen[self.rank::self.world_size].tolist()), batch_size=per_rank,
                                  collate=getattr(ds, "collate", None)):
-            x, y = x.to(self.device), y.to(self.device)
+            x, y, *positions = (t.to(self.device) for t in batch)
             with self._autocast():
-                logits, _ = self.forward_model(x)
+                logits, _ = self.forward_model(x, None, *positions)
             sums += loss_sums(*self.model.select(logits, y))
             tokens += real_tokens(x, y)
         tokens = torch.tensor([float(tokens)], dtype=torch.float64, device=self.device)
@@ -573,7 +559,7 @@ class Trainer:
                 message = (f"step {self.step}: val loss {val['loss']:.4f}, acc {val['accuracy']:.3f} "
                            f"(text {val['acc_text']:.3f}, pixel {val['acc_pixel']:.3f})"
                            + (" *best*" if improved else ""))
-                with _tqdm_safe():
+                with logging_redirect_tqdm():
                     log.info(message)
         self.save(improved)
 
@@ -623,8 +609,7 @@ class Trainer:
         final = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "best_val_loss": self.best_val_loss
                  if math.isfinite(self.best_val_loss) else None, "best_step": self.best_step}
         for split, row in last.items():
-            for k in ("loss", "accuracy", "bits_per_token", "acc_text", "acc_pixel", "acc_structure",
-                      "bpt_text", "bpt_pixel", "bpt_structure"):
+            for k in COLUMNS[COLUMNS.index("loss"):COLUMNS.index("lr")]:     # the metric columns
                 final[f"{split}_{k}"] = row[k] if row else None
         return final
 
@@ -647,7 +632,12 @@ class Trainer:
                 "dataset_sizes": self._dataset_sizes()}
 
     def _dataset_sizes(self) -> dict:
-        return {"train": len(self.train_ds), "val": len(self.val_ds) if self.val_ds is not None else None}
+        """Samples per dataset and a crc32 of their tokens: a resumed run must see the same data."""
+        if not hasattr(self, "_sizes"):
+            pairs = (("train", self.train_ds), ("val", self.val_ds))
+            self._sizes = {**{name: None if ds is None else len(ds) for name, ds in pairs},
+                           **{f"{name} tokens crc32": tokens_crc32(ds) for name, ds in pairs}}
+        return self._sizes
 
     def save(self, best: bool = False):
         """Write last.pt (and best.pt + best_model/ when ``best``), rank 0 only, atomically."""
@@ -675,8 +665,8 @@ class Trainer:
         path = Path(path)
         ckpt = load_checkpoint(path)
         problems = resume_problems(RunConfig.from_dict(ckpt["run"]), self.run)
-        problems += [f"{name} samples: checkpoint {ckpt['dataset_sizes'][name]}, now {n}"
-                     for name, n in self._dataset_sizes().items() if ckpt["dataset_sizes"].get(name) != n]
+        problems += [f"{name}{'' if ' ' in name else ' samples'}: checkpoint {ckpt['dataset_sizes'][name]}, now {n}"
+                     for name, n in self._dataset_sizes().items() if ckpt["dataset_sizes"].get(name, n) != n]
         if problems:
             raise CheckpointError(f"{path}: cannot resume exactly, this run differs from the checkpoint's "
                                   f"({'; '.join(problems)}); resume with the checkpoint's settings or "
@@ -703,7 +693,7 @@ class Trainer:
             self.total_steps, self.budget_fixed = ckpt["total_steps"], True
         self.last_good_checkpoint = path
         if self.is_main:
-            with _tqdm_safe():
+            with logging_redirect_tqdm():
                 log.info(f"resumed from {path} at step {self.step} ({ckpt['batch_in_epoch']} of "
                          f"{self.steps_per_epoch} steps into epoch {ckpt['epoch'] + 1}), "
                          f"best val loss {self.best_val_loss:.4f}")
@@ -731,16 +721,6 @@ def resume_problems(saved: RunConfig, current: RunConfig) -> list[str]:
     return [p for p in problems if not p.startswith("train.") or p.split(":")[0][6:] in RESUME_MUST_MATCH]
 
 
-@contextlib.contextmanager
-def _tqdm_safe():
-    """Log lines that do not break an open tqdm bar."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with logging_redirect_tqdm():
-        yield
-
-
-# ---------------------------------------------------------------------------------------------
 # One call: a RunConfig in, a trained model out
 
 
@@ -758,7 +738,6 @@ def train(run: RunConfig, resume: bool = False, overwrite: bool = False, seqs=No
     return model, final
 
 
-# ---------------------------------------------------------------------------------------------
 # Command line: every RunConfig field is a flag (tyro builds them, with the fields' comments)
 
 
@@ -806,7 +785,8 @@ def main(argv=None) -> dict | None:
     try:
         command = parse_command(argv)
         model, final = train(command.run, resume=command.resume, overwrite=command.overwrite)
-    except (ValueError, TypeError, FileNotFoundError, ConnectionError, CheckpointError, RunFolderBusy) as err:
+    except (ValueError, TypeError, OSError, CheckpointError, RunFolderBusy, NonFiniteLossError,
+            TrainingInterrupted) as err:          # OSError: a missing file, no network, a full disk
         sys.exit(f"pixelbyte.train: {err}")
     finally:
         cleanup_distributed()

@@ -22,8 +22,9 @@ MARK = "NBVAL_CHECK_OUTPUT"
 
 def main():
     folder = ROOT / "build" / "nbval-store"
-    params = pipeline.load_params(str(pipeline.NOTEBOOKS / "params_ci.json"))
-    for prepared in pipeline.run(folder, params, progress=False):
+    notebooks = ROOT / "notebooks"
+    params = pipeline.load_params(str(notebooks / "params_ci.json"), notebooks)
+    for prepared in pipeline.run(folder, params, progress=False, notebooks=notebooks):
         executed = nbformat.read(prepared, as_version=4)
         checked = {c.source: c for c in executed.cells if c.cell_type == "code" and MARK in c.source}
         source = ROOT / "notebooks" / prepared.name

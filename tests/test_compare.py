@@ -42,10 +42,25 @@ def test_plan_expands_sets_and_skips_impossible_causal_runs():
         compare.plan("best", "last")
     with pytest.raises(ValueError, match="CompareConfig.max_steps"):
         compare.CompareConfig(max_steps=-1)
-    with pytest.raises(ValueError, match="copy_tasks='selective,sprites'.*comma-separated among"):
+    with pytest.raises(ValueError, match="copy_tasks='selective,sprites' is invalid: expected comma-separated values"):
         compare.CompareConfig(copy_tasks="selective,sprites")
     with pytest.raises(ValueError, match="no run is possible.*bidirectional"):
         compare.plan("rnn_bi_pxby_conv_81_32_2", "causal")
+    with pytest.raises(ValueError, match=r"CompareConfig.unit='token' is invalid: allowed values are \['window'"):
+        compare.CompareConfig(unit="token")
+    with pytest.raises(ValueError, match="CompareConfig.budget_s=-1 is invalid: expected a number >= 0"):
+        compare.CompareConfig(budget_s=-1)
+
+
+def test_the_mixer_is_one_choice():
+    """ssm="mamba2" alone gives BysMamba one head of all its inner channels (headdim None)."""
+    cfg = compare.CompareConfig(ssm="mamba2")
+    paper = cfg.model("ssm_uni_pxby_conv_81_64_2", objective="causal")
+    assert (paper.ssm, paper.expand, paper.headdim) == ("mamba2", 1, 81)
+    assert cfg.model("rnn_bi_pxby_conv_81_32_2") == paper_config("rnn_bi_pxby_conv_81_32_2")
+    small = cfg.model("ssm_uni_pxby_conv_36_16_1")                   # under the budget: expand 2
+    assert (small.expand, small.headdim) == (2, 72)
+    assert small == paper_config("ssm_uni_pxby_conv_36_16_1", ssm="mamba2")   # nothing re-derived here
 
 
 def test_compare_gives_one_row_per_run_with_every_column(result):
@@ -61,12 +76,17 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
         name, objective = run.split("/")
         positions = objective == "causal"                                # whole items get positions
         assert params == PixelByteModel(paper_config(name, objective=objective, positions=positions)).num_parameters()
+    cross = ["swap_caption_to_image", "swap_image_to_caption", "retrieval8_sprite", "retrieval8_caption"]
     numeric = table.drop(columns=["run", "config", "family", "objective", "samples", "mixer",
-                                  "copy_selective", "copy_image", "copy_text"]).astype(float)
+                                  "copy_selective", "copy_image", "copy_text", *cross]).astype(float)
     assert np.isfinite(numeric.to_numpy()).all()
+    causal = table["objective"] == "causal"                      # the cross-modal rows need a causal model
+    assert table.loc[causal, cross].notna().all().all() and table.loc[~causal, cross].isna().all().all()
     assert ((table["hamming_mean"] >= 0) & (table["hamming_mean"] <= 1)).all()
-    for column in compare.SKILL_COLUMNS:
-        assert table[column].between(0, 1).all(), column
+    for column in compare.SKILL_COLUMNS:                         # swap gains are bits, the rest shares
+        if column not in cross:
+            assert table[column].between(0, 1).all(), column
+    assert table.loc[causal, ["retrieval8_sprite", "retrieval8_caption"]].stack().between(0, 1).all()
     for column in ("copy_selective", "copy_text"):
         assert table[column].dropna().between(0, 1).all() and table[column].notna().sum() == 2, column
     rows = table.set_index("run")                                # bidirectional: no copy skill measured
@@ -90,11 +110,12 @@ def test_same_seed_gives_the_same_table_in_one_process_or_two(result, seqs, tmp_
     timing = list(compare.TIMING_COLUMNS)
     pd.testing.assert_frame_equal(result.table.drop(columns=timing), again.table.drop(columns=timing))
     assert list(again.models) == list(result.models)              # the plan's order, models loaded back
+    assert list(pd.read_csv(tmp_path / "comparison.csv")["run"]) == list(result.table["run"])   # files too
     for run, model in result.models.items():
         for (name, a), b in zip(model.state_dict().items(), again.models[run].state_dict().values()):
             assert torch.allclose(a, b, atol=1e-6), (run, name)
     assert list(again.reports) == list(result.reports)
-    with pytest.raises(ValueError, match="workers=0: expected an integer >= 1"):
+    with pytest.raises(ValueError, match="CompareConfig.workers=0 is invalid: expected an integer >= 1"):
         compare.compare(seqs, CONFIGS, "next", compare.CompareConfig(**TINY), out_dir=tmp_path, workers=0)
 
 
@@ -108,6 +129,24 @@ def test_budget_caps_the_steps_from_a_timing_probe(seqs, tmp_path):
                                                log=lambda *_: None)
         assert row["steps"] == steps                  # a tiny budget stops right after the probe
         assert np.isnan(row["copy_text"]) and np.isnan(row["dims_data"]) and report is None
+
+
+def test_a_comparison_stopped_after_its_first_config_keeps_that_configs_rows(seqs, tmp_path, monkeypatch):
+    run_config, calls = compare.run_config, []
+
+    def stopped_after_one(name, *args, **kwargs):
+        if calls and name != calls[0]:
+            raise KeyboardInterrupt("the notebook's budget ran out")
+        calls.append(name)
+        return run_config(name, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_config", stopped_after_one)
+    cheap = compare.CompareConfig(**dict(TINY, skill_items=0, copy_steps=0, max_chunks=1))
+    with pytest.raises(KeyboardInterrupt):
+        compare.compare(seqs, CONFIGS, "next", cheap, out_dir=tmp_path, log=lambda *_: None, data_cfg=DATA)
+    table, histories = pd.read_csv(tmp_path / "comparison.csv"), pd.read_csv(tmp_path / "histories.csv")
+    assert list(table["run"]) == ["rnn_bi_pxby_conv_81_32_2/next"] and list(table.columns) == list(compare.COLUMNS)
+    assert set(histories["run"]) == {"rnn_bi_pxby_conv_81_32_2/next"} and (histories["split"] == "val").any()
 
 
 def test_paper_results_are_the_six_best_rows_and_are_labelled(result):

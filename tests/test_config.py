@@ -26,6 +26,7 @@ BAD_VALUES = [
     (DataConfig, "test_size", "0.1", ["(0, 1)"]),
     (DataConfig, "test_size", math.nan, ["(0, 1)"]),
     (DataConfig, "split_seed", -1, ["integer >= 0"]),
+    (DataConfig, "resize", "yes", ["True or False"]),
     # SampleConfig
     (SampleConfig, "unit", "token", ["allowed values are", "'window'", "'item'"]),
     (SampleConfig, "orders", "random", ["allowed values are", "'data'", "'caption_first'", "'both'"]),
@@ -50,6 +51,8 @@ BAD_VALUES = [
     (ModelConfig, "expand", 0, ["integer >= 1"]),
     (ModelConfig, "vocab_size", 1, ["integer >= 2"]),
     (ModelConfig, "dropout", 1.0, ["[0, 1)"]),
+    (ModelConfig, "condition", "yes", ["True or False"]),
+    (ModelConfig, "condition_dropout", -0.1, ["[0, 1)"]),
     (ModelConfig, "n_heads", 0, ["positive integer or 'auto'"]),
     (ModelConfig, "n_heads", "all", ["positive integer or 'auto'"]),
     (ModelConfig, "proj_size", -2, ["integer >= 0"]),
@@ -105,6 +108,16 @@ def test_good_values_are_accepted_and_normalised(tmp_path):
     assert DataConfig(limit=None, test_size=0.5).limit is None
 
 
+def test_headdim_none_is_one_head_of_all_inner_channels_and_explicit_ones_still_load(tmp_path):
+    assert ModelConfig(model="bysmamba", ssm="mamba2", dim=96, expand=2).headdim == 192   # 02's sizes
+    assert ModelConfig(model="bysmamba").headdim is None and ModelConfig(model="lstm", ssm="mamba2").headdim is None
+    assert ModelConfig(model="bysmamba", ssm="mamba2", dim=96, headdim=48).headdim == 48
+    for model in (dict(model="bysmamba", headdim=81),                                    # saved before: explicit
+                  dict(model="bysmamba", ssm="mamba2", dim=18, expand=1, headdim=9)):
+        run = RunConfig(model=ModelConfig(**model))
+        assert RunConfig.load(run.save(tmp_path / "run.json")) == run and run.model.headdim == model["headdim"]
+
+
 def test_combinations_a_run_cannot_honour_are_refused():
     with pytest.raises(ValueError, match=r"headdim=64 .*must divide expand \* dim = 162"):
         ModelConfig(model="bysmamba", ssm="mamba2", headdim=64)
@@ -134,6 +147,12 @@ def test_combinations_a_run_cannot_honour_are_refused():
         RunConfig(samples=SampleConfig(unit="item"), model=ModelConfig(objective="next"))
     with pytest.raises(ValueError, match=r"model.positions=True needs samples.unit='item'"):
         RunConfig(samples=SampleConfig(unit="window"), model=replace(causal, positions=True))
+    with pytest.raises(ValueError, match=r"model.condition=True needs samples.unit='item'"):
+        RunConfig(samples=SampleConfig(unit="window"), model=replace(causal, condition=True))
+    with pytest.raises(ValueError, match="ModelConfig.condition=True.*objective='causal'"):
+        ModelConfig(condition=True, objective="next")
+    with pytest.raises(ValueError, match="ModelConfig.condition_dropout=0.1.*condition=True"):
+        ModelConfig(objective="causal", condition_dropout=0.1)
     # what is allowed
     RunConfig(samples=SampleConfig(unit="item", orders="both"), model=replace(causal, positions=True))
     RunConfig(samples=SampleConfig(unit="window"), model=causal)
@@ -300,5 +319,5 @@ def test_resolve_device():
     with pytest.raises(ValueError, match=r"device='tpu': allowed values are \['auto', 'cpu', 'cuda'\]"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="torch.cuda.is_available"):
+        with pytest.raises(ValueError, match="torch.cuda.is_available"):
             resolve_device("cuda")

@@ -5,6 +5,7 @@ constant predictor, the skills-report rows, and a tiny training run that lowers 
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -41,6 +42,11 @@ def oracle(items, objective="causal"):
     return StreamModel(lambda b, t: items[b].ids[min(t + shift, len(items[b].ids) - 1)], objective)
 
 
+def stream_items(task, n, seed=0):
+    """The first ``n`` items of a task's training stream."""
+    return C.CopyStream(task, n, seed).items()
+
+
 def sprites(n=6, seed=0):
     """Real items (tokenizer.encode_item) of random palette sprites of 3..7 px, and the sprites."""
     rng = np.random.default_rng(seed)
@@ -53,25 +59,26 @@ def sprites(n=6, seed=0):
 
 
 def test_image_and_text_copies_repeat_their_pattern():
-    for item in C.copy_task_items("image", 3, seed=0, height=4, width=5):
+    for item in stream_items(C.CopyTask("image", 4, width=5), 3):
         assert item.windows.shape == (7 + 4 * 6, 3, 3) and item.windows.dtype == np.uint8
         np.testing.assert_array_equal(tok.windows_from_ids(item.ids), item.windows)
         picture = tok.decode(item.ids)[1].image
         np.testing.assert_array_equal(picture[:2], picture[2:])      # bottom half repeats the top
         assert item.target_ids == item.ids[7 + 12:]                    # rows 3-4: 5 pixels + \t | \n
         assert item.target_ids[:-1] == item.ids[7:7 + 11] and item.target_ids[-1] == tok.SEG_END_ID
-    for item in C.copy_task_items("text", 3, seed=0, n_words=3):
+    for item in stream_items(C.CopyTask("text", 3), 3):
         phrase, copy = tok.decode(item.ids)[0].text.split("; ")
         assert phrase == copy and len(phrase.split(" ")) == 3
         assert item.target_ids == G.text_ids(copy) + [tok.SEG_END_ID]
         assert item.prompt_ids == G.text_ids(phrase + "; ")
-    assert C.copy_task_items("text", 2, seed=1)[0].ids == C.copy_task_items("text", 2, seed=1)[0].ids
+    assert stream_items(C.CopyTask("text", 2), 2, seed=1)[0].ids == C.CopyTask("text", 2).make(
+        np.random.default_rng([1, 0])).ids
     with pytest.raises(ValueError, match="kind"):
-        C.copy_task_items("video", 1)
+        C.CopyTask("video", 1)
 
 
 def test_selective_copy_answer_is_the_letters_in_order():
-    for item in C.copy_task_items("selective", 5, seed=0, length=12, n_recall=3):
+    for item in stream_items(C.CopyTask("selective", 12, n_recall=3), 5):
         text = tok.decode(item.ids)[0].text
         filler, recall = text.split(":")
         assert len(filler) == 12 and filler.replace(" ", "") == recall and len(recall) == 3
@@ -145,7 +152,7 @@ def test_stream_is_deterministic_and_targets_only_the_copy(task):
     held = [tuple(i.ids) for i in C.held_out_items(task, 30, seed=3)]
     other_seed = [tuple(C.CopyStream(task, 30, seed=4).item(i).ids) for i in range(30)]
     assert held != ids and other_seed != ids
-    x, y = C.CopyStream.collate([stream[i] for i in range(4)])
+    x, y, _ = C.CopyStream.collate([stream[i] for i in range(4)])
     assert x.shape[:2] == y.shape and x.shape[0] == 4
     order = stream.epoch_order(torch.Generator().manual_seed(0), 8)
     assert sorted(order.tolist()) == list(range(1000))
@@ -200,8 +207,8 @@ def test_perfect_and_constant_predictors_score_like_the_baselines():
         else:
             assert "background" not in scored.index
     # the 'next' objective through the same path (what compare.py scores)
-    items = C.copy_task_items("selective", 4, seed=1, length=10, n_recall=2)
-    assert C.score_copy(oracle(items, "next"), items)["sequence_accuracy"] == 1.0
+    selective = stream_items(C.CopyTask("selective", 10, n_recall=2), 4, seed=1)
+    assert C.score_copy(oracle(selective, "next"), selective)["sequence_accuracy"] == 1.0
 
 
 def test_skill_rows_have_the_report_format():
@@ -223,8 +230,6 @@ def test_skill_rows_have_the_report_format():
 
 
 def test_curve_trend():
-    import pandas as pd
-
     trend = lambda values: C.curve_trend(pd.DataFrame({"sequence_accuracy": values}))   # noqa: E731
     assert trend([0.1, 0.5, 0.995]) == "reached"
     assert trend([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) == "still rising"
@@ -232,8 +237,6 @@ def test_curve_trend():
 
 
 def test_size_below():
-    import pandas as pd
-
     sweep = pd.DataFrame({"method": ["model"] * 3 + ["repeat_last"] * 3, "size": [8, 16, 32] * 2,
                           "token_accuracy": [1.0, 0.95, 0.5, 0.0, 0.0, 0.0]})
     assert C.size_below(sweep) == 32 and C.size_below(sweep, threshold=0.99) == 16
@@ -251,7 +254,7 @@ def test_train_copy_runs_and_lowers_the_loss(tmp_path):
     held = C.CopyStream(task, 16, seed=0, held_out=True)
     torch.manual_seed(0)
     fresh = PixelByteModel(cfg)
-    x, y = C.CopyStream.collate([held[i] for i in range(16)])
+    x, y, _ = C.CopyStream.collate([held[i] for i in range(16)])
     with torch.no_grad():
         loss_before = float(fresh(x, y)[1])
     model, curve = C.train_copy(cfg, task, max_steps=30, batch_size=8, lr=1e-2, eval_every=15, eval_items=16,
@@ -269,9 +272,9 @@ def test_train_copy_runs_and_lowers_the_loss(tmp_path):
 
 
 def test_old_window_dataset_route_still_trains():
-    """compare.py's route: copy items as plain sequences cut into windows (next and causal)."""
+    """Copy items as plain sequences cut into windows train (next and causal) and score."""
     for objective in ("next", "causal"):
-        seqs = C.copy_task_dataset("selective", 6, seed=0, length=10, n_recall=2)
+        seqs = [i.windows for i in stream_items(C.CopyTask("selective", 10, n_recall=2), 6)]
         assert all(s.shape == (14, 3, 3) for s in seqs)
         ds = data.WindowDataset(seqs, seq_length=8, stride=2, objective=objective)
         torch.manual_seed(0)
@@ -280,7 +283,7 @@ def test_old_window_dataset_route_still_trains():
         _, loss = model(x, y)
         loss.backward()
         assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
-        result = C.score_copy(model, C.copy_task_items("selective", 4, seed=1, length=10, n_recall=2))
+        result = C.score_copy(model, stream_items(C.CopyTask("selective", 10, n_recall=2), 4, seed=1))
         assert 0 <= result["token_accuracy"] <= 1 and result["items"] == 4 and result["tokens"] == 12
 
 
@@ -298,3 +301,125 @@ def test_jobs_train_and_sweep():
         assert curve.attrs["final"]["steps"] == 4 and list(curve["step"]) == [2, 4]
     _, again, _ = C.train_and_sweep(**jobs[0])
     np.testing.assert_allclose(again["val_loss"], results[0][1]["val_loss"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05's study
+
+
+def test_copy_config_defaults_are_notebook_05s_and_one_table_of_tasks():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pixelbyte import compare, pipeline
+
+    defaults = pipeline.parameters(Path(__file__).resolve().parent.parent / "notebooks" / "05_copy_task.ipynb")
+    assert {k: defaults[k] for k in asdict(C.CopyConfig())} == asdict(C.CopyConfig())
+    assert C.CopyConfig().copy_tasks() == C.TASKS                   # 05's sizes are the table's ...
+    assert set(compare.COPY_TASKS) < set(C.TASKS)                   # ... and 04's copy columns train on it
+
+
+BAD_COPY_CONFIGS = [
+    (dict(families="lstm,gru"), "families='lstm,gru' is invalid: expected comma-separated values among"),
+    (dict(tasks=""), "tasks='' is invalid: expected comma-separated values among"),
+    (dict(dim=0), "dim=0 is invalid: expected an integer >= 1"),
+    (dict(depth=1.5), "depth=1.5 is invalid"),
+    (dict(hidden={"lstm": 0, "attention": 8, "bysmamba": 4}), "expected an integer >= 1 for each, got 0 for 'lstm'"),
+    (dict(hidden="big"), "hidden='big' is invalid: expected an integer >= 1, or a dict"),
+    (dict(n_heads=True), "n_heads=True is invalid"),
+    (dict(expand=0), "expand=0 is invalid"),
+    (dict(ssm="mamba3"), "ssm='mamba3' is invalid: allowed values are"),
+    (dict(positions="yes"), "positions='yes' is invalid: expected True or False"),
+    (dict(image_rows=1), "image_rows=1 is invalid: expected an integer >= 2"),
+    (dict(image_width=0), "image_width=0 is invalid"),
+    (dict(image_colours=0), "image_colours=0 is invalid"),
+    (dict(text_words=0), "text_words=0 is invalid"),
+    (dict(selective_length=0), "selective_length=0 is invalid"),
+    (dict(selective_recall=0), "selective_recall=0 is invalid"),
+    (dict(sprite_side=0), "sprite_side=0 is invalid"),
+    (dict(size_factors="2,4"), "size_factors='2,4' is invalid: expected increasing integers starting at 1"),
+    (dict(batch_size=0), "batch_size=0 is invalid"),
+    (dict(lr="abc"), "lr='abc' is invalid: expected a number > 0"),
+    (dict(max_steps={"image": 10}), "max_steps={'image': 10} is invalid: expected one value for each of"),
+    (dict(budget_s=-1), "budget_s=-1 is invalid: expected a number >= 0"),
+    (dict(eval_points=0), "eval_points=0 is invalid"),
+    (dict(eval_items=0), "eval_items=0 is invalid"),
+    (dict(sweep_items={"image": 4, "text": 4, "selective": 4, "sprite": 4, "video": 4}), "keys among"),
+    (dict(seed=-1), "seed=-1 is invalid"),
+    (dict(device="tpu"), "device='tpu' is invalid: allowed values are"),
+    (dict(threads=-1), "threads=-1 is invalid"),
+    (dict(workers=0), "workers=0 is invalid"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD_COPY_CONFIGS, ids=[next(iter(c)) for c, _ in BAD_COPY_CONFIGS])
+def test_copy_config_refuses_bad_values_naming_the_field(changes, message):
+    with pytest.raises(ValueError) as err:
+        C.CopyConfig(**changes)
+    assert f"CopyConfig.{next(iter(changes))}=" in str(err.value) and message in str(err.value)
+
+
+def test_copy_config_checks_every_field_and_hands_sizes_to_the_task_and_model_checks():
+    from dataclasses import fields
+
+    assert {f.name for f in fields(C.CopyConfig)} == {next(iter(c)) for c, _ in BAD_COPY_CONFIGS}
+    with pytest.raises(ValueError, match="CopyTask.size=7 is invalid: an image copy needs an even number of rows"):
+        C.CopyConfig(image_rows=7)
+    with pytest.raises(ValueError, match="ModelConfig.n_heads"):
+        C.CopyConfig(dim=16, n_heads=16)
+    cfg = C.CopyConfig(tasks="text", families="bysmamba", ssm="mamba2", dim=16, expand=2, hidden=4)
+    assert cfg.model_config("bysmamba").headdim == 32 and cfg.per_task("max_steps") == {"text": 500}
+
+
+TINY_STUDY = dict(families="lstm", tasks="text,selective", dim=8, depth=1, hidden=8, text_words=1,
+                  selective_length=4, selective_recall=1, size_factors="1,2", batch_size=4, max_steps=2, budget_s=0,
+                  eval_points=1, eval_items=2, sweep_items=2, workers=1)
+
+
+def test_a_study_stopped_after_its_first_run_keeps_that_runs_rows(tmp_path, monkeypatch):
+    cfg = C.CopyConfig(**TINY_STUDY)
+    first = C.plan(cfg)[0]
+    job, calls = C._job, []
+
+    def stopped_after_one(one):
+        if calls:
+            raise KeyboardInterrupt("the notebook's budget ran out")
+        calls.append(one)
+        return job(one)
+
+    monkeypatch.setattr(C, "_job", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        C.run_study(cfg, tmp_path, log=lambda line: None)
+    table = pd.read_csv(tmp_path / "copy_table.csv")
+    assert list(zip(table["family"], table["task"])) == [first]
+    for name in ("curves.csv", "sizes.csv", "copy_skills.csv"):
+        rows = pd.read_csv(tmp_path / name)
+        assert len(rows) and set(rows["family"]) == {first[0]} and set(rows.get("task", [first[1]])) == {first[1]}
+
+
+def test_study_table_files_goals_and_figures(tmp_path):
+    import json
+
+    from matplotlib.figure import Figure
+
+    from pixelbyte import plots
+
+    cfg = C.CopyConfig(**TINY_STUDY)
+    lines = []
+    study = C.run_study(cfg, tmp_path, log=lines.append)
+    runs = C.plan(cfg)
+    assert len(lines) == 2 and set(study.models) == set(runs)
+    assert list(zip(study.table["family"], study.table["task"])) == runs
+    assert {"token_acc_2x", "exact_acc_2x", "size_below_90", "curve_end"} <= set(study.table.columns)
+    assert list(pd.read_csv(tmp_path / "copy_table.csv")["task"]) == [t for _, t in runs]   # rewritten in order
+    assert json.loads((tmp_path / "copy_table.json").read_text())["size_factors"] == [1, 2]
+    assert set(study.sweeps["factor"]) == {1, 2}
+    assert list(study.skills["skill"].unique()) == ["copy: text", "copy: selective"]
+    goals = C.goals(study.table, study.curves)
+    assert list(goals["goal"]) == ["best family text token >= 0.99"] and goals["curve"].str.startswith("lstm: ").all()
+    tasks = cfg.copy_tasks()
+    for figure in (plots.copy_curves(study.curves, study.sweeps, tasks, cfg.family_list),
+                   plots.copy_sizes(study.sweeps, tasks, cfg.family_list)):
+        assert isinstance(figure, Figure) and len(figure.axes) == 2
+    assert plots.copy_examples({"text": C.held_out_items(tasks["text"], 1)[0]}) is None
+    assert isinstance(plots.copy_examples({"image": C.held_out_items(C.TASKS["image"], 1)[0]}), Figure)

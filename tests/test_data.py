@@ -81,6 +81,99 @@ def test_missing_columns_are_named(tmp_path):
         data.load_pixelbytes(str(tmp_path / "x.parquet"))
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_parquet_made_by_pandas_with_png_bytes_or_structs_is_decoded(tmp_path):
+    import pandas as pd
+    items = make_items(4)
+    expected = [tok.encode_item(img, cap) for img, cap in items]
+    columns = {"bytes": [png_bytes(img) for img, _ in items],
+               "struct": [{"bytes": png_bytes(img), "path": None} for img, _ in items]}
+    for name, images in columns.items():
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"image": images, "caption": [cap for _, cap in items]}).to_parquet(path)
+        for got, want in zip(data.sequences(data.load_pixelbytes(str(path))), expected):
+            np.testing.assert_array_equal(got, want)
+    pd.DataFrame({"image": ["a.png", "b.png"], "caption": ["a", "b"]}).to_parquet(tmp_path / "names.parquet")
+    with pytest.raises(ValueError, match=r"row 0, column 'image': a str value \(Value\('large_string'\)\); expected"):
+        data.load_pixelbytes(str(tmp_path / "names.parquet"))
+
+
+def test_a_relative_source_is_stored_absolute_and_a_missing_path_is_named_before_the_hub(tmp_path, monkeypatch):
+    import pandas as pd
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "_load_hub", lambda *a: pytest.fail("a path-like source reached the hub"))
+    (tmp_path / "pq").mkdir()
+    img, cap = make_items(1)[0]
+    pd.DataFrame({"image": [png_bytes(img)] * 2, "caption": [cap] * 2}).to_parquet("pq/x.parquet")
+    assert DataConfig(source="pq/x.parquet").source == str(tmp_path / "pq" / "x.parquet")
+    assert DataConfig(source="embedded").source == "embedded"
+    for typo in ("pq/y.parquet", "./pq/y", "pq/a/b"):
+        with pytest.raises(FileNotFoundError, match=f"no such file or folder {tmp_path / typo.lstrip('./')}"):
+            data.load_pixelbytes(typo)
+
+
+def test_an_empty_parquet_and_a_mixed_folder_name_the_file(tmp_path):
+    import pandas as pd
+    img, cap = make_items(1)[0]
+    pd.DataFrame({"image": pd.Series([], dtype=object), "caption": pd.Series([], dtype=str)}).to_parquet(
+        tmp_path / "empty.parquet")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'empty.parquet'}: an empty parquet file \\(0 rows\\)"):
+        data.load_pixelbytes(str(tmp_path / "empty.parquet"))
+    (tmp_path / "zero.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'zero.parquet'}: not a readable parquet file"):
+        data.load_pixelbytes(str(tmp_path / "zero.parquet"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pd.DataFrame({"image": [png_bytes(img)] * 2, "caption": [cap] * 2}).to_parquet(mixed / "a.parquet")
+    pd.DataFrame({"image": [png_bytes(img)] * 2, "caption": [1, 2]}).to_parquet(mixed / "b.parquet")
+    with pytest.raises(ValueError, match=f"{mixed / 'b.parquet'}: columns .*'caption': 'int64'.* differ from "
+                                         f"{mixed / 'a.parquet'}'s"):
+        data.load_pixelbytes(str(mixed))
+
+
+def test_images_too_large_are_resized_with_the_data_option(tmp_path):
+    import pandas as pd
+    wide = tok.PALETTE[np.arange(300 * 20).reshape(20, 300) % 55]           # 20 x 300 pixels
+    pd.DataFrame({"image": [png_bytes(wide)] * 2, "caption": ["a", "b"]}).to_parquet(tmp_path / "w.parquet")
+    with pytest.raises(ValueError, match="pass resize=True"):
+        data.load(DataConfig(source=str(tmp_path / "w.parquet")))
+    seqs = data.load(DataConfig(source=str(tmp_path / "w.parquet"), resize=True))
+    assert tok.parse_shape(tok.decode(tok.centre_ids(seqs[0]))[0].text) == (9, 128)
+
+
+def test_a_mode_i_image_of_8_bit_values_is_not_read_black():
+    from PIL import Image
+    values = (np.arange(20).reshape(4, 5) * 12).astype(np.int32)          # 0..228 in 32-bit ints
+    with pytest.warns(UserWarning, match="mode 'I' .* holding values 0..255: read as 8-bit"):
+        rgb = tok.load_rgb(Image.fromarray(values, "I"))
+    np.testing.assert_array_equal(rgb[..., 0], values)
+
+
+def test_duplicate_items_are_dropped_before_the_split_with_a_count():
+    seqs = [tok.encode_item(img, cap) for img, cap in make_items(10)]
+    with pytest.warns(UserWarning, match="5 of 15 items repeat an earlier item: dropped before the train/held-out"):
+        train, test = data.split(seqs + seqs[:5], DataConfig(test_size=0.3))
+    assert sorted([*train, *test]) == list(range(10))
+    np.testing.assert_array_equal(train, data.split(seqs, DataConfig(test_size=0.3))[0])   # as without them
+
+
+def test_an_item_of_four_segments_names_its_row():
+    seqs = [tok.encode_item(img, cap) for img, cap in make_items(8)]
+    seqs[6] = np.concatenate([seqs[6], tok.encode_text("one more")])
+    run = RunConfig(data=DataConfig(test_size=0.25), samples=SampleConfig(unit="item", orders="both"),
+                    model=ModelConfig(objective="causal"))
+    with pytest.raises(ValueError, match="row 6: an item has 3 segments .* this one has 4"):
+        data.make_datasets(seqs, run)
+
+
 def test_split_is_by_item_deterministic_and_disjoint():
     train, test = data.split_items(100, test_size=0.1, seed=3)
     assert len(test) == 10 and len(train) == 90
@@ -212,13 +305,14 @@ def test_item_orders_data_caption_first_and_both():
 def test_collate_pads_at_the_end_with_zeros():
     ds = data.ItemDataset(varied_items(5))
     batch = [ds[4], ds[0], ds[2]]
-    x, y = data.ItemDataset.collate(batch)
+    x, y, positions = data.ItemDataset.collate(batch)
     longest = max(len(b[1]) for b in batch)
     assert x.shape == (3, longest, 3, 3) and y.shape == (3, longest)
     for row, (xi, yi) in enumerate(batch):
         n = len(yi)
         assert torch.equal(x[row, :n], xi) and torch.equal(y[row, :n], yi)
         assert not x[row, n:].any() and not y[row, n:].any()              # padding: id 0, ignored by the loss
+        assert torch.equal(positions[row, :n], tok.positions(xi[None])[0])   # each stream's own positions
 
 
 def test_epoch_order_batches_similar_lengths_and_is_seeded():
@@ -275,7 +369,7 @@ def test_make_samples_follows_the_sample_config():
 
 
 def test_make_datasets_splits_items_then_samples():
-    seqs = _seqs() * 4
+    seqs = [tok.encode_item(img, cap) for img, cap in make_items(20)]
     run = RunConfig(data=DataConfig(test_size=0.25, split_seed=1), samples=SampleConfig(seq_length=8, stride=4))
     train, test = data.make_datasets(seqs, run)
     assert train.n_items + test.n_items == len(seqs)

@@ -292,6 +292,28 @@ def test_argument_errors():
     assert G.generate(model, [3], 0)[0].new == []             # nothing asked, nothing generated
 
 
+def test_float_ids_tiny_temperatures_bool_top_k_numpy_scalars_and_seed_range():
+    model = tiny_model("lstm", "next")
+    with pytest.raises(ValueError, match=r"token ids must be integers, got float64 values \[5.7, 6.2\]"):
+        G.generate(model, [np.array([5.7, 6.2])], 2)                    # not silently cut to [5, 6]
+    assert G.generate(model, [[5, 6, 7]], 8, temperature=1e-45) == G.generate(model, [[5, 6, 7]], 8)  # ~greedy
+    with pytest.raises(ValueError, match="top_k must be a positive integer or None, got True"):
+        G.generate(model, [[5]], 2, temperature=1.0, top_k=True)
+    assert G.generate(model, [[5]], 6, temperature=np.float32(0.5), top_k=np.int64(3), seed=np.int64(1)) == \
+        G.generate(model, [[5]], 6, temperature=0.5, top_k=3, seed=1)
+    with pytest.raises(ValueError, match=r"seed must be an integer in 0..2\*\*64 - 1 \(row i uses seed \+ i\)"):
+        G.generate(model, [[5]], 2, seed=2 ** 64)
+    assert G.generate(model, [[5]], 2, temperature=1.0, seed=2 ** 64 - 1)[0].new
+
+
+def test_a_bidirectional_model_with_a_huge_budget_allocates_only_what_it_feeds():
+    model = tiny_model("lstm", "next", bidirectional=True)
+    out = G.generate(model, [G.shape_prompt(1, 2)], 10 ** 12, constrained=True, stop_after_segments=1)[0]
+    assert len(out.new) == 3 and out.stop_reason == "segments"      # 2 colours + \n, no 72 TB buffer
+    long = G.generate(model, [[5]], 1500, window=8)[0]               # past the buffer's first 1024 steps
+    assert len(long.new) == 1500
+
+
 # ---------------------------------------------------------------------------------------------
 # What the model was trained to see: its run's context, whole streams for position models
 
@@ -509,3 +531,47 @@ def test_dimension_consistency_hand_made_cases(items):
     gen = G.Generation(prompt=ids, new=shape[:-1], stop_reason="max_new_tokens")
     assert G.dimension_consistency(gen)["images"] == 0
     assert np.isnan(G.dimension_consistency(gen)["share"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier-free guidance
+
+
+def _conditioned_pair():
+    """A condition model (its memory given an effect) and the same weights without it."""
+    torch.manual_seed(0)
+    cond = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, depth=2, objective="causal",
+                                      positions=True, condition=True, condition_dropout=0.1)).eval()
+    torch.nn.init.normal_(cond.memory.into.weight, std=0.5)
+    plain = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, depth=2, objective="causal",
+                                       positions=True)).eval()
+    plain.load_state_dict({k: v for k, v in cond.state_dict().items() if not k.startswith("memory.")})
+    return cond, plain
+
+
+def test_guidance_one_is_the_conditional_stream_and_zero_the_unconditional():
+    cond, plain = _conditioned_pair()
+    prompts = [G.caption_to_sprite_prompt("red heart", (3, 4), caption_first=True),
+               G.caption_to_sprite_prompt("blue car", (3, 4), caption_first=True)]
+    kw = dict(temperature=0.0, stop_after_segments=1)
+    conditional = G.generate(cond, prompts, 30, **kw)
+    unconditional = G.generate(plain, prompts, 30, **kw)
+    assert [g.new for g in conditional] != [g.new for g in unconditional]   # the condition matters here
+    for scale, expected in ((1.0, conditional), (0.0, unconditional)):
+        guided = G.generate(cond, prompts, 30, guidance=scale, **kw)
+        assert [g.new for g in guided] == [g.new for g in expected]
+        for g, e in zip(guided, expected):
+            np.testing.assert_allclose(g.logprobs, e.logprobs, atol=1e-4)
+    # a scale past 1 moves away from the unconditional stream
+    far = G.generate(cond, prompts, 30, guidance=3.0, **kw)
+    assert [g.new for g in far] != [g.new for g in unconditional]
+
+
+def test_guidance_is_refused_where_it_cannot_work():
+    cond, plain = _conditioned_pair()
+    with pytest.raises(ValueError, match="condition=True"):
+        G.generate(plain, [[tok.SEG_END_ID]], 2, guidance=2.0)
+    with pytest.raises(ValueError, match="use_state=True"):
+        G.generate(cond, [[tok.SEG_END_ID]], 2, guidance=2.0, use_state=False)
+    with pytest.raises(ValueError, match="finite number"):
+        G.generate(cond, [[tok.SEG_END_ID]], 2, guidance=float("nan"))

@@ -1,8 +1,8 @@
-"""Kaggle packaging, offline: metadata, the kaggle_cli commands and the runner.
+"""Kaggle packaging, offline: metadata, the kaggle/cli.py commands and the runner.
 
 No network and no Kaggle credentials are needed. What is checked:
 - kaggle/kernel-metadata.json (runner and notebook kernels) and dataset-metadata.json, filled for
-  a user, pass pixelbyte.kaggle_cli's checks AND go through the real kaggle library
+  a user, pass kaggle/cli.py's checks AND go through the real kaggle library
   (`KaggleApi`: its metadata validation and request building) with only the HTTP client
   mocked; what Kaggle answers (invalid sources, errors, kernel states) is faked at that level;
 - the commands `--print-only` prints run through the kaggle CLI's own parser (`kaggle.cli.main`);
@@ -29,12 +29,25 @@ from unittest import mock
 
 import nbformat
 import pytest
+import torch
 
-from pixelbyte import kaggle_cli as kc
 from pixelbyte import kaggle_env, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT / "kaggle"
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def load_kaggle_cli():
+    """kaggle/cli.py (the repository's tooling, not part of the package), loaded once."""
+    if "kaggle_cli" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("kaggle_cli", KAGGLE / "cli.py")
+        sys.modules["kaggle_cli"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["kaggle_cli"]
+
+
+kc = load_kaggle_cli()
 USER = "alice-test"
 # The kaggle library picks (and creates) its config folder when first imported: point it at a
 # throw-away folder before anything imports it, so no test reads or writes ~/.kaggle.
@@ -74,7 +87,7 @@ def no_credentials(monkeypatch, tmp_path):
 
 @pytest.fixture
 def api(monkeypatch, no_credentials):
-    """The real KaggleApi with only its HTTP client mocked (``api.client``); kaggle_cli uses it."""
+    """The real KaggleApi with only its HTTP client mocked (``api.client``); kaggle/cli.py uses it."""
     pytest.importorskip("kagglesdk")
     instance = kc.kaggle_api_class()()
     instance.config_values = {"username": USER}
@@ -83,6 +96,7 @@ def api(monkeypatch, no_credentials):
     instance.build_kaggle_client = lambda: client
     instance.upload_files = lambda *args, **kwargs: None    # no blob uploads
     instance.client = client
+    client.datasets.dataset_api_client.get_dataset_status.return_value = dataset_status("READY")
     monkeypatch.setattr(kc, "kaggle_api", lambda: instance)
     return instance
 
@@ -94,6 +108,15 @@ def push_response(**fields):
     response.version_number, response.url = 3, "https://www.kaggle.com/code/x"
     for name, value in fields.items():
         setattr(response, name, value)
+    return response
+
+
+def dataset_status(state: str):
+    from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetStatusResponse
+    from kagglesdk.datasets.types.dataset_enums import DatabundleVersionStatus
+
+    response = ApiGetDatasetStatusResponse()
+    response.status = DatabundleVersionStatus[state]
     return response
 
 
@@ -142,7 +165,7 @@ def test_kernel_metadata_is_valid_for_t4x2():
     assert "docker_image" not in meta                      # pinning an image can override the accelerator
 
 
-@pytest.mark.parametrize("notebook", pipeline.notebook_paths(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", pipeline.notebook_paths(folder=NOTEBOOKS), ids=lambda p: p.stem)
 def test_notebook_kernel_metadata_is_valid(notebook, tmp_path):
     meta = kc.notebook_kernel_metadata(USER, notebook)
     (tmp_path / notebook.name).write_text("{}")
@@ -201,7 +224,8 @@ def test_push_sends_the_accelerator_and_the_staged_metadata(api, capsys, tmp_pat
     save = api.client.kernels.kernels_api_client.save_kernel
     save.return_value = push_response()
     lines = cli(capsys, "push", "--path", str(tmp_path / "kernel"), "--timeout", "600")
-    assert lines == [f"kaggle kernels push -p {tmp_path / 'kernel'} --accelerator NvidiaTeslaT4 -t 600"]
+    assert lines == [f"kaggle datasets status {USER}/pixelbyte-bundle   # the kernels are pushed once it says ready",
+                     f"kaggle kernels push -p {tmp_path / 'kernel'} --accelerator NvidiaTeslaT4 -t 600"]
     request = save.call_args.args[0]                      # built by KaggleApi.kernels_push itself
     assert request.slug == f"{USER}/pixelbyte-runner" and request.new_title == "PixelByte Runner"
     assert request.machine_shape == "NvidiaTeslaT4" and request.enable_gpu is True
@@ -210,6 +234,33 @@ def test_push_sends_the_accelerator_and_the_staged_metadata(api, capsys, tmp_pat
     assert request.session_timeout_seconds == 600
     assert list(request.dataset_data_sources) == [f"{USER}/pixelbyte-bundle"]
     assert "EMBEDDED_PARAMS = json.loads(" in request.text
+
+
+def test_push_waits_until_the_uploaded_bundle_is_ready(api, capsys, tmp_path):
+    datasets = api.client.datasets.dataset_api_client
+    save = api.client.kernels.kernels_api_client.save_kernel
+    save.return_value = push_response()
+    datasets.get_dataset_status.side_effect = [dataset_status("BLOBS_RECEIVED"), dataset_status("BLOBS_DECOMPRESSED"),
+                                               dataset_status("READY")]
+    kc.main(["push", "--path", str(tmp_path / "kernel"), "--interval", "0"])
+    assert datasets.get_dataset_status.call_count == 3 and save.call_count == 1
+    assert f"waiting for the bundle {USER}/pixelbyte-bundle to be ready: blobs_received" in capsys.readouterr().out
+    datasets.get_dataset_status.side_effect = [dataset_status("FAILED")]
+    with pytest.raises(SystemExit, match="pixelbyte-bundle is failed: upload it again"):
+        kc.main(["push-notebooks", "--path", str(tmp_path / "nb"), "--interval", "0"])
+    assert save.call_count == 1
+
+
+def test_public_publishing_is_an_option_of_the_push_commands(api, capsys, tmp_path):
+    """Private by default; --public publishes the runner and the notebook kernels, so others
+    can open them and Copy & Edit (the bundle: upload --public)."""
+    save = api.client.kernels.kernels_api_client.save_kernel
+    save.return_value = push_response()
+    kc.main(["push", "--path", str(tmp_path / "kernel")])
+    kc.main(["push", "--path", str(tmp_path / "kernel"), "--public"])
+    kc.main(["push-notebooks", "--path", str(tmp_path / "nb"), "--only", "01_data_exploration", "--public"])
+    assert [c.args[0].is_private for c in save.call_args_list] == [True, False, False]
+    assert json.loads((tmp_path / "nb" / "01_data_exploration" / kc.KERNEL_METADATA).read_text())["is_private"] is False
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -287,7 +338,7 @@ def test_push_notebooks_pushes_in_order_and_waits_for_inputs(api, capsys, tmp_pa
     states = api.client.kernels.kernels_api_client.get_kernel_session_status
     states.side_effect = [session_status("RUNNING"), session_status("COMPLETE")]
     kc.main(["push-notebooks", "--path", str(tmp_path), "--interval", "0"])
-    notebooks = pipeline.notebook_paths()
+    notebooks = pipeline.notebook_paths(folder=NOTEBOOKS)
     requests = [c.args[0] for c in save.call_args_list]
     assert [r.slug for r in requests] == [f"{USER}/{kc.notebook_slug(nb.stem)}" for nb in notebooks]
     for request, notebook in zip(requests, notebooks):
@@ -300,13 +351,102 @@ def test_push_notebooks_pushes_in_order_and_waits_for_inputs(api, capsys, tmp_pa
         assert list(request.kernel_data_sources) == ([f"{USER}/{kc.notebook_slug(needs)}"] if needs else [])
         if needs:
             injected = next(c for c in cells if "injected-parameters" in c["metadata"].get("tags", []))
-            assert f'run_dir = "/kaggle/input/{kc.notebook_slug(needs)}/outputs"' in injected["source"]
+            assert f'run_dir = "/kaggle/input/notebooks/{USER}/{kc.notebook_slug(needs)}/outputs"' in injected["source"]
     assert states.call_count == 2                     # waited for 02 before pushing 03
     save.reset_mock()
     states.side_effect = [session_status("ERROR", "boom")]
     with pytest.raises(SystemExit, match="ended error.*03_generation reads its outputs"):
         kc.main(["push-notebooks", "--path", str(tmp_path), "--only", "02_training", "03_generation"])
     assert [c.args[0].slug for c in save.call_args_list] == [f"{USER}/pixelbyte-02-training"]
+
+
+class FakeKaggle:
+    """Kaggle's GPU sessions as one account sees them: at most two run at once and a third push is
+    refused with Kaggle's message; a session runs ``duration`` API calls (the fake's clock).
+    ``listed`` False: `kernels list` does not show them yet (the push must still retry)."""
+
+    def __init__(self, duration: int = 30, listed: bool = True):
+        self.clock, self.duration, self.listed = 0, duration, listed
+        self.ends, self.pushed, self.refused = {}, [], 0
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def running(self) -> list[str]:
+        return [ref for ref, end in self.ends.items() if end > self.clock]
+
+    def kernels_push(self, folder, timeout=None, acc=None):
+        ref = json.loads((Path(folder) / kc.KERNEL_METADATA).read_text())["id"]
+        self.tick()
+        if len(self.running()) >= 2:
+            self.refused += 1
+            return push_response(error="Maximum batch GPU session count of 2 reached.")
+        self.ends[ref] = self.clock + self.duration
+        self.pushed.append(ref)
+        return push_response()
+
+    def kernels_status(self, ref):
+        self.tick()
+        return session_status("RUNNING" if ref in self.running() else "COMPLETE")
+
+    def dataset_status(self, ref):
+        return "ready"
+
+    def kernels_list(self, mine=False, page_size=20, **kwargs):
+        from types import SimpleNamespace
+
+        self.tick()
+        return [SimpleNamespace(ref=ref, enable_gpu=True, last_run_time=None) for ref in self.ends] if self.listed else []
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["waits-for-a-slot", "retries-a-refused-push"])
+def test_push_notebooks_never_asks_for_a_third_gpu_session(monkeypatch, capsys, tmp_path, listed):
+    pytest.importorskip("kagglesdk")
+    fake = FakeKaggle(listed=listed)
+    monkeypatch.setattr(kc, "connect", lambda user, print_only: (fake, USER))
+    kc.main(["push-notebooks", "--path", str(tmp_path), "--interval", "0"])
+    notebooks = pipeline.notebook_paths(folder=NOTEBOOKS)
+    assert fake.pushed == [f"{USER}/{kc.notebook_slug(nb.stem)}" for nb in notebooks]     # all, in order
+    assert (fake.refused == 0) is listed                          # refused only where the list missed them
+    out = capsys.readouterr().out
+    assert "waiting for a free GPU session (Kaggle runs 2 per account at once" in out
+    assert ("Maximum batch GPU session count" in out) is not listed
+
+
+def test_03_as_a_notebook_kernel_finds_02s_checkpoint_wherever_kaggle_mounts_it(tmp_path, monkeypatch):
+    """03 staged as push-notebooks stages it, its opening cells executed against a fake
+    /kaggle/input holding 02's output (the shipped model as its best_model) where Kaggle mounts a
+    kernel's output now: it loads that checkpoint, the injected run_dir being only a hint. The
+    older layout is found too, and when nothing is mounted the error says what was searched."""
+    import shutil
+
+    from nbclient import NotebookClient
+
+    from pixelbyte.models import PRETRAINED
+
+    inputs, slug = tmp_path / "input", kc.notebook_slug("02_training")
+    mounted = inputs / "notebooks" / USER / slug / "outputs" / "02_training" / "best_model"
+    shutil.copytree(PRETRAINED["pretrained"], mounted)
+    staged = kc.stage_notebook_kernel(USER, NOTEBOOKS / "03_generation.ipynb", tmp_path / "stage")
+    nb = nbformat.read(staged / "03_generation.ipynb", as_version=4)
+    last = next(i for i, c in enumerate(nb.cells) if "PixelByteModel.from_pretrained(checkpoint)" in c.source)
+    nb.cells = nb.cells[:last + 1]
+    monkeypatch.setenv("KAGGLE_INPUT", str(inputs))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    assert f"from {mounted}" in printed, printed
+
+    hint = "/kaggle/input/pixelbyte-02-training/outputs"
+    old = tmp_path / "old" / slug / "outputs" / "02_training" / "best_model"
+    old.mkdir(parents=True)
+    assert kaggle_env.find_run_output(hint, "02_training/best_model", str(tmp_path / "old")) == str(old)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"no 02_training/best_model: searched {hint}/02_training/"
+                                                rf"best_model and {tmp_path}/empty/\*\*/02_training/best_model$"):
+        kaggle_env.find_run_output(hint, "02_training/best_model", str(tmp_path / "empty"))
+    assert kaggle_env.find_run_output(str(tmp_path / "old" / slug / "outputs"), "02_training/best_model",
+                                      "/nonexistent") == str(old)          # the hint first
 
 
 def test_notebooks_default_run_dir_is_the_one_push_notebooks_mounts():
@@ -385,7 +525,7 @@ def test_printed_commands_run_through_the_kaggle_cli_itself(capsys, bundle, tmp_
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     status_probe = f"kaggle datasets status {USER}/pixelbyte-bundle"
     assert result["exit_codes"] == {c: (1 if c == status_probe else 0) for c in commands}
-    slugs = [f"{USER}/pixelbyte-runner"] + [f"{USER}/{kc.notebook_slug(nb.stem)}" for nb in pipeline.notebook_paths()]
+    slugs = [f"{USER}/pixelbyte-runner"] + [f"{USER}/{kc.notebook_slug(nb.stem)}" for nb in pipeline.notebook_paths(folder=NOTEBOOKS)]
     assert [k[0] for k in result["kernels"]] == slugs
     for slug, kernel_type, shape, gpu, sources in result["kernels"]:
         assert (shape, gpu, sources) == ("NvidiaTeslaT4", True, [f"{USER}/pixelbyte-bundle"]), slug
@@ -395,7 +535,7 @@ def test_printed_commands_run_through_the_kaggle_cli_itself(capsys, bundle, tmp_
 
 
 def kaggle_cli_subprocess(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pixelbyte.kaggle_cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, str(KAGGLE / "cli.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -435,7 +575,7 @@ def test_one_version_number_from_pyproject(bundle):
 
 def test_extras_the_runner_and_kaggle_need():
     extras = pyproject()["project"]["optional-dependencies"]
-    assert sorted(extras["gpu"]) == sorted(kaggle_env.pinned_requirements())     # one set of pins
+    assert sorted(extras["gpu"]) == sorted(load_runner().pinned_requirements())     # one set of pins
     assert {r.split(">=")[0] for r in extras["run"]} == {"papermill", "ipykernel"}  # no jupytext
     assert "kaggle>=" + kc.KAGGLE_MIN_VERSION in extras["kaggle"]
 
@@ -445,7 +585,7 @@ def test_bundle_holds_wheel_notebooks_params_and_manifest(bundle):
 
     manifest = json.loads((bundle / kc.BUNDLE_MARKER).read_text())
     assert (bundle / manifest["wheel"]).is_file() and manifest["wheel"].endswith("-py3-none-any.whl")
-    notebooks = [p.name for p in pipeline.notebook_paths()]
+    notebooks = [p.name for p in pipeline.notebook_paths(folder=NOTEBOOKS)]
     assert manifest["notebooks"] == notebooks
     for name in notebooks:
         assert kc.setup_cell_problem(bundle / name) is None, name
@@ -480,7 +620,7 @@ def test_upload_without_bundle_says_build_it(tmp_path):
 def test_push_print_only_stages_kernel_with_embedded_params(capsys, tmp_path):
     folder = tmp_path / "kernel"
     lines = cli(capsys, "push", "--user", USER, "--print-only", "--path", str(folder), "--timeout", "43200")
-    assert lines == [f"kaggle kernels push -p {folder} --accelerator NvidiaTeslaT4 -t 43200"]
+    assert lines[1:] == [f"kaggle kernels push -p {folder} --accelerator NvidiaTeslaT4 -t 43200"]
     meta = json.loads((folder / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{USER}/pixelbyte-runner"
     assert sorted(p.name for p in folder.iterdir()) == ["kernel-metadata.json", "runner.py"]
@@ -501,7 +641,7 @@ def test_status_and_output_print_only(capsys, tmp_path):
 
 def test_makefile_has_the_kaggle_targets():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^KAGGLE_CLI = .* -m pixelbyte\.kaggle_cli$", makefile, re.M)
+    assert re.search(r"^KAGGLE_CLI = \S+ kaggle/cli\.py$", makefile, re.M)
     for target in ("bundle", "upload", "push", "push-notebooks", "status", "output", "setup-cell"):
         assert re.search(rf"^kaggle-{target}:.*\n\t\$\(KAGGLE_CLI\) {target}\b", makefile, re.M), target
     for target in ("setup", "run", "test"):
@@ -557,6 +697,34 @@ def test_the_paper_run_fits_the_12_hour_session():
     runs = len(compare.plan(comparison["configs"], comparison["objectives"])[0])
     assert runs * comparison["budget_s"] <= 0.7 * budgets["04_model_comparison"]   # 30 % for scoring
     assert comparison["max_chunks"] > 0                                   # not every held-out chunk
+
+
+def test_the_kaggle_readme_says_what_params_paper_runs_and_what_it_costs():
+    """kaggle/README's budget table is params_paper.json's, and the steps say what they cost."""
+    from pixelbyte import compare
+
+    paper = json.loads((KAGGLE / "params_paper.json").read_text())
+    settings, readme = paper["runner"], (KAGGLE / "README.md").read_text()
+    rows = {cells[0].strip("`"): cells[1:] for line in readme.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+    assert rows["deadline"][0] == f"{settings['deadline_s']:,} s"
+    assert rows["mamba-ssm + causal-conv1d"][0] == f"{settings['kernel_install_s']:,} s"
+    for name, budget in settings["budget_s"].items():
+        assert rows[name][0] == f"{budget:,} s", name
+    assert f"{paper['01_data_exploration']['n_sprites']} sprites" in rows["01_data_exploration"][1]
+    training = paper["02_training"]
+    assert (f"{training['model'].upper()} (dim {training['dim']}, hidden {training['hidden']}, depth "
+            f"{training['depth']}, {training['objective']}") in rows["02_training"][1]
+    assert (f"batch {training['batch_size']}, {training['nproc']} processes, fp16 AMP, for a wall-clock budget "
+            f"of {training['budget_s']:,} s; validation every {training['eval_every']:,} steps") in rows["02_training"][1]
+    assert f"{paper['03_generation']['skill_items']} held-out items" in rows["03_generation"][1]
+    comparison = paper["04_model_comparison"]
+    runs = len(compare.plan(comparison["configs"], comparison["objectives"])[0])
+    assert f"{runs} trainings x {comparison['budget_s']} s" in rows["04_model_comparison"][1]
+    assert f"{comparison['copy_steps']:,}-step copy tasks" in rows["04_model_comparison"][1]
+    for cost in ("verify your phone number", f"about {settings['deadline_s'] // 3600} of the ~30 GPU hours",
+                 "waits until `kaggle datasets status <user>/pixelbyte-bundle` says ready"):
+        assert cost in readme
 
 
 def test_runner_adapts_to_the_gpus_present():
@@ -620,6 +788,22 @@ def test_runner_picks_a_pixelbytes_parquet_and_skips_others(tmp_path):
     assert runner.resolve_dataset(tmp_path / "nothing", tmp_path, allow_hub=False)[0] == "embedded"
 
 
+def test_auto_dataset_falls_back_when_the_hub_answers_but_the_dataset_does_not_load(tmp_path, monkeypatch, capsys):
+    """huggingface.co answers, but the dataset does not load (here: offline with an empty cache; on
+    Kaggle: renamed, gated, a new revision): the runner says so and takes the attached parquet."""
+    runner = load_runner()
+    monkeypatch.setattr(runner, "hub_reachable", lambda: True)
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+                        "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"), "PYTHONPATH": str(ROOT)}.items():
+        monkeypatch.setenv(name, value)
+    good = write_pixelbytes_parquet(tmp_path / "input" / "pixelbytes" / "train.parquet", 3)
+    dataset, why = runner.resolve_dataset(tmp_path / "input", tmp_path / "bundle", allow_hub=True)
+    assert dataset == str(good) and f"{runner.HUB_DATASET} does not load (ConnectionError" in why, why
+    assert f"WARNING: {runner.HUB_DATASET} does not load" in capsys.readouterr().out
+    monkeypatch.setattr(runner, "hub_dataset_loads", lambda name: (True, "one row loads"))
+    assert runner.resolve_dataset(tmp_path / "input", tmp_path / "bundle", allow_hub=True)[0] == runner.HUB_DATASET
+
+
 def test_runner_installs_pixelbyte_with_pips_extras_and_constraints(monkeypatch, tmp_path, bundle):
     """pip resolves pixelbyte[run] from the wheel itself (no METADATA parsing here), offline from
     the bundle first, PyPI only when that fails; torch stays pinned by the constraints file."""
@@ -661,13 +845,13 @@ def test_kernel_sources_fastest_first(tmp_path):
     sources = runner.kernel_sources(tmp_path, online=True, constraints=constraints, facts=facts)
     assert [name for name, _ in sources] == ["bundle wheels", "release wheels", "PyPI sdists"]
     assert sources[0][1][0] == "--no-deps"
-    assert sources[1][1][2:] == kaggle_env.prebuilt_wheel_urls("2.10.0+cu128", "12.8", "cp312", True)
+    assert sources[1][1][2:] == load_runner().prebuilt_wheel_urls("2.10.0+cu128", "12.8", "cp312", True)
     assert sources[2][1][-2:] == ["causal-conv1d==1.6.1", "mamba-ssm==2.3.1"]
 
 
 def test_prebuilt_wheel_urls_are_the_release_file_names():
     """Named as causal-conv1d's and mamba's setup.py name them (and as their releases list them)."""
-    assert kaggle_env.prebuilt_wheel_urls("2.10.0+cu128", "12.8", "cp312", True) == [
+    assert load_runner().prebuilt_wheel_urls("2.10.0+cu128", "12.8", "cp312", True) == [
         "https://github.com/Dao-AILab/causal-conv1d/releases/download/v1.6.1.post4/"
         "causal_conv1d-1.6.1+cu12torch2.10cxx11abiTRUE-cp312-cp312-linux_x86_64.whl",
         "https://github.com/state-spaces/mamba/releases/download/v2.3.1/"
@@ -687,7 +871,7 @@ def mamba_fakes(monkeypatch):
         return outcome
 
     monkeypatch.setattr(runner, "pip", pip)
-    monkeypatch.setattr(runner, "kernels_work", lambda: fake["checks"].pop(0))
+    monkeypatch.setattr(runner, "kernels_work", lambda *args: fake["checks"].pop(0))
     monkeypatch.setattr(runner, "pip_uninstall", lambda *names: fake.update(uninstalled=names))
     return runner, fake
 
@@ -737,6 +921,36 @@ def test_kernel_check_runs_in_a_fresh_process(monkeypatch):
     if not torch.cuda.is_available():
         assert (ok, detail) == (False, "no CUDA device")
 
+
+
+def test_kernel_check_verdict():
+    ref, grad = torch.randn(2, 8, 4), torch.randn(2, 8, 4)
+    runner = load_runner()
+    assert runner.kernel_check_verdict(ref + 1e-6, ref, grad, grad)[0] is True
+    nan = ref.clone()
+    nan[0, 0, 0] = float("nan")
+    assert runner.kernel_check_verdict(nan, ref, grad, grad) == (False, "the CUDA kernels' output has NaN or inf")
+    ok, detail = runner.kernel_check_verdict(ref, ref, grad * 1.5, grad)
+    assert not ok and "input gradient differs" in detail
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without CUDA")
+def test_kernel_check_without_cuda():
+    assert load_runner().check_mamba_kernels() == (False, "no CUDA device")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kernel_check_runs_a_cuda_forward_and_backward():
+    ok, detail = load_runner().check_mamba_kernels()
+    if importlib.util.find_spec("mamba_ssm") is None:       # then the check must say so, not crash
+        assert not ok and "mamba_ssm" in detail, detail
+    else:
+        assert ok, detail
+
+
+def test_kernel_pins_are_the_gpu_extra_of_pyproject():
+    extra = sorted(pyproject()["project"]["optional-dependencies"]["gpu"])
+    assert extra == sorted(f"{name}=={version}" for name, version, _ in load_runner().KERNEL_PACKAGES)
 
 # --------------------------------------------------------------------------------------------
 # The runner: running the notebooks
@@ -800,42 +1014,58 @@ def test_a_failed_two_process_start_is_retried_with_one_process(tmp_path):
     assert not runner.ddp_start_failed({"nproc": 1}, tmp_path / "nothing")
 
 
-def test_pipeline_streams_cell_output_to_the_log(monkeypatch, tmp_path):
-    import papermill
-
-    seen = {}
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: seen.update(kwargs))
-    pipeline.run(tmp_path, {}, only=["01_data_exploration"], log_output=True, progress=False)
-    assert seen["log_output"] is True and seen["progress_bar"] is False
+def test_pipeline_streams_what_cells_print_to_the_log(tmp_path):
+    """`pixelbyte.pipeline --log-output`, as the runner starts it: what a cell prints to stdout
+    and stderr is in the process's output (the Kaggle log) while it runs, not only in the
+    executed notebook."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("out_dir = run_dir = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import sys\nprint('step 10: loss 2.5')\nprint('a warning', file=sys.stderr)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "01_print.ipynb")
+    proc = subprocess.run([sys.executable, "-m", "pixelbyte.pipeline", "--notebooks", str(folder), "--out",
+                           str(tmp_path / "out"), "--log-output"], capture_output=True, text=True,
+                          env=SUBPROCESS_ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 10: loss 2.5" in proc.stdout, proc.stdout
+    assert "a warning" in proc.stderr
 
 
 @pytest.mark.slow
 def test_a_notebook_past_its_budget_is_stopped_with_its_children(tmp_path, monkeypatch):
-    """A real notebook (papermill, Jupyter kernel) that starts a child process and hangs: stopped
-    at its budget, its kernel's children too, and the reason is its status."""
+    """A real notebook (papermill, Jupyter kernel) that starts two child processes, one in a
+    session of its own (as torch elastic starts DDP workers), and hangs: stopped at its budget
+    with both children, and the reason is its status."""
     runner = load_runner()
     monkeypatch.setattr(runner, "STOP_GRACE_S", 20)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    folder, pid_file = tmp_path / "notebooks", tmp_path / "child.pid"
+    folder, pid_file = tmp_path / "notebooks", tmp_path / "children.pid"
     folder.mkdir()
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("out_dir = run_dir = ''", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(f"import subprocess, time\nchild = subprocess.Popen(['sleep', '600'])\n"
-                                  f"open({str(pid_file)!r}, 'w').write(str(child.pid))\ntime.sleep(600)")])
+        nbformat.v4.new_code_cell(f"import subprocess, time\n"
+                                  f"children = [subprocess.Popen(['sleep', '600']),\n"
+                                  f"            subprocess.Popen(['sleep', '600'], start_new_session=True)]\n"
+                                  f"open({str(pid_file)!r}, 'w').write(' '.join(str(c.pid) for c in children))\n"
+                                  f"time.sleep(600)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / "01_hang.ipynb")
     started = time.time()
     status = runner.run_notebook("01_hang", {}, 20, folder, tmp_path / "out", tmp_path, kernel=None)
     assert status.startswith("failed: stopped after 20 s"), status
     assert time.time() - started < 60
-    child = int(pid_file.read_text())
-    for _ in range(50):                                      # the kernel's group was killed
-        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+    alive = [int(pid) for pid in pid_file.read_text().split()]
+    for _ in range(50):
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        if not alive:
             break
         time.sleep(0.1)
-    else:
-        os.kill(child, 9)
-        pytest.fail(f"the notebook's child process {child} outlived the stop")
+    for pid in alive:
+        os.kill(pid, 9)
+    assert alive == [], "the notebook's child processes outlived the stop"
 
 
 def test_runner_dry_run_stages_every_notebook_into_working(tmp_path, bundle):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pixelbyte import tokenizer as tok
 from pixelbyte.config import RunConfig, SampleConfig, TrainConfig
 from pixelbyte.data import ItemDataset
+from pixelbyte.generate import generate
 from pixelbyte.models import (
     METADATA_KEY,
     MODELS,
@@ -59,7 +60,10 @@ def windows(B, L, seed=0, centre_zero=False):
 
 def build(cfg, seed=0):
     torch.manual_seed(seed)
-    return PixelByteModel(cfg).eval()
+    m = PixelByteModel(cfg).eval()
+    if m.memory is not None:          # its projection starts at zero: give the condition an effect
+        torch.nn.init.normal_(m.memory.into.weight, std=0.5)
+    return m
 
 
 def real_items(n=3, seed=0) -> list[np.ndarray]:
@@ -133,9 +137,7 @@ def test_position_features_read_from_windows_are_the_stream_positions():
     seqs = real_items(2)
     stream = np.concatenate(seqs)                                    # two items in one stream
     x = masked(stream)[None]                                         # (1, L, 3, 3)
-    feats = PositionEmbed.of_windows(x)[0].numpy()                   # (L, 7)
-    expected = PositionEmbed.features(tok.stream_positions(tok.centre_ids(stream))[:-1])
-    np.testing.assert_array_equal(feats, expected)
+    feats = tok.positions(x)[0].numpy()                              # (L, 7)
     # by hand for the first item's image: (2, 3) declared, segment 1
     h, w = 2, 3
     start = len(str((h, w))) + 1                                     # after "(2, 3)\n"
@@ -162,6 +164,9 @@ CAUSAL_CASES = {
     "lstm_positions": dict(model="lstm", positions=True),
     "attention_positions": dict(model="attention", n_heads=2, positions=True),
     "bysmamba_positions": dict(model="bysmamba", positions=True),
+    "lstm_condition": dict(model="lstm", positions=True, condition=True),
+    "attention_condition": dict(model="attention", n_heads=2, condition=True),
+    "bysmamba_condition": dict(model="bysmamba", positions=True, condition=True),
 }
 
 
@@ -180,7 +185,7 @@ def test_step_matches_forward(case):
     kw = {"objective": "causal", **CAUSAL_CASES[case]}
     m = build(tiny(**kw))
     x = windows(2, 40, centre_zero=kw["objective"] == "causal")   # 40 > first KV-cache capacity
-    if kw.get("positions"):          # real streams: two items from their start, as in training
+    if kw.get("positions") or kw.get("condition"):   # real streams: items from their start, as in training
         x = torch.stack([masked(np.concatenate(real_items(3, seed))[:40]) for seed in (0, 1)])
     with torch.no_grad():
         full = m.logits(x)
@@ -207,6 +212,56 @@ def test_causal_models_do_not_look_ahead(model, bidirectional):
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("t", [5, 12, 30])                   # shape text, image, next item's image
+def test_the_condition_does_not_look_ahead(model, t):
+    """The segment memory reads the first layer's outputs up to where each segment starts:
+    changing the window at t may change logits >= t, never logits < t; and it does reach the
+    later segments (a changed caption changes how the next item's image is scored)."""
+    m = build(tiny(model, objective="causal", condition=True, n_heads=2))
+    x = masked(np.concatenate(real_items(2)))[None]         # (1, L, 3, 3)
+    x2 = x.clone()
+    x2[0, t] = torch.randint(1, V, (3, 3), generator=torch.Generator().manual_seed(t))
+    x2[0, t, 1, 1] = 0
+    with torch.no_grad():
+        diff = (m.logits(x2) - m.logits(x)).abs().amax(-1)[0]
+        plain = (m.logits(x2, unconditional=torch.ones(1, dtype=torch.bool))
+                 - m.logits(x, unconditional=torch.ones(1, dtype=torch.bool))).abs().amax(-1)[0]
+    assert diff[t] > 0
+    assert diff[:t].max() == 0, f"logits before {t} changed: the condition looks ahead"
+    later = tok.segment_starts(x)[0] > t                     # segments that start after t
+    assert (diff[later] - plain[later]).abs().max() > 1e-4   # the condition carries t to them
+
+
+def test_unconditional_rows_equal_a_model_without_the_condition():
+    cond = build(tiny("lstm", objective="causal", positions=True, condition=True))
+    plain = build(tiny("lstm", objective="causal", positions=True))
+    plain.load_state_dict({k: v for k, v in cond.state_dict().items() if not k.startswith("memory.")})
+    x = masked(np.concatenate(real_items(2)))[None].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        both = cond.logits(x, unconditional=torch.tensor([False, True]))
+        torch.testing.assert_close(both[1], plain.logits(x[:1])[0])
+        assert (both[0] - both[1]).abs().max() > 1e-3
+        # a fresh model's condition starts at zero: training starts from the unconditional model
+        fresh = PixelByteModel(tiny("lstm", objective="causal", condition=True))
+        torch.testing.assert_close(fresh.logits(x[:1]), fresh.logits(x[:1], unconditional=torch.ones(1, dtype=torch.bool)))
+
+
+def test_condition_dropout_drops_whole_rows_in_training_only():
+    m = build(tiny("lstm", objective="causal", condition=True, condition_dropout=0.5))
+    x = masked(np.concatenate(real_items(2)))[None].expand(64, -1, -1, -1)
+    with torch.no_grad():
+        cond = m.logits(x[:1])[0]
+        uncond = m.logits(x[:1], unconditional=torch.ones(1, dtype=torch.bool))[0]
+        torch.testing.assert_close(m.logits(x[:4]), cond.expand(4, -1, -1))   # eval: never dropped
+        m.train()
+        torch.manual_seed(0)
+        rows = m.logits(x)
+    dropped = [torch.allclose(r, uncond, atol=1e-6) for r in rows]
+    kept = [torch.allclose(r, cond, atol=1e-6) for r in rows]
+    assert all(d != k for d, k in zip(dropped, kept)) and 16 < sum(dropped) < 48
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("t", [5, 12, 30])                   # shape text, image, next item's image
 def test_position_embeddings_do_not_look_ahead(model, t):
     """With positions the window at t is also read for where tokens >= t sit (its left cell is
     token t - 1): changing the window at t may change logits >= t, never logits < t."""
@@ -219,7 +274,7 @@ def test_position_embeddings_do_not_look_ahead(model, t):
     x2[0, t, 1, 0] = tok.ROW_END_ID                       # token t - 1 reads as a row end: positions move
     with torch.no_grad():
         diff = (m.logits(x2) - m.logits(x)).abs().amax(-1)[0]
-        pos_diff = (PositionEmbed.of_windows(x2) - PositionEmbed.of_windows(x)).abs().amax(-1)[0]
+        pos_diff = (tok.positions(x2) - tok.positions(x)).abs().amax(-1)[0]
     assert diff[t] > 0
     assert diff[:t].max() == 0, f"logits before {t} changed: the position features look ahead"
     assert pos_diff[:t].max() == 0 and pos_diff[t:].max() > 0    # the positions do move after t
@@ -251,8 +306,8 @@ def test_forward_rejects_bad_windows():
         m(torch.zeros(2, 7, 9, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         m(torch.zeros(2, 7, 3, 3))
-    with pytest.raises(ValueError, match="0..112"):
-        m(torch.full((1, 2, 3, 3), V))
+    with pytest.raises(ValueError, match="0..112"):        # ids are checked where they enter
+        generate(m, [[V]], 1)
     with pytest.raises(ValueError, match=r"step expects windows of shape \(B, 3, 3\)"):
         m.step(torch.zeros(1, 4, 3, 3, dtype=torch.long), m.init_state(1))
 
@@ -291,7 +346,7 @@ def test_padding_never_enters_the_loss(model, positions):
     m = build(tiny(model, objective="causal", positions=positions, n_heads=2))
     ds = ItemDataset(real_items(3))
     samples = [ds[i] for i in range(len(ds))]
-    x, y = ItemDataset.collate(samples)                                     # (3, L_max, 3, 3), (3, L_max)
+    x, y, _ = ItemDataset.collate(samples)                                     # (3, L_max, 3, 3), (3, L_max)
     pad = y == tok.PAD_ID
     assert pad.any() and (pad.sum(1) > 0).sum() == 2                        # two rows are padded
     with torch.no_grad():
@@ -547,6 +602,41 @@ def test_loading_bad_or_missing_config_names_it(tmp_path):
         PixelByteModel.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="is a file; from_pretrained wants the directory"):
         PixelByteModel.from_pretrained(tmp_path / "model.safetensors")
+
+
+def test_a_config_json_list_and_an_edited_run_split_are_refused_and_weights_get_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    run = RunConfig(model=tiny("lstm"))
+    PixelByteModel.from_run(run).save_pretrained(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "run.json"):           # not 0600 for the weights
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    run_file, config = tmp_path / "run.json", tmp_path / "config.json"
+    saved = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({**saved, "data": {**saved["data"], "test_size": 0.3}}))
+    with pytest.raises(CheckpointError, match=r"run.json was edited after .*model.safetensors was saved: "
+                                              r"data.test_size: the weights were saved with 0.1, run.json says 0.3"):
+        PixelByteModel.from_pretrained(tmp_path)
+    run_file.write_text(json.dumps(saved))
+    config.write_text(json.dumps([1, 2]))
+    with pytest.raises(CheckpointError, match="expected a JSON object of ModelConfig fields, got a JSON list"):
+        PixelByteModel.from_pretrained(tmp_path)
+
+
+def test_loading_best_model_while_a_training_swaps_it_waits_for_the_swap(tmp_path):
+    import threading
+
+    build(tiny("lstm")).save_pretrained(tmp_path / ".best_model.tmp")
+    (tmp_path / ".best_model.old").mkdir()                  # between the swap's two renames: no best_model/
+    swap = threading.Timer(0.3, lambda: (tmp_path / ".best_model.tmp").rename(tmp_path / "best_model"))
+    swap.start()
+    try:
+        assert PixelByteModel.from_pretrained(tmp_path / "best_model").config == tiny("lstm")
+    finally:
+        swap.join()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,13 +36,31 @@ def test_ci_parameters_are_the_notebooks_own():
     declare them (03 takes its dataset from the model's run, not from '*')."""
     from pixelbyte import pipeline
 
-    params = pipeline.load_params(str(NOTEBOOKS / "params_ci.json"))
-    for nb in pipeline.notebook_paths():
+    params = pipeline.load_params(str(NOTEBOOKS / "params_ci.json"), NOTEBOOKS)
+    for nb in pipeline.notebook_paths(folder=NOTEBOOKS):
         given = pipeline.notebook_params(nb, Path("/run"), params)
         assert set(given) <= set(pipeline.parameters(nb)), nb.stem
         assert given["out_dir"] == f"/run/{nb.stem}" and given["run_dir"] == "/run"
     with pytest.raises(ValueError, match="'02_training' has no parameter 'lrate'; did you mean 'lr'"):
-        pipeline.check_params({"02_training": {"lrate": 1}})
+        pipeline.check_params({"02_training": {"lrate": 1}}, NOTEBOOKS)
+
+
+def test_the_model_parameters_are_model_configs_and_ssm_alone_picks_mamba2():
+    """02, 04 and 05 name the model's options as ModelConfig does, and 02's defaults with
+    ``ssm="mamba2"`` are a valid BysMamba (headdim None: one head of expand * dim channels)."""
+    from dataclasses import fields
+
+    from pixelbyte import pipeline
+    from pixelbyte.config import ModelConfig
+
+    model_fields = {f.name for f in fields(ModelConfig)}
+    for stem in ("02_training", "04_model_comparison", "05_copy_task"):
+        names = set(pipeline.parameters(NOTEBOOKS / f"{stem}.ipynb"))
+        assert not {n for n in names if n.startswith("mamba_") or n.endswith("_hidden")}, stem
+        assert "ssm" in names and names & model_fields, stem
+    defaults = pipeline.parameters(NOTEBOOKS / "02_training.ipynb")
+    cfg = ModelConfig(**{k: v for k, v in defaults.items() if k in model_fields} | {"model": "bysmamba", "ssm": "mamba2"})
+    assert cfg.headdim == cfg.expand * cfg.dim
 
 
 # A bad papermill -p value stops the notebook in its validation cell, naming the parameter
@@ -55,8 +73,12 @@ BAD_PARAMETERS = [
     ("02_training", {"unit": "window", "orders": "data", "positions": True}, "positions=True needs samples.unit='item'"),
     ("03_generation", {"checkpoint": "no/such/checkpoint"}, "parameter checkpoint='no/such/checkpoint'"),
     ("03_generation", {"temperature": "hot"}, "parameter temperature='hot'"),
+    ("03_generation", {"temperature": float("nan")}, "parameter temperature=nan: must be >= 0.0"),
     ("01_data_exploration", {"limit": -3}, "parameter limit=-3: must be >= 0"),
     ("04_model_comparison", {"lr": "abc"}, "CompareConfig.lr='abc'"),
+    ("04_model_comparison", {"workers": 0}, "CompareConfig.workers=0 is invalid: expected an integer >= 1"),
+    ("05_copy_task", {"hidden": 0}, "CopyConfig.hidden=0 is invalid: expected an integer >= 1"),
+    ("05_copy_task", {"size_factors": "2,4"}, "CopyConfig.size_factors='2,4' is invalid"),
     ("04_model_comparison", {"objectives": "causal", "configs": "rnn_bi_pxby_conv_81_32_2"},   # issue 16, item 10
      "configs='rnn_bi_pxby_conv_81_32_2' with objectives='causal': no run is possible "
      "(rnn_bi_pxby_conv_81_32_2: bidirectional: sees the token it must predict)"),

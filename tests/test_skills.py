@@ -1,7 +1,10 @@
 """skills: the report's metrics on hand-made cases (a perfect model's outputs, a constant
 model's), the sprite classifier, the baselines, and the report of a real (tiny) model."""
 import dataclasses
+import importlib.util
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -29,11 +32,52 @@ def test_caption_group_and_name():
     assert skills.caption_name("grinning face. smileys and emotion, face smiling") == "grinning face"
     assert skills.caption_group("flag: st. kitts and nevis. flags, country flag") == "flags"       # last ". "
     assert skills.caption_name("flag: st. kitts and nevis. flags, country flag") == "flag: st. kitts and nevis"
-    assert skills.caption_name("no group here") == "" and skills.name_similarity("abc", "abc") == 1.0
+    assert skills.caption_name("no group here") == "no group here" and skills.name_similarity("abc", "abc") == 1.0
     run_on = "smiling face. smileys and emotion, face concerned face. smiley"       # cut by the budget
     assert skills.caption_group(run_on) == "smiley"
     assert skills.caption_group(run_on, known={"smileys and emotion", "flags"}) == "smileys and emotion"
     assert skills.caption_group("st. kitts. flags, country flag", known={"flags"}) == "flags"
+
+
+def test_name_similarity_of_captions_without_a_period_compares_the_captions(items):
+    """Captions without ". " have no name part: the whole caption is compared, so two different
+    captions are not a perfect 1.0 ("" against "")."""
+    refs = [dataclasses.replace(items[0], caption="red apple"), dataclasses.replace(items[1], caption="blue car")]
+    rows = skills.caption_rows(["zzzz qqq", "blue car"], refs, ["green tree", "yellow sun"])
+    names = next(r for r in rows if r["metric"] == "name similarity")
+    assert names["value"] == pytest.approx((skills.name_similarity("zzzz qqq", "red apple") + 1) / 2)
+    assert names["value"] < 0.75 and names["baseline"] < 0.5
+
+
+def skills_benchmark():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "skills.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_skills", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_skills_benchmark_counts_scored_items_keeps_reports_apart_and_names_lost_data(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from pixelbyte.config import DataConfig, RunConfig, SampleConfig
+
+    bench = skills_benchmark()
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    torch.manual_seed(0)
+    model = PixelByteModel(ModelConfig(model="lstm", dim=8, hidden=8, depth=1, objective="causal"))
+    model.run = RunConfig(data=DataConfig(limit=16, test_size=0.125), samples=SampleConfig(unit="item"),
+                          model=model.config)
+    for name in ("a", "b"):                                           # two runs, same folder name
+        model.save_pretrained(tmp_path / name / "02_training" / "best_model")
+        bench.main(["--checkpoint", str(tmp_path / name / "02_training" / "best_model"), "--items", "3"])
+        assert "\n2 of 2 held-out items" in capsys.readouterr().out      # not "3 of 2"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "skills_a_02_training_best_model.json", "skills_b_02_training_best_model.json"]
+    model.run = RunConfig(data=DataConfig(source=str(tmp_path / "gone.parquet")), model=model.config)
+    model.save_pretrained(tmp_path / "gone")
+    gone = tmp_path / "gone.parquet"
+    with pytest.raises(SystemExit, match=f"cannot load the data of its run .*no such file or folder {gone}"):
+        bench.main(["--checkpoint", str(tmp_path / "gone")])
 
 
 def test_items_decode_their_segments(split):
@@ -122,8 +166,11 @@ def test_report_of_a_tiny_model_has_every_skill_and_is_seeded(split):
     assert list(table.columns) == list(skills.COLUMNS)
     assert {"dimensions", "sprite -> caption", "caption -> sprite", "bits per token (data)",
             "bits per token (caption-first)"} == set(table["skill"])
-    generation = table[~table["skill"].str.startswith("bits")]
+    generation = table[~table["skill"].str.startswith("bits") & ~table["metric"].str.startswith(("swap", "retrieval"))]
     assert generation["value"].between(0, 1).all() and (generation["items"] == 3).all()
+    cross = table[table["metric"].str.startswith(("swap", "retrieval"))]
+    assert len(cross) == 6 and cross["value"].notna().all()          # 2 directions x gain, share, top-1 among 3
+    assert set(cross.loc[cross["metric"].str.startswith("retrieval"), "baseline"]) == {1 / 3}
     bits = table[table["skill"].str.startswith("bits")].set_index(["skill", "metric"])
     assert (bits["value"] > 0).all() and (bits["baseline"] > 0).all()
     assert bits.loc[("bits per token (data)", "all"), "value"] > 5      # untrained: near log2(113) = 6.8
@@ -132,3 +179,131 @@ def test_report_of_a_tiny_model_has_every_skill_and_is_seeded(split):
     pd.testing.assert_frame_equal(table, again.table)
     assert report.value("dimensions", "data order: shape -> image") == table["value"].iloc[0]
     assert math.isnan(report.value("nope", "nope")) and "| dimensions |" in report.markdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-modal swap gain and retrieval, on hand-made models
+
+
+class Blind(torch.nn.Module):
+    """PixelByteModel's calling convention; logits from the token's own causal window only (the
+    row above and the left neighbour, inside its segment): it never reads an earlier segment."""
+    config = SimpleNamespace(objective="causal")
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.cells = torch.nn.Embedding(tok.VOCAB_SIZE, tok.VOCAB_SIZE)
+
+    def forward(self, x, targets=None, positions=None):                 # x : (B, L, 3, 3)
+        return self.cells(x.flatten(2)).sum(2), None                     # (B, L, V)
+
+
+class Linked(torch.nn.Module):
+    """Reads every earlier token of the stream: each token seen so far (any cell of the causal
+    windows up to here) raises the logit of the token ``link`` pairs it with (a letter with a
+    colour), so it predicts an item's caption from its sprite's colour and back."""
+    config = SimpleNamespace(objective="causal")
+
+    def __init__(self, link: torch.Tensor):                              # (V, V)
+        super().__init__()
+        self.link = link
+
+    def forward(self, x, targets=None, positions=None):
+        seen = torch.nn.functional.one_hot(x.flatten(2), tok.VOCAB_SIZE).amax(2).cummax(1).values   # (B, L, V)
+        seen[..., tok.PAD_ID] = 0
+        return 8.0 * seen.double() @ self.link, None
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """8 solid sprites of 8 colours, each captioned with the letter of its colour: (items, link)."""
+    items, link = [], torch.zeros(tok.VOCAB_SIZE, tok.VOCAB_SIZE, dtype=torch.float64)
+    for k, colour in enumerate((8, 27, 13, 40, 45, 3, 20, 33)):
+        letter = "abcdefgh"[k]
+        item = skills.Item.of(tok.encode_item(np.full((3, 4, 3), tok.PALETTE[colour], np.uint8), letter * 5))
+        ids = (tok.FIRST_COLOUR_ID + int(item.image[0, 0]), int(tok.text_to_ids(letter)[0]))
+        link[ids[0], ids[1]] = link[ids[1], ids[0]] = 1
+        items.append(item)
+    assert len({int(i.image[0, 0]) for i in items}) == 8
+    return items, link
+
+
+def test_stream_bits_match_teacher_forced_log_likelihood(items):
+    """The batched, padded fast path against ``generate.log_likelihood`` (token by token)."""
+    torch.manual_seed(0)
+    model = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, objective="causal", positions=True)).eval()
+    pairs = [(0, 0), (1, 0), (2, 3), (3, 1)]
+    for direction in skills.CROSS:
+        streams, starts = zip(*(skills.pair_stream(items[a], items[b], direction) for a, b in pairs))
+        with torch.no_grad():
+            fast = skills.stream_bits(model, list(streams), list(starts), batch_size=3)
+            ids = [tok.centre_ids(s).tolist() for s in streams]
+            slow = gen.log_likelihood(model, [i[:k] for i, k in zip(ids, starts)], [i[k:] for i, k in zip(ids, starts)])
+        assert [len(f) for f in fast] == [len(s) - k for s, k in zip(streams, starts)]
+        np.testing.assert_allclose([-f.sum() * math.log(2) for f in fast], slow, rtol=1e-4)
+        b = items[pairs[1][1]]
+        scored = b.segments[:2] if direction == "caption -> sprite" else b.segments[2:]
+        assert (streams[1][starts[1]:] == np.concatenate(scored)).all()   # b's own segments, after a's
+
+
+def test_a_model_blind_to_the_partner_scores_no_gain_and_exact_chance(items):
+    groups = [skills.caption_group(i.caption) for i in items]
+    rows = skills.cross_rows(Blind(), items, skills.SkillsConfig(retrieval=(4, 8, 32)), groups)
+    assert {r["metric"].split(" among ")[-1].split(" ")[0] for r in rows if "among" in r["metric"]} == {"4", "8", "12"}
+    for r in rows:
+        assert r["value"] == r["baseline"], r                        # gain 0, share 0.5, top-1 exactly 1 / k
+    among_12 = [r for r in rows if "among 12" in r["metric"]]
+    assert all("only 12 items, not 32" in r["baseline_is"] and r["items"] == 12 for r in among_12)
+    assert [r["items"] for r in rows if "among 4" in r["metric"] or "among 8" in r["metric"]] == [12, 8, 12, 8]
+    constant = Blind()
+    torch.nn.init.zeros_(constant.cells.weight)                       # constant logits: every candidate ties
+    assert all(r["value"] == r["baseline"] for r in skills.cross_rows(constant, items, skills.SkillsConfig(), groups))
+
+
+def test_a_model_that_reads_the_partner_scores_high(toy):
+    items, link = toy
+    rows = skills.cross_rows(Linked(link), items, skills.SkillsConfig(retrieval=(4, 8)))
+    for r in rows:
+        if r["metric"].startswith("swap gain"):
+            assert r["value"] > 1.0 and r["baseline"] == 0.0           # bits per token
+        else:
+            assert r["value"] == 1.0, r                                # every share and top-1
+    swapped = skills.cross_rows(Blind(), items, skills.SkillsConfig(retrieval=(8,)))
+    assert [r["value"] for r in swapped] == [r["baseline"] for r in swapped]
+    next_model = SimpleNamespace(config=SimpleNamespace(objective="next"))
+    left_out = skills.cross_rows(next_model, items, skills.SkillsConfig())
+    assert all(math.isnan(r["value"]) and "causal" in r["baseline_is"] for r in left_out)
+    alone = skills.cross_rows(Blind(), items[:1], skills.SkillsConfig())       # one held-out item: no partner
+    assert all(math.isnan(r["value"]) and "2 held-out items" in r["baseline_is"] for r in alone)
+
+
+def test_partners_are_other_items_of_other_groups():
+    groups = ["a", "a", "a", "b", "c", "c"]
+    partner = skills.partners(6, groups, seed=1)
+    assert all(p != i and groups[p] != groups[i] for i, p in enumerate(partner))
+    assert partner == skills.partners(6, groups, seed=1)
+    assert all(p != i for i, p in enumerate(skills.partners(3, ["a"] * 3)))        # one group: any other item
+    with pytest.raises(ValueError, match="retrieval"):
+        skills.SkillsConfig(retrieval=(1,))
+
+
+def test_report_on_free_text_paragraphs_leaves_the_group_metrics_out(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_free_text_dataset.py"
+    spec = importlib.util.spec_from_file_location("make_free_text_dataset", script)
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    seqs = data.sequences(data.load_pixelbytes(maker.make(tmp_path / "paragraphs.parquet", items=40)))
+    train_idx, test_idx = data.split_items(len(seqs), 0.15, 0)
+    train, test = [seqs[i] for i in train_idx], [seqs[i] for i in test_idx]
+    captions = [skills.Item.of(s).caption for s in train]
+    assert min(map(len, captions)) > 300 and "no groups" in skills.no_groups_reason(captions)
+    assert skills.fit_classifier(train) is None
+    torch.manual_seed(0)
+    model = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, objective="causal", positions=True))
+    table = skills.measure(model, train, test, skills.SkillsConfig(items=4, retrieval=(4,))).table
+    grouped = table[table["metric"].str.contains("group accuracy|ceiling")]
+    assert len(grouped) == 3 and grouped["value"].isna().all() and grouped["baseline"].isna().all()
+    assert grouped["baseline_is"].str.startswith("left out: the captions have no groups").all()
+    cross = table[table["metric"].str.startswith(("swap", "retrieval"))]
+    assert len(cross) == 6 and cross["value"].notna().all() and (cross["items"] == 4).all()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
@@ -343,44 +344,70 @@ def test_reorder_and_order_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# Where a token sits: stream_positions (batch), StreamPosition (one token at a time), previous_ids
+# Where a token sits: positions (batch, torch), StreamPositions (one token at a time), previous_ids
 
 
-def test_stream_positions_hand_made():
+def reference_positions(token_ids) -> np.ndarray:
+    """A slow, obviously-correct reference of ``tok.positions``, from the true ids: one Python
+    pass over the stream, shapes parsed by ``tok.parse_shape`` (the regex). -> (L + 1, 7)."""
+    rows, segment, row, column, declared, text = [], 0, 0, 0, (0, 0), []
+    for t in list(token_ids) + [None]:
+        h, w = declared
+        rows.append([segment, row, column, h, w, h - row + 1 if h else 0, w - column + 1 if h else 0])
+        if t == tok.SEG_END_ID:
+            ok = 5 <= len(text) <= 12 and text[0] == _ids("(")[0] and max(text) < tok.FIRST_COLOUR_ID
+            shape = tok.parse_shape(bytes(tok.BYTE_TOKENS[i][0] for i in text).decode("latin-1")) if ok else None
+            declared, segment, row, column, text = shape or (0, 0), segment + 1, 0, 0, []
+        elif t is not None:
+            row, column = (row + 1, 0) if t == tok.ROW_END_ID else (row, column + 1)
+            text.append(t)
+    return np.clip(np.array(rows, dtype=np.int64), 0, tok.POSITION_LIMITS)
+
+
+def batch_positions(token_ids) -> np.ndarray:
+    """tok.positions of the stream's masked windows -> (L, 7)."""
+    masked = tok.windows_from_ids(token_ids).astype(np.int64)
+    masked[:, 1, 1] = 0
+    return tok.positions(torch.from_numpy(masked)[None])[0].numpy()
+
+
+def incremental_positions(token_ids) -> np.ndarray:
+    where, out = tok.StreamPositions(1), []
+    for t in token_ids:
+        out.append(where.features()[0])
+        where.push(torch.tensor([t]))
+    return torch.stack(out + [where.features()[0]]).numpy()
+
+
+def test_positions_hand_made():
     c = tok.FIRST_COLOUR_ID
     stream = _ids("(2, 3)") + [2] + [c, c, c, 1, c, c, c, 2] + _ids("ab") + [2]
-    #            segment row column  h  w
-    expected = ([[0, 0, k, 0, 0] for k in range(7)]                    # "(2, 3)\n"
-                + [[1, 0, k, 2, 3] for k in range(4)]                  # first image row + \t
-                + [[1, 1, k, 2, 3] for k in range(4)]                  # second row + \n
-                + [[2, 0, k, 0, 0] for k in range(3)]                  # "ab\n": an image declares nothing
-                + [[3, 0, 0, 0, 0]])                                   # the token after the stream
-    np.testing.assert_array_equal(tok.stream_positions(stream), expected)
-    assert tok.stream_positions([]).tolist() == [[0, 0, 0, 0, 0]]
+    #            segment row column  h  w  rows left  columns left
+    expected = ([[0, 0, k, 0, 0, 0, 0] for k in range(7)]                    # "(2, 3)\n"
+                + [[1, 0, k, 2, 3, 3, 4 - k] for k in range(4)]              # first image row + \t
+                + [[1, 1, k, 2, 3, 2, 4 - k] for k in range(4)]              # second row + \n
+                + [[2, 0, k, 0, 0, 0, 0] for k in range(3)])                 # "ab\n": an image declares nothing
+    np.testing.assert_array_equal(batch_positions(stream), expected)
+    np.testing.assert_array_equal(reference_positions(stream)[:-1], expected)
     # a shape text declares the next segment, even when nothing came yet; only a shape does
-    assert tok.stream_positions(_ids("(4, 15)") + [2])[-1].tolist() == [1, 0, 0, 4, 15]
-    assert tok.stream_positions(_ids("(4, 15) big") + [2])[-1].tolist() == [1, 0, 0, 0, 0]
-    assert tok.stream_positions(_ids("(4, 1x)") + [2])[-1].tolist() == [1, 0, 0, 0, 0]
+    assert incremental_positions(_ids("(4, 15)") + [2])[-1, :5].tolist() == [1, 0, 0, 4, 15]
+    assert incremental_positions(_ids("(4, 15) big") + [2])[-1, :5].tolist() == [1, 0, 0, 0, 0]
+    assert incremental_positions(_ids("(4, 1x)") + [2])[-1, :5].tolist() == [1, 0, 0, 0, 0]
+    assert incremental_positions(_ids("( 4 ,15 )  ") + [2])[-1, :5].tolist() == [1, 0, 0, 4, 15]
     # a text segment with a row end counts rows too
-    assert tok.stream_positions(_ids("a") + [1] + _ids("b"))[:, 1:3].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
-
-
-def _incremental_positions(ids) -> np.ndarray:
-    where, out = tok.StreamPosition(), []
-    for t in ids:
-        out.append(where.current())
-        where.push(t)
-    return np.stack(out + [where.current()])
+    assert batch_positions(_ids("a") + [1] + _ids("b"))[:, 1:3].tolist() == [[0, 0], [0, 1], [1, 0]]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_incremental_positions_equal_batch_on_real_items(case):
-    ids = tok.centre_ids(np.array(case["pixelbyte"], dtype=np.uint8))
+def test_batch_incremental_and_reference_positions_agree_on_real_items(case):
+    ids = tok.centre_ids(np.array(case["pixelbyte"], dtype=np.uint8)).astype(np.int64)
     stream = np.concatenate([ids, ids])                                   # two items in one stream
-    np.testing.assert_array_equal(_incremental_positions(stream), tok.stream_positions(stream))
+    expected = reference_positions(stream)
+    np.testing.assert_array_equal(incremental_positions(stream), expected)
+    np.testing.assert_array_equal(batch_positions(stream), expected[:-1])
     h, w = np.array(case["image_rgb"]).shape[:2]
-    image = tok.stream_positions(ids)[len(str((h, w))) + 1:][:h * (w + 1)]
-    assert (image[:, 3:] == [h, w]).all() and image[:, 1].max() == h - 1 and image[:, 2].max() == w
+    image = expected[len(str((h, w))) + 1:][:h * (w + 1)]
+    assert (image[:, 3:5] == [h, w]).all() and image[:, 1].max() == h - 1 and image[:, 2].max() == w
 
 
 @st.composite
@@ -396,9 +423,24 @@ def streams(draw, with_pad=True):
 
 
 @settings(max_examples=150, deadline=None)
-@given(streams())
-def test_property_incremental_positions_equal_batch(ids):
-    np.testing.assert_array_equal(_incremental_positions(ids), tok.stream_positions(ids))
+@given(streams(with_pad=False))
+def test_property_batch_and_incremental_positions_equal_the_reference(ids):
+    expected = reference_positions(ids)
+    np.testing.assert_array_equal(incremental_positions(ids), expected)
+    if ids:
+        np.testing.assert_array_equal(batch_positions(ids), expected[:-1])
+
+
+def test_positions_of_a_padded_batch_are_each_streams_own():
+    a, b = _ids("(1, 2)") + [2, 60, 61, 2] + _ids("hi") + [2], _ids("(3, 1)") + [2, 60]
+    masked = [tok.windows_from_ids(s).astype(np.int64) for s in (a, b)]
+    for m in masked:
+        m[:, 1, 1] = 0
+    batch = np.zeros((2, len(a), 3, 3), dtype=np.int64)
+    batch[0], batch[1, :len(b)] = masked[0], masked[1]
+    out = tok.positions(torch.from_numpy(batch)).numpy()
+    np.testing.assert_array_equal(out[0], batch_positions(a))
+    np.testing.assert_array_equal(out[1, :len(b)], batch_positions(b))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -408,8 +450,8 @@ def test_previous_ids_of_masked_windows_are_the_ids_shifted(case):
     ids = tok.centre_ids(stream).astype(np.int64)
     masked = stream.copy()
     masked[:, 1, 1] = 0                                                   # what a causal model is fed
-    np.testing.assert_array_equal(tok.previous_ids(masked), np.r_[tok.SEG_END_ID, ids[:-1]])
-    batch = np.stack([masked, masked[::-1].copy()])                       # any leading shape
+    np.testing.assert_array_equal(tok.previous_ids(torch.from_numpy(masked)), np.r_[tok.SEG_END_ID, ids[:-1]])
+    batch = torch.from_numpy(np.stack([masked, masked[::-1].copy()]))     # any leading shape
     assert tok.previous_ids(batch).shape == (2, len(ids))
     np.testing.assert_array_equal(tok.previous_ids(batch)[0], np.r_[tok.SEG_END_ID, ids[:-1]])
 
@@ -419,4 +461,5 @@ def test_previous_ids_of_masked_windows_are_the_ids_shifted(case):
 def test_property_previous_ids_of_any_stream_without_padding(ids):
     masked = tok.windows_from_ids(ids)
     masked[:, 1, 1] = 0
-    np.testing.assert_array_equal(tok.previous_ids(masked), np.r_[tok.SEG_END_ID, ids[:-1]][:len(ids)])
+    np.testing.assert_array_equal(tok.previous_ids(torch.from_numpy(masked)),
+                                  np.r_[tok.SEG_END_ID, ids[:-1]][:len(ids)])

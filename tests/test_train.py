@@ -115,7 +115,7 @@ class EchoModel(nn.Module):
         self.row, self.col = row, col
         self.unused = nn.Parameter(torch.zeros(()))
 
-    def forward(self, x, targets=None):                             # x : (B, L, 3, 3)
+    def forward(self, x, targets=None, positions=None):             # x : (B, L, 3, 3)
         logits = 5.0 * F.one_hot(x[:, :, self.row, self.col], V).float() + 0.0 * self.unused  # (B, L, V)
         return logits, None if targets is None else F.cross_entropy(*self.select(logits, targets))
 
@@ -389,6 +389,18 @@ def test_resume_with_other_samples_is_refused(tmp_path, stride, same_sample_coun
     other = replace(run, data=replace(run.data, split_seed=1))            # another held-out split
     with pytest.raises(CheckpointError, match="data.split_seed: checkpoint 0, now 1"):
         Trainer(PixelByteModel.from_run(other), *synthetic_datasets(run=other), other).fit(resume=True)
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(tmp_path):
+    run = quick_run(tmp_path, max_steps=2)
+    train_ds, val_ds = synthetic_datasets(run=run)
+    Trainer(PixelByteModel.from_run(run), train_ds, val_ds, run).fit()
+    other_train, other_val = synthetic_datasets(run=run)
+    other_train.tokens = other_train.tokens.copy()                       # one token changed, same sizes
+    other_train.tokens[5, 1, 1] = (int(other_train.tokens[5, 1, 1]) + 1) % V
+    with pytest.raises(CheckpointError, match=r"train tokens crc32: checkpoint \d+, now \d+"):
+        Trainer(PixelByteModel.from_run(run), other_train, other_val, run).fit(resume=True)
+    Trainer(PixelByteModel.from_run(run), *synthetic_datasets(run=run), run).fit(resume=True)   # same data: fine
 
 
 def test_failed_checkpoint_write_keeps_the_previous_file(finished_run, monkeypatch):
@@ -766,6 +778,46 @@ def test_cli_out_dir_that_is_a_file_is_one_line(tmp_path):
     assert one_line_error(run_cli(a_file)) == f"pixelbyte.train: cannot create the output folder {a_file}: File exists"
     assert one_line_error(run_cli(a_file / "run")) == \
         f"pixelbyte.train: cannot create the output folder {a_file / 'run'}: Not a directory"
+
+
+def test_cli_nan_loss_full_disk_missing_gpu_and_ctrl_c_are_one_line_and_ctrl_c_checkpoints(tmp_path, monkeypatch):
+    import errno
+
+    k = TINY_CLI.index("--train.max-steps")
+    cli = TINY_CLI[:k] + TINY_CLI[k + 2:] + ["--train.max-steps", "3"]
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_train_step", lambda self, batches: self._stop_non_finite("loss nan"))
+        with pytest.raises(SystemExit, match="pixelbyte.train: non-finite loss nan at step 1"):
+            main([*cli, "--train.out-dir", str(tmp_path / "nan")])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="device='cuda' but .* no usable CUDA GPU here"):
+            main([*cli, "--train.device", "cuda", "--train.out-dir", str(tmp_path / "gpu")])
+
+    def disk_full(path, text, *args, **kwargs):                          # a part written, then ENOSPC
+        with open(path, "w") as f:
+            f.write(text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", disk_full)
+        with pytest.raises(SystemExit, match="pixelbyte.train: .*No space left on device"):
+            main([*cli, "--train.out-dir", str(tmp_path / "full")])
+    assert not list((tmp_path / "full").glob(".*.tmp*"))                  # no partial file left behind
+
+    real_step, calls, out = Trainer._train_step, [0], tmp_path / "ctrl_c"
+
+    def ctrl_c_at_step_3(self, batches):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, batches)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_train_step", ctrl_c_at_step_3)
+        with pytest.raises(SystemExit) as err:
+            main([*cli, "--train.out-dir", str(out)])
+    assert str(err.value.code) == (f"pixelbyte.train: interrupted at step 2 of 3; checkpoint {out / 'last.pt'} "
+                                   f"written: resume with --resume (fit(resume=True))")
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    assert main([*cli, "--train.out-dir", str(out), "--resume"])["step"] == 3
 
 
 def _without_write_access():

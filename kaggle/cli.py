@@ -1,13 +1,16 @@
 """Kaggle: build the bundle, upload it, push the runner kernel and the notebooks (GPU T4 x2),
 watch them, fetch their outputs. A thin layer over the kaggle library's `KaggleApi` (kaggle >= 1.8.4).
 
-    python -m pixelbyte.kaggle_cli bundle               # build/kaggle/bundle/: wheel, notebooks, params, runner
-    python -m pixelbyte.kaggle_cli upload               # the bundle as the dataset {user}/pixelbyte-bundle
-    python -m pixelbyte.kaggle_cli push                 # the runner kernel {user}/pixelbyte-runner (starts it)
-    python -m pixelbyte.kaggle_cli push-notebooks       # every notebook as a notebook kernel {user}/pixelbyte-NN-name
-    python -m pixelbyte.kaggle_cli status [--wait]      # a kernel's state (default the runner)
-    python -m pixelbyte.kaggle_cli output               # the runner's outputs -> runs/kaggle-<timestamp>/
-    python -m pixelbyte.kaggle_cli setup-cell [--check] # the notebooks' install cell (kaggle/setup_cell.py)
+    python kaggle/cli.py bundle               # build/kaggle/bundle/: wheel, notebooks, params, runner
+    python kaggle/cli.py upload               # the bundle as the dataset {user}/pixelbyte-bundle
+    python kaggle/cli.py push                 # the runner kernel {user}/pixelbyte-runner (starts it)
+    python kaggle/cli.py push-notebooks       # every notebook as a notebook kernel {user}/pixelbyte-NN-name
+    python kaggle/cli.py status [--wait]      # a kernel's state (default the runner)
+    python kaggle/cli.py output               # the runner's outputs -> runs/kaggle-<timestamp>/
+    python kaggle/cli.py setup-cell [--check] # the notebooks' install cell (kaggle/setup_cell.py)
+
+The repository's tooling, not part of the package: it reads kaggle/, notebooks/ and writes
+build/kaggle/ and runs/ of the checkout it sits in (the package itself knows no repository).
 
 Credentials are the kaggle library's own (kaggle.json, KAGGLE_USERNAME + KAGGLE_KEY,
 KAGGLE_API_TOKEN, `kaggle auth login`). ``--user NAME`` fills the ids without them (bundle,
@@ -36,8 +39,9 @@ from pathlib import Path
 
 from pixelbyte import git_commit, pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent      # the checkout: kaggle/ is this file's folder
 KAGGLE_DIR = ROOT / "kaggle"
+NOTEBOOKS_DIR = ROOT / "notebooks"
 BUILD_DIR = ROOT / "build" / "kaggle"
 BUNDLE_DIR = BUILD_DIR / "bundle"
 KERNEL_DIR = BUILD_DIR / "kernel"
@@ -48,6 +52,10 @@ KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
 BUNDLE_MARKER = "pixelbyte-bundle.json"
 PARAMS_FILES = ("params_paper.json", "params_ci.json")
+# Requirements of pixelbyte that Kaggle's image lacks (tyro for `python -m pixelbyte.train`, with
+# its own), shipped in the bundle so the setup cell and the runner install with internet off.
+# Repacked from this environment's installed copies: the versions the tests ran with.
+BUNDLED_REQUIREMENTS = ("tyro", "docstring-parser", "typeguard", "typing-extensions")
 EMBED_LINE = "EMBEDDED_PARAMS = None"
 
 # kaggle 1.8.4 is the first release whose `kernels push` sends kernel-metadata.json's
@@ -67,8 +75,16 @@ REFUSED_SHAPES = {
 # notebook kernels they get that notebook kernel's output attached and `run_dir` pointed at it.
 NOTEBOOK_INPUTS = {"03_generation": "02_training"}
 NOTEBOOK_RUN_DIR = "outputs"        # the notebooks' default run_dir, relative to /kaggle/working
-KAGGLE_INPUT = "/kaggle/input"      # where a kernel's inputs are mounted, /kaggle/input/<slug>/
+# Where Kaggle mounts an attached kernel's output (datasets: /kaggle/input/datasets/<user>/<slug>/;
+# older sessions: /kaggle/input/<slug>/). Only a hint: the notebook searches /kaggle/input for
+# what it reads (pixelbyte.kaggle_env.find_run_output).
+KERNEL_OUTPUT_MOUNT = "/kaggle/input/notebooks/{user}/{slug}"
 TERMINAL_STATES = ("complete", "error", "cancel_requested", "cancel_acknowledged")
+# Kaggle runs at most two GPU batch sessions per account at once and refuses a third push with
+# "Maximum batch GPU session count ... reached": pushes wait for a free slot and retry on it.
+MAX_GPU_SESSIONS = 2
+GPU_LIMIT_ERROR = "maximum batch gpu session count"
+SESSION_HOURS = 12                  # a session's longest run: older kernels are not polled
 
 
 class KaggleSetupError(RuntimeError):
@@ -347,6 +363,38 @@ def build_wheel(dest: Path) -> Path:
         return Path(shutil.copy2(wheels[0], dest))
 
 
+def wheel_from_installed(name: str, dest: Path) -> Path:
+    """A wheel of the installed pure-python distribution ``name``, rebuilt from its RECORD (no
+    network: the exact version installed here). Scripts outside site-packages are left out;
+    pip recreates console scripts from entry_points.txt."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = metadata.distribution(name)
+    wheel_info = dist.read_text("WHEEL") or ""
+    if "Root-Is-Purelib: true" not in wheel_info:
+        raise KaggleSetupError(f"{name} is not a pure-python distribution: add its wheel with --wheels")
+    tags = [line.split(":", 1)[1].strip() for line in wheel_info.splitlines() if line.startswith("Tag:")]
+    project = dist.metadata["Name"].replace("-", "_").replace(".", "_")
+    info_dir = f"{project}-{dist.version}.dist-info"
+    path = Path(dest) / f"{project}-{dist.version}-{tags[0] if tags else 'py3-none-any'}.whl"
+    skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+    record = []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for file in dist.files or []:
+            parts = Path(file).parts
+            if parts[0] == ".." or "__pycache__" in parts or (parts[0].endswith(".dist-info") and parts[-1] in skip):
+                continue
+            arcname = str(file) if not parts[0].endswith(".dist-info") else f"{info_dir}/{'/'.join(parts[1:])}"
+            data = Path(file.locate()).read_bytes()
+            wheel.writestr(arcname, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{arcname},sha256={digest},{len(data)}")
+        wheel.writestr(f"{info_dir}/RECORD", "\n".join([*record, f"{info_dir}/RECORD,,"]) + "\n")
+    return path
+
+
 def wheel_version(wheel: Path) -> str:
     from packaging.utils import parse_wheel_filename
 
@@ -371,8 +419,8 @@ def copy_notebook(notebook: Path, dest: Path, parameters: dict | None = None) ->
 def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> Path:
     """Fill ``out`` (emptied first) with what the runner kernel needs, flat:
 
-    pixelbyte-<version>-py3-none-any.whl, extra wheels (``wheels``: e.g. mamba_ssm / causal_conv1d
-    wheels built for Kaggle's torch, or pure-python requirements for offline kernels), the
+    pixelbyte-<version>-py3-none-any.whl, the wheels of BUNDLED_REQUIREMENTS, extra wheels
+    (``wheels``: e.g. mamba_ssm / causal_conv1d wheels built for Kaggle's torch), the
     notebooks NN_*.ipynb (with the setup cell), params_paper.json, params_ci.json, runner.py,
     pixelbyte-bundle.json (manifest, the runner's marker) and dataset-metadata.json (read by the
     upload, not a dataset file). Flat because `kaggle datasets create` skips sub-folders.
@@ -381,6 +429,7 @@ def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> P
         shutil.rmtree(out)
     out.mkdir(parents=True)
     wheel = build_wheel(out)
+    requirements = [wheel_from_installed(name, out).name for name in BUNDLED_REQUIREMENTS]
     extra = []
     for item in wheels:
         path = Path(item)
@@ -390,13 +439,13 @@ def build_bundle(user: str, out: Path = BUNDLE_DIR, wheels: list[str] = ()) -> P
                 raise KaggleSetupError(f"--wheels {item}: {f} is not a wheel file")
             shutil.copy2(f, out / f.name)
             extra.append(f.name)
-    notebooks = [copy_notebook(nb, out) for nb in pipeline.notebook_paths()]
+    notebooks = [copy_notebook(nb, out) for nb in pipeline.notebook_paths(folder=NOTEBOOKS_DIR)]
     for name in (*PARAMS_FILES, "runner.py"):
         shutil.copy2(KAGGLE_DIR / name, out / name)
     manifest = {
         "name": "pixelbyte", "version": wheel_version(wheel), "wheel": wheel.name,
-        "extra_wheels": extra, "notebooks": [nb.name for nb in notebooks],
-        "params": list(PARAMS_FILES), "git_commit": git_commit(),
+        "requirement_wheels": requirements, "extra_wheels": extra, "notebooks": [nb.name for nb in notebooks],
+        "params": list(PARAMS_FILES), "git_commit": git_commit(ROOT),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json(out / BUNDLE_MARKER, manifest)
@@ -419,31 +468,33 @@ def embed_params(runner_source: str, params: dict) -> str:
     return runner_source.replace(EMBED_LINE + "\n", literal + "\n")
 
 
-def stage_kernel(user: str, params_file: Path, out: Path = KERNEL_DIR) -> Path:
-    """build/kaggle/kernel/: runner.py (params embedded) + kernel-metadata.json (user filled)."""
+def stage_kernel(user: str, params_file: Path, out: Path = KERNEL_DIR, public: bool = False) -> Path:
+    """build/kaggle/kernel/: runner.py (params embedded) + kernel-metadata.json (user filled;
+    private unless ``public``)."""
     params = json.loads(Path(params_file).read_text())
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise KaggleSetupError(f"{params_file}: expected {{notebook name or '*': {{parameter: value}}}}")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    meta = fill(load_template(KERNEL_METADATA), user)
+    meta = {**fill(load_template(KERNEL_METADATA), user), "is_private": not public}
     (out / meta["code_file"]).write_text(embed_params((KAGGLE_DIR / "runner.py").read_text(), params))
     check_kernel_metadata(meta, out)
     _write_json(out / KERNEL_METADATA, meta)
     return out
 
 
-def stage_notebook_kernel(user: str, notebook: Path, out: Path) -> Path:
+def stage_notebook_kernel(user: str, notebook: Path, out: Path, public: bool = False) -> Path:
     """``out``: the notebook (setup cell; `run_dir` pointed at the kernel output it reads, if it
-    reads one) + its kernel-metadata.json."""
+    reads one) + its kernel-metadata.json (private unless ``public``)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     needs = NOTEBOOK_INPUTS.get(notebook.stem)
-    parameters = {"run_dir": f"{KAGGLE_INPUT}/{notebook_slug(needs)}/{NOTEBOOK_RUN_DIR}"} if needs else None
+    mount = KERNEL_OUTPUT_MOUNT.format(user=user, slug=notebook_slug(needs)) if needs else None
+    parameters = {"run_dir": f"{mount}/{NOTEBOOK_RUN_DIR}"} if needs else None
     copy_notebook(notebook, out, parameters)
-    meta = notebook_kernel_metadata(user, notebook)
+    meta = {**notebook_kernel_metadata(user, notebook), "is_private": not public}
     check_kernel_metadata(meta, out)
     _write_json(out / KERNEL_METADATA, meta)
     return out
@@ -488,7 +539,7 @@ def push_kernel(api, folder: Path, timeout: int | None = None) -> None:
     if problems:
         hint = ""
         if response is not None and response.invalid_dataset_sources:
-            hint = ("\n  upload the bundle first (python -m pixelbyte.kaggle_cli upload) and wait until "
+            hint = ("\n  upload the bundle first (python kaggle/cli.py upload) and wait until "
                     f"`kaggle datasets status {meta['dataset_sources'][0]}` says ready")
         if response is not None and response.invalid_kernel_sources:
             hint += "\n  a kernel source must exist and have run once (push-notebooks pushes in order)"
@@ -516,6 +567,54 @@ def wait_for_kernel(api, ref: str, interval: float, sleep=time.sleep) -> tuple[s
         sleep(interval)
 
 
+def wait_for_bundle(api, user: str, interval: float, sleep=time.sleep) -> None:
+    """Poll the bundle dataset until Kaggle has processed its latest upload ("ready"): a kernel
+    pushed before that is refused ("not valid dataset sources") or gets the previous version."""
+    ref = dataset_id(user)
+    print_command(["datasets", "status", ref], note="the kernels are pushed once it says ready")
+    last = None
+    while api is not None:
+        state = call(f"kaggle datasets status {ref}", api.dataset_status, ref)
+        if state == "ready":
+            return
+        if state in ("failed", "deleted"):
+            raise KaggleSetupError(f"the bundle {ref} is {state}: upload it again (python kaggle/cli.py upload)")
+        if state != last:
+            print(f"{time.strftime('%H:%M:%S')} waiting for the bundle {ref} to be ready: {state}", flush=True)
+            last = state
+        sleep(interval)
+
+
+def busy_gpu_kernels(api) -> list[str]:
+    """The user's GPU kernels (run in the last SESSION_HOURS) whose session is queued or running."""
+    since = time.time() - SESSION_HOURS * 3600
+    kernels = call("kaggle kernels list --mine", api.kernels_list, mine=True, page_size=100) or []
+    refs = [k.ref for k in kernels if k.enable_gpu and (k.last_run_time is None or k.last_run_time.timestamp() > since)]
+    return [ref for ref in refs if kernel_state(api, ref)[0] in ("queued", "running")]
+
+
+def push_when_a_gpu_is_free(api, folder: Path, interval: float, timeout: int | None = None,
+                            sleep=time.sleep) -> None:
+    """push_kernel once fewer than MAX_GPU_SESSIONS of the user's GPU kernels run, saying what it
+    waits for; a push Kaggle still refuses for that reason (a session the list missed) is retried."""
+    last = None
+    while api is not None:
+        busy = busy_gpu_kernels(api)
+        if len(busy) < MAX_GPU_SESSIONS:
+            try:
+                return push_kernel(api, folder, timeout)
+            except KaggleSetupError as err:
+                if GPU_LIMIT_ERROR not in str(err).lower():
+                    raise
+                busy = [f"Kaggle refused the push: {err}"]
+        if busy != last:
+            print(f"{time.strftime('%H:%M:%S')} waiting for a free GPU session (Kaggle runs {MAX_GPU_SESSIONS} per "
+                  f"account at once; polling every {interval:.0f} s): {', '.join(busy)}", flush=True)
+            last = busy
+        sleep(interval)
+    push_kernel(None, folder, timeout)
+
+
 # --------------------------------------------------------------------------------------------
 # Commands
 
@@ -532,7 +631,7 @@ def cmd_upload(args) -> None:
     folder = Path(args.path)
     if not (folder / BUNDLE_MARKER).exists():
         raise KaggleSetupError(f"no bundle in {_display(folder)}: run "
-                               "`python -m pixelbyte.kaggle_cli bundle` (or make kaggle-bundle) first")
+                               "`python kaggle/cli.py bundle` (or make kaggle-bundle) first")
     ref = write_dataset_metadata(user, folder)["id"]
     manifest = json.loads((folder / BUNDLE_MARKER).read_text())
     notes = args.message or (f"pixelbyte {manifest['version']} "
@@ -567,9 +666,11 @@ def cmd_upload(args) -> None:
 
 def cmd_push(args) -> None:
     api, user = connect(args.user, args.print_only)
-    push_kernel(api, stage_kernel(user, Path(args.params), Path(args.path)), args.timeout)
+    folder = stage_kernel(user, Path(args.params), Path(args.path), args.public)
+    wait_for_bundle(api, user, args.interval)
+    push_when_a_gpu_is_free(api, folder, args.interval, args.timeout)
     if api is not None:
-        print(f"follow it with `python -m pixelbyte.kaggle_cli status --wait` or "
+        print(f"follow it with `python kaggle/cli.py status --wait` or "
               f"`kaggle kernels logs {kernel_id(user)} --follow`")
 
 
@@ -577,8 +678,9 @@ def cmd_push_notebooks(args) -> None:
     """Each notebook as a notebook kernel, in pipeline order; one that reads another notebook's
     outputs is pushed once that notebook kernel has completed."""
     api, user = connect(args.user, args.print_only)
-    for notebook in pipeline.notebook_paths(args.only):
-        folder = stage_notebook_kernel(user, notebook, Path(args.path) / notebook.stem)
+    wait_for_bundle(api, user, args.interval)
+    for notebook in pipeline.notebook_paths(args.only, NOTEBOOKS_DIR):
+        folder = stage_notebook_kernel(user, notebook, Path(args.path) / notebook.stem, args.public)
         needs = NOTEBOOK_INPUTS.get(notebook.stem)
         if needs:
             ref = f"{user}/{notebook_slug(needs)}"
@@ -588,7 +690,7 @@ def cmd_push_notebooks(args) -> None:
                 if state != "complete":
                     raise KaggleSetupError(f"{ref} ended {state} {message!r}: {notebook.stem} reads its "
                                            "outputs and was not pushed")
-        push_kernel(api, folder)
+        push_when_a_gpu_is_free(api, folder, args.interval)
 
 
 def _kernel_ref(user: str, kernel: str | None) -> str:
@@ -627,14 +729,14 @@ def cmd_output(args) -> None:
 
 
 def cmd_setup_cell(args) -> None:
-    notebooks = pipeline.notebook_paths()
+    notebooks = pipeline.notebook_paths(folder=NOTEBOOKS_DIR)
     if args.check:
         problems = [f"{path.relative_to(ROOT)}: {problem}" for nb in notebooks
                     for path in (nb.with_suffix(".py"), nb) if path.exists()
                     for problem in [setup_cell_problem(path)] if problem]
         if problems:
             raise KaggleSetupError("\n  ".join(["setup cell:", *problems,
-                                                "fix: python -m pixelbyte.kaggle_cli setup-cell"]))
+                                                "fix: python kaggle/cli.py setup-cell"]))
         print(f"{len(notebooks)} notebooks carry the setup cell of {SETUP_CELL.relative_to(ROOT)}")
         return
     changed = refresh_setup_cells(notebooks)
@@ -648,7 +750,7 @@ def parser() -> argparse.ArgumentParser:
                         help="Kaggle username (default: the kaggle library's credentials)")
     common.add_argument("--print-only", action="store_true",
                         help="print the kaggle CLI commands instead of calling Kaggle")
-    ap = argparse.ArgumentParser(prog="python -m pixelbyte.kaggle_cli", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python kaggle/cli.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -663,7 +765,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("auto", "create", "version"), default="auto",
                    help="auto: create the dataset if `datasets status` does not find it, else version it")
     p.add_argument("-m", "--message", default=None, help="version notes")
-    p.add_argument("--public", action="store_true", help="create the dataset public (default private)")
+    p.add_argument("--public", action="store_true",
+                   help="create the dataset public, so others can attach it (default private; an existing "
+                        "dataset's visibility is changed on its Settings page)")
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("push", parents=[common], help="stage build/kaggle/kernel/ and push it (runs it)")
@@ -671,13 +775,18 @@ def parser() -> argparse.ArgumentParser:
                    help="parameters embedded in the runner (default kaggle/params_paper.json)")
     p.add_argument("--path", default=str(KERNEL_DIR), help="kernel staging folder")
     p.add_argument("--timeout", type=int, default=None, help="session timeout in seconds (kaggle -t)")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between polls for a free GPU session")
+    p.add_argument("--public", action="store_true", help="publish the kernel (default private)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("push-notebooks", parents=[common],
                        help="push every notebook as a notebook kernel (GPU T4 x2, bundle attached)")
     p.add_argument("--only", nargs="*", default=None, help="notebook names (default all)")
     p.add_argument("--path", default=str(NOTEBOOK_KERNELS_DIR), help="staging folder, one sub-folder each")
-    p.add_argument("--interval", type=float, default=60.0, help="seconds between polls of an input kernel")
+    p.add_argument("--interval", type=float, default=60.0,
+                   help="seconds between polls of an input kernel or for a free GPU session")
+    p.add_argument("--public", action="store_true",
+                   help="publish the notebook kernels, so others can open and Copy & Edit them (default private)")
     p.set_defaults(func=cmd_push_notebooks)
 
     p = sub.add_parser("status", parents=[common], help="a kernel's state (exit 1 if it failed)")
@@ -702,7 +811,7 @@ def main(argv=None) -> None:
     try:
         args.func(args)
     except (KaggleSetupError, subprocess.CalledProcessError) as err:
-        sys.exit(f"kaggle_cli {args.command}: error: {err}")
+        sys.exit(f"kaggle/cli.py {args.command}: error: {err}")
 
 
 if __name__ == "__main__":
