@@ -4,7 +4,7 @@ interleaved: round r times every tree once before round r + 1, so a busy machine
 trees alike. A step is what the Trainer does per batch: collate (the data path, where the
 positions are computed), forward, backward, AdamW.
 
-    python benchmarks/train_speed.py --tree before=/path/to/old/checkout --tree after=.
+    python benchmarks/train_speed.py --tree before=/path/to/old/checkout after=.
     python benchmarks/train_speed.py --tree after=. --model bysmamba --rounds 3
 
 Prints a table (median tokens/s per tree, ratio to the first) and writes JSON
