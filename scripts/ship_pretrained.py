@@ -36,7 +36,7 @@ tags: [pixelbytes, multimodal, pixel-art, text-and-image]
 One token stream for text and pixel images: this {family} ({parameters:,} parameters) reads and
 writes items of the form `"(h, w)"` -> image rows -> caption, and also caption -> `"(h, w)"` ->
 image, token by token, with each token's causal 3x3 neighbourhood as its input and position
-inputs (segment, row, column, declared size). It was trained by `pixelbyte` {version} on the
+inputs (segment, row, column, declared size){condition}. It was trained by `pixelbyte` {version} on the
 embedded emoji set ({items} items, {held_out} held out by item, never trained on).
 
 ```python
@@ -45,6 +45,7 @@ from pixelbyte.models import PixelByteModel
 model = PixelByteModel.from_pretrained("pretrained")          # shipped in the package
 out = gen.generate(model, [gen.shape_prompt(24, 24)], 24 * 25, temperature=0.8, stop_after_segments=1)
 caption_first = gen.caption_to_sprite_prompt("red apple. food and drink, food fruit", (24, 24), caption_first=True)
+drawn = gen.generate(model, [caption_first], 24 * 25, temperature=0.8, constrained=True, stop_after_segments=1{guidance})
 ```
 
 ## Training
@@ -70,7 +71,8 @@ def training_summary(train_dir: Path | None) -> str:
     info = json.loads((train_dir / "run.json").read_text())
     final, train = info.get("final") or {}, info["train"]
     return (f"`{info['model']['model']}` dim {info['model']['dim']}, hidden {info['model']['hidden']}, depth "
-            f"{info['model']['depth']}, positions {info['model']['positions']}; whole items in "
+            f"{info['model']['depth']}, positions {info['model']['positions']}, condition "
+            f"{info['model'].get('condition', False)} (dropout {info['model'].get('condition_dropout', 0)}); whole items in "
             f"{info['samples']['orders']} orders, batch {train['batch_size']}, AdamW lr {train['lr']} -> "
             f"{train['min_lr']}, {final.get('step')} steps ({final.get('epoch', 0):.1f} epochs) in "
             f"{final.get('train_seconds', 0) / 60:.0f} min on {info.get('device_name') or info.get('device')} "
@@ -117,6 +119,11 @@ def main(argv=None):
         name=f"pixelbyte-{args.name}", family=reloaded.config.model, parameters=reloaded.num_parameters(),
         version=__version__, items=len(seqs), held_out=len(test_idx), scored=args.items,
         temperature=result["temperature"], table=result["markdown"],
+        condition=("; every position also reads a summary of the item's completed segments (the caption while "
+                   "drawing, the image while captioning), trained without it on "
+                   f"{reloaded.config.condition_dropout:.0%} of the samples, so it can be guided"
+                   if reloaded.config.condition else ""),
+        guidance=", guidance=2.0" if reloaded.config.condition else "",
         training=training_summary(Path(args.train_dir) if args.train_dir else None)))
     size = sum(f.stat().st_size for f in target.iterdir())
     print(result["markdown"])
