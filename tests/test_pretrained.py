@@ -53,3 +53,14 @@ def test_its_captions_follow_the_data_and_beat_the_majority_group(shipped):
     assert np.mean([". " in w and "," in w for w in written]) > 0.8, written[:4]   # name. group, subgroup
     rows = skills.caption_rows(written, items, [skills.Item.of(s).caption for s in train])
     assert rows[0]["value"] > rows[0]["baseline"], rows[0]
+
+
+def test_it_reads_the_other_modality(shipped):
+    """Trained with the condition: an item's caption is likelier after its own sprite than after
+    another's, and its image after its own caption (swap gains above a model that ignores them)."""
+    model, _, _, items = shipped
+    rows = skills.cross_rows(model, items, skills.SkillsConfig(retrieval=(8,)),
+                             [skills.caption_group(i.caption) for i in items])
+    gain = {r["metric"].split(" minus")[0]: r["value"] for r in rows if r["metric"].startswith("swap gain")}
+    assert model.config.condition
+    assert gain["swap gain: own sprite"] > 0.1 and gain["swap gain: own caption"] > 0.0, gain
