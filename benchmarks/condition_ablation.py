@@ -40,7 +40,7 @@ def run_config(variant: str, args: Args) -> RunConfig:
     return RunConfig.from_flat(
         source="embedded", test_size=0.1, unit="item", orders="both", model="lstm", dim=96, hidden=256,
         depth=2, objective="causal", positions=True, condition=condition, condition_dropout=dropout,
-        batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=30, epochs=1000, max_steps=args.steps,
+        batch_size=16, lr=5e-3, min_lr=5e-4, warmup_steps=30, epochs=1000, max_steps=args.steps,
         eval_every=args.steps, eval_batches=8, seed=args.seed, device="cpu", progress=False,
         out_dir=str(Path(args.out_dir) / variant))
 

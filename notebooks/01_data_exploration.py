@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from pixelbyte import data, plots, tokenizer as tok
-from pixelbyte.params import check
+from pixelbyte.config import check
 
 check("dataset", dataset, str)
 check("limit", limit, int, minimum=0)

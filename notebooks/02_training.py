@@ -78,8 +78,8 @@ condition = True          # every position also reads a summary of the item's co
 condition_dropout = 0.1   # share of training samples without their condition (classifier-free guidance in 03)
 dropout = 0.0             # after the embedding, between LSTM layers, on residual branches
 batch_size = 16           # global batch (all GPUs together)
-lr = 3e-3                 # AdamW peak learning rate
-min_lr = 3e-4             # end of the cosine decay
+lr = 5e-3                 # AdamW peak learning rate
+min_lr = 5e-4             # end of the cosine decay
 warmup_steps = 30         # linear warmup steps
 epochs = 1000             # passes over the training samples (the budget or max_steps usually ends first)
 max_steps = 0             # optimizer steps, 0 means use epochs
@@ -106,9 +106,8 @@ import pandas as pd
 import torch
 
 from pixelbyte import data, plots
-from pixelbyte.config import RunConfig
+from pixelbyte.config import RunConfig, check
 from pixelbyte.models import PixelByteModel
-from pixelbyte.params import check
 from pixelbyte.train import train
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)

@@ -72,8 +72,8 @@ import pandas as pd
 import torch
 
 from pixelbyte import data, evaluate, generate as gen, kaggle_env, plots, skills
+from pixelbyte.config import check, check_local_or_hub
 from pixelbyte.models import PixelByteModel
-from pixelbyte.params import check, check_local_or_hub
 
 for name, value, minimum in (("skill_items", skill_items, 1), ("n_examples", n_examples, 1),
                              ("n_candidates", n_candidates, 0), ("max_chunks", max_chunks, 0),
@@ -141,11 +141,13 @@ report.table
 
 # %%
 ex = report.examples
-k = min(n_examples, len(ex["references"]))
-labels = [f"ref: {r}\ngen: {g}" for r, g in zip(ex["reference_captions"][:k], ex["captions"][:k])]
+shown = skills.one_per_group(ex["reference_captions"], n_examples)   # one sprite of each group first
+pick = {name: [ex[name][i] for i in shown] for name in ("references", "reference_captions", "shapes", "drawn",
+                                                         "free_data")}
+labels = [f"ref: {ex['reference_captions'][i]}\ngen: {ex['captions'][i]}" for i in shown]
 pd.DataFrame({"reference": ex["reference_captions"], "generated": ex["captions"]}).to_csv(
     out / "sprite_to_caption.csv", index=False)
-plots.save_figure(plots.sprite_grid(ex["references"][:k], labels, ncols=4, scale=2.0, wrap=28, max_lines=8,
+plots.save_figure(plots.sprite_grid(pick["references"], labels, ncols=4, scale=2.0, wrap=28, max_lines=8,
                                     title="Sprite -> caption on held-out sprites"), out / "sprite_to_caption.png")
 
 # %% [markdown]
@@ -155,8 +157,8 @@ plots.save_figure(plots.sprite_grid(ex["references"][:k], labels, ncols=4, scale
 # samples images freely from the shape alone (data order): what the model draws unconditioned.
 
 # %%
-rows = {"caption first (constrained shape)": ex["drawn"][:k], "shape only (free)": ex["free_data"][:k]}
-plots.save_figure(plots.sprite_rows(rows, ex["references"][:k], ex["reference_captions"][:k],
+rows = {"caption first (constrained shape)": pick["drawn"], "shape only (free)": pick["free_data"]}
+plots.save_figure(plots.sprite_rows(rows, pick["references"], pick["reference_captions"],
                                     title="Caption -> sprite: held-out reference, then generated"),
                   out / "caption_to_sprite.png")
 
@@ -168,10 +170,7 @@ plots.save_figure(plots.sprite_rows(rows, ex["references"][:k], ex["reference_ca
 # and without its condition (guidance 0, its unconditional stream).
 
 # %%
-firsts = {}
-for caption in ex["reference_captions"]:
-    firsts.setdefault(skills.caption_group(caption), caption)
-chosen = list(dict.fromkeys([*firsts.values(), *ex["reference_captions"]]))[:8]
+chosen = [ex["reference_captions"][i] for i in skills.one_per_group(ex["reference_captions"], 8)]
 h, w = ex["shapes"][0]
 prompts = [gen.caption_to_sprite_prompt(c, (h, w), caption_first=True) for c in chosen]
 
@@ -198,12 +197,12 @@ plots.save_figure(plots.sprite_rows(rows, captions=chosen, title=f"One shape ({h
 if n_candidates:
     ranked = []
     with torch.no_grad():
-        for i, (caption, shape) in enumerate(zip(ex["reference_captions"][:k], ex["shapes"][:k])):
+        for i, (caption, shape) in enumerate(zip(pick["reference_captions"], pick["shapes"])):
             best, _ = gen.caption_to_sprite(model, caption, shape, n_candidates=n_candidates,
                                             temperature=temperature, top_k=top_k or None, seed=seed + i)
             ranked.append(best.images[-1])
-    figure = plots.save_figure(plots.sprite_rows({"ranked by p(caption)": ranked}, ex["references"][:k],
-                                                 ex["reference_captions"][:k],
+    figure = plots.save_figure(plots.sprite_rows({"ranked by p(caption)": ranked}, pick["references"],
+                                                 pick["reference_captions"],
                                                  title="Caption -> sprite by ranking sampled images"),
                                out / "caption_to_sprite_ranked.png")
 else:

@@ -1,20 +1,13 @@
-"""Model comparison: train and evaluate many configurations the same way, one table out.
+"""Model comparison: train and evaluate many paper configurations the same way, one table out.
 
-    from pixelbyte import compare, data
-    seqs = data.sequences(data.load_pixelbytes("embedded", limit=200))
     result = compare.compare(seqs, configs="paper", objectives="next,causal",
                              cfg=compare.CompareConfig(max_steps=40), out_dir="runs/compare")
     result.table          # one row per (config, objective): the columns of ``COLUMNS``
-    result.histories      # metrics.csv rows of every run (validation curves)
-    result.baselines      # repeat-last / most-frequent / random on the same chunks
-    result.skipped        # runs that cannot exist (bidirectional or centre-only + causal)
 
-Every run is the paper config with the objective (``CompareConfig.run``), trained by the
-``Trainer`` on its objective's samples (``next``: the paper's windows; ``causal``: whole items
-in both orders with positions), then scored on held-out items: bits per token by modality, the
-paper's Hamming / cosine / BLEU, the skills report (notebook 03's numbers) and the copy skill of
-the config's architecture (``copying``, trained from scratch on each task of ``copy_tasks``, once
-per config). Each config's rows are written to ``out_dir`` as it finishes.
+Each run (``CompareConfig.run``) is trained by the ``Trainer`` on its objective's samples, then scored
+on held-out items: bits per token by modality, the paper's Hamming / cosine / BLEU, the skills report
+and the copy skill of its architecture (``copying``, once per config). Configs whose causal variant
+cannot exist are skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -61,12 +54,9 @@ COLUMNS = {
     "bpt": "bits per target token on held-out samples (token_metrics)",
     "bpt_text": "... text (byte) targets only",
     "bpt_pixel": "... pixel (colour) targets only",
-    "hamming_mean": "paper metric on held-out items: 144 window ids, lower is better",
-    "hamming_std": "",
-    "cosine_mean": "paper metric: cosine similarity of the 144 ids, higher is better",
-    "cosine_std": "",
-    "bleu_mean": "paper metric: BLEU-4 of the 144 ids, higher is better",
-    "bleu_std": "",
+    "hamming_mean": "paper metric on held-out items: 144 window ids, lower is better", "hamming_std": "",
+    "cosine_mean": "paper metric: cosine similarity of the 144 ids, higher is better", "cosine_std": "",
+    "bleu_mean": "paper metric: BLEU-4 of the 144 ids, higher is better", "bleu_std": "",
     "hamming_centre_mean": "Hamming on the 16 generated centre tokens only",
     "bleu_centre_mean": "BLEU on the 16 centre tokens only",
     "chunks": "80-token chunks scored (64 prompt + 16 generated)",
@@ -77,22 +67,30 @@ COLUMNS = {
     "sprite_group": "skills: caption -> sprite, share of drawings the sprite classifier puts in the caption's group",
     "swap_caption_to_image": "skills: bits per image token an item's image gains after its own caption vs another's",
     "swap_image_to_caption": "skills: bits per caption token its caption gains after its own sprite vs another's",
-    "retrieval8_sprite": "skills: among 8 held-out items (fewer if fewer are scored), share of captions whose likeliest sprite is their own",
-    "retrieval8_caption": "skills: among 8 held-out items (fewer if fewer are scored), share of sprites whose likeliest caption is their own",
+    "retrieval8_sprite": "skills: among 8 held-out items (fewer if fewer are scored), "
+                         "share of captions whose likeliest sprite is their own",
+    "retrieval8_caption": "skills: among 8 held-out items (fewer if fewer are scored), "
+                          "share of sprites whose likeliest caption is their own",
+    "channel8_sprite": "skills: retrieval8_sprite by p(sprite | caption) / p(sprite) (the noisy channel)",
+    "channel8_caption": "skills: retrieval8_caption by p(caption | sprite) / p(caption)",
     "copy_selective": "copy (05's code): selective copy, exact-sequence accuracy of the architecture trained on it",
     "copy_image": "copy: image repeat (bottom rows repeat the top), token accuracy",
     "copy_text": "copy: text repeat (a phrase repeated), token accuracy",
     "eval_time_s": "wall time of all the evaluations of the run",
 }
-SKILL_COLUMNS = {"dims_data": ("dimensions", "data order: shape -> image"),
-                 "dims_caption_first": ("dimensions", "caption-first: caption, shape -> image"),
-                 "caption_group": ("sprite -> caption", "group accuracy"),
-                 "caption_name": ("sprite -> caption", "name similarity"),
-                 "sprite_group": ("caption -> sprite", "group accuracy (classifier)"),
-                 "swap_caption_to_image": ("caption -> sprite", "swap gain: own caption minus another's, bits per image token"),
-                 "swap_image_to_caption": ("sprite -> caption", "swap gain: own sprite minus another's, bits per caption token"),
-                 "retrieval8_sprite": ("caption -> sprite", "retrieval: top-1 sprite among 8 by p(sprite | caption)"),
-                 "retrieval8_caption": ("sprite -> caption", "retrieval: top-1 caption among 8 by p(caption | sprite)")}
+SKILL_COLUMNS = {
+    "dims_data": ("dimensions", "data order: shape -> image"),
+    "dims_caption_first": ("dimensions", "caption-first: caption, shape -> image"),
+    "caption_group": ("sprite -> caption", "group accuracy"),
+    "caption_name": ("sprite -> caption", "name similarity"),
+    "sprite_group": ("caption -> sprite", "group accuracy (classifier)"),
+    "swap_caption_to_image": ("caption -> sprite", "swap gain: own caption minus another's, bits per image token"),
+    "swap_image_to_caption": ("sprite -> caption", "swap gain: own sprite minus another's, bits per caption token"),
+    "retrieval8_sprite": ("caption -> sprite", "retrieval: top-1 sprite among 8 by p(sprite | caption)"),
+    "retrieval8_caption": ("sprite -> caption", "retrieval: top-1 caption among 8 by p(caption | sprite)"),
+    "channel8_sprite": ("caption -> sprite", "retrieval: top-1 sprite among 8 by p(sprite | caption) / p(sprite)"),
+    "channel8_caption": ("sprite -> caption", "retrieval: top-1 caption among 8 by p(caption | sprite) / p(caption)"),
+}
 TIMING_COLUMNS = ("train_time_s", "tokens_per_s", "eval_time_s")
 
 
@@ -129,13 +127,9 @@ class CompareConfig:
                            "copy_items", "seed", "threads"), 0)
         _check_numbers(self, ["lr"], above=True)
         _check_numbers(self, ["budget_s"])
-        if not isinstance(self.copy_tasks, str) or any(t not in COPY_TASKS for t in self.copy_task_list):
+        if not isinstance(self.copy_tasks, str) or any(t not in COPY_TASKS for t in comma_list(self.copy_tasks)):
             _fail(self, "copy_tasks", f"expected comma-separated values among {list(COPY_TASKS)} "
                                       f"(05 also has {[k for k in copying.KINDS if k not in COPY_TASKS]})")
-
-    @property
-    def copy_task_list(self) -> list[str]:
-        return comma_list(self.copy_tasks)
 
     def samples(self, objective: str) -> SampleConfig:
         if objective == "causal" and self.unit == "item":
@@ -161,25 +155,21 @@ class CompareConfig:
 
 
 def plan(configs: str = "paper", objectives: str = "next") -> tuple[list[tuple[str, str]], pd.DataFrame]:
-    """Which (config name, objective) pairs to run, and which are skipped and why. ``configs``:
-    "paper" (15), "best" (the paper's 6 best rows) or comma-separated names; ``objectives``:
-    "next", "causal" or both. Bidirectional configs (they see the token to predict) and
-    centre-only embeddings (a causal input is always 0) have no causal variant."""
+    """The (config name, objective) runs, and the skipped ones with why. ``configs``: "paper" (15),
+    "best" (the paper's 6 best rows) or comma-separated names; ``objectives``: "next", "causal" or both."""
     names = list(CONFIG_SETS[configs]) if configs in CONFIG_SETS else comma_list(configs)
     if not names:
         raise ValueError(f"configs={configs!r}: expected 'paper', 'best' or comma-separated config names")
-    for name in names:
-        try:
-            paper_config(name)
-        except ValueError as err:
-            raise ValueError(f"configs: {err}") from None
+    try:
+        base = {name: paper_config(name) for name in names}
+    except ValueError as err:
+        raise ValueError(f"configs: {err}") from None
     wanted = comma_list(objectives)
     if not wanted or any(o not in OBJECTIVES for o in wanted):
         raise ValueError(f"objectives={objectives!r}: expected 'next', 'causal' or 'next,causal'")
     runs, skipped = [], []
     for objective in dict.fromkeys(wanted):
-        for name in dict.fromkeys(names):
-            cfg = paper_config(name)
+        for name, cfg in base.items():
             if objective == "causal" and cfg.bidirectional:
                 skipped.append((name, objective, "bidirectional: sees the token it must predict"))
             elif objective == "causal" and cfg.embedding == "center":
@@ -196,20 +186,21 @@ def plan(configs: str = "paper", objectives: str = "next") -> tuple[list[tuple[s
 # Data
 @dataclass
 class Splits:
-    """Items split once (by item, seeded) and cut into samples per objective on demand."""
+    """Items split once (by item, seeded), cut into samples per objective on demand; the skills
+    report's sprite classifier, fitted once here and shipped to the workers."""
     train: list[np.ndarray]
     test: list[np.ndarray]
-    train_idx: np.ndarray
-    test_idx: np.ndarray
     data: DataConfig
     cfg: CompareConfig
+    classifier: skills.SpriteClassifier | None = field(default=None, repr=False)
     _samples: dict = field(default_factory=dict, repr=False)
-    _classifier: object = field(default=None, repr=False)
 
     @classmethod
     def make(cls, seqs: list[np.ndarray], data_cfg: DataConfig, cfg: CompareConfig) -> "Splits":
         train_idx, test_idx = data.split(seqs, data_cfg)
-        return cls([seqs[i] for i in train_idx], [seqs[i] for i in test_idx], train_idx, test_idx, data_cfg, cfg)
+        train = [seqs[i] for i in train_idx]
+        return cls(train, [seqs[i] for i in test_idx], data_cfg, cfg,
+                   skills.fit_classifier(train) if cfg.skill_items else None)
 
     def samples(self, objective: str):
         """(train, held-out) samples of an objective."""
@@ -218,29 +209,20 @@ class Splits:
             self._samples[objective] = tuple(data.make_samples(s, kind, objective) for s in (self.train, self.test))
         return self._samples[objective]
 
-    @property
-    def classifier(self) -> skills.SpriteClassifier:
-        """The sprite classifier of the skills report, fitted once on the training sprites."""
-        if self._classifier is None:
-            self._classifier = skills.fit_classifier(self.train)
-        return self._classifier
-
 
 # One run
 def copy_columns(name: str, cfg: CompareConfig, out_dir: Path) -> dict:
-    """Copy scores of a config's architecture (causal, trained from scratch on each task)."""
+    """Copy scores of a config's architecture, causal and trained from scratch on each of ``cfg.copy_tasks``."""
     base = paper_config(name)     # a copy is generated token by token: no bidirectional, no centre-only input
-    if base.bidirectional or base.embedding == "center" or not cfg.copy_steps or not cfg.copy_task_list:
-        return {f"copy_{t}": math.nan for t in COPY_TASKS}
-    model_cfg = cfg.model(name, objective="causal")
+    if base.bidirectional or base.embedding == "center" or not cfg.copy_steps:
+        return {}
     out = {}
-    for task_name in cfg.copy_task_list:
-        task, metric = copying.TASKS[task_name], copying.HEADLINE[task_name]
-        model, _ = copying.train_copy(model_cfg, task, max_steps=cfg.copy_steps, batch_size=32, lr=cfg.lr,
-                                      eval_points=1, eval_items=16, seed=cfg.seed, device=cfg.device,
-                                      out_dir=str(out_dir / task_name))
-        scores = copying.copy_scores(model, copying.held_out_items(task, cfg.copy_items, cfg.seed))
-        out[f"copy_{task_name}"] = float(scores.set_index("method").loc["model", metric])
+    for t in comma_list(cfg.copy_tasks):
+        _, _, sweep = copying.train_and_sweep(cfg.model(name, objective="causal"), copying.TASKS[t], factors=(1,),
+                                              sweep_items=cfg.copy_items, max_steps=cfg.copy_steps, batch_size=32,
+                                              lr=cfg.lr, eval_points=1, eval_items=16, seed=cfg.seed,
+                                              device=cfg.device, out_dir=str(out_dir / t))
+        out[f"copy_{t}"] = float(sweep.set_index("method").loc["model", copying.HEADLINE[t]])
     return out
 
 
@@ -272,14 +254,13 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: 
     with _quiet(not verbose):
         final = Trainer(model, train_ds, val_ds, run).fit(overwrite=True)
     train_time = time.perf_counter() - t0
-    metrics = pd.read_csv(out_dir / "metrics.csv")
     model.eval()
 
     t0 = time.perf_counter()
     row = {"run": f"{name}/{objective}", "config": name, "family": name.split("_")[0],
            "objective": objective, "samples": run.samples.unit, "params": model.num_parameters(),
            "mixer": run.model.ssm if run.model.model == "bysmamba" else run.model.model,
-           "steps": final["step"], "epochs": final["step"] / steps_per_epoch,
+           "steps": final["step"], "epochs": final["epoch"],
            "train_tokens": final["tokens_per_s"] * final["train_seconds"], "train_time_s": train_time,
            "tokens_per_s": final["tokens_per_s"], "train_loss": final["train_loss"],
            "train_acc": final["train_accuracy"], "val_loss": final["val_loss"], "val_acc": final["val_accuracy"]}
@@ -307,7 +288,8 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: 
         f"val loss {row['val_loss']:.3f}, {row['bpt']:.2f} bits/token, Hamming {row['hamming_mean']:.3f}, "
         f"dims {row.get('dims_data', math.nan):.2f}, caption group {row.get('caption_group', math.nan):.2f}, "
         f"sprite group {row.get('sprite_group', math.nan):.2f} (eval {row['eval_time_s']:.0f} s)")
-    history = metrics.assign(run=row["run"], config=name, family=row["family"], objective=objective)
+    history = pd.read_csv(out_dir / "metrics.csv").assign(run=row["run"], config=name, family=row["family"],
+                                                          objective=objective)
     return {c: row.get(c, math.nan) for c in COLUMNS}, history, model, report
 
 
@@ -339,11 +321,10 @@ def _config_job(job: dict) -> tuple[list, list[str]]:
 def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "next",
             cfg: CompareConfig | None = None, out_dir="runs/compare", log=print,
             verbose: bool = False, data_cfg: DataConfig | None = None, workers: int | None = None) -> Comparison:
-    """Run every (config, objective) of ``plan(configs, objectives)`` on ``seqs`` (split by item
-    inside) with ``cfg``, ``workers`` (default ``cfg.workers``) configs at once: the table is the same
-    either way. Each run's files go to ``out_dir/runs/<config>_<objective>/``; each config's rows are
-    added to comparison.csv and histories.csv as it finishes, then every file is written in the
-    plan's order, with baselines.csv, skill_baselines.csv and skipped.csv."""
+    """Run every (config, objective) of ``plan(configs, objectives)`` on ``seqs`` (split by item inside),
+    ``workers`` (default ``cfg.workers``) configs at once: the table is the same either way. Runs write
+    to ``out_dir/runs/<config>_<objective>/``; comparison.csv and histories.csv get each config's rows as
+    it finishes, then every file is written in the plan's order."""
     cfg = replace(cfg or CompareConfig(), **({} if workers is None else {"workers": workers}))
     data_cfg, out_dir = data_cfg or DataConfig(), Path(out_dir)
     runs, skipped = plan(configs, objectives)
@@ -358,38 +339,32 @@ def compare(seqs: list[np.ndarray], configs: str = "paper", objectives: str = "n
             f"{len(val_ds):,} held-out samples ({val_ds.n_items} items), {cfg.samples(objective).unit} samples")
     for _, row in skipped.iterrows():
         log(f"skipped {row['config']}/{row['objective']}: {row['reason']}")
-    by_config = {}
-    for name, objective in runs:
-        by_config.setdefault(name, []).append(objective)
-    if cfg.skill_items:
-        splits.classifier                            # fitted once, here, and shipped to the workers
-    results, names = {}, list(by_config)
+    by_config = {name: [o for n, o in runs if n == name] for name, _ in runs}
     here = cfg.workers == 1 or len(by_config) == 1           # in_processes then runs the jobs here
-    jobs = [dict(name=n, objectives=by_config[n], out_dir=out_dir, verbose=verbose,
+    jobs = [dict(name=n, objectives=o, out_dir=out_dir, verbose=verbose,
                  **(dict(splits=splits, log=log) if here else dict(splits=replace(splits, _samples={}))))
-            for n in names]                          # (a worker re-cuts the samples: cheap views)
+            for n, o in by_config.items()]                   # (a worker re-cuts the samples: cheap views)
+    results = [[] for _ in jobs]
     for k, (done, lines) in in_processes(_config_job, jobs, cfg.workers):
         for line in lines:
             log(line)
-        loaded = []
         for row, history, run, state, report in done:
             model = PixelByteModel.from_run(run)
             model.load_state_dict(state)
-            loaded.append((row, history, model.eval(), report))
-        results[names[k]] = loaded           # the config's rows are added to the files as it finishes
-        copying.append_csv(out_dir / "comparison.csv", pd.DataFrame([r[0] for r in loaded]))
-        copying.append_csv(out_dir / "histories.csv", pd.concat([r[1] for r in loaded]), "%.6g")
-    ordered = [r for name in names for r in results[name]]   # the plan's order, whatever finished first
-    models = {row["run"]: model for row, _, model, _ in ordered}
+            results[k].append((row, history, model.eval(), report))
+        copying.append_csv(out_dir / "comparison.csv", pd.DataFrame([r[0] for r in results[k]]))
+        copying.append_csv(out_dir / "histories.csv", pd.concat([r[1] for r in results[k]]), "%.6g")
+    ordered = [r for done in results for r in done]          # the plan's order, whatever finished first
     reports = {row["run"]: report for row, _, _, report in ordered}
     baselines = evaluate.paper_metrics(None, splits.test, max_chunks=cfg.max_chunks or None,
                                        train_seqs=splits.train, seed=cfg.seed)["summary"]
     baselines = baselines[baselines["method"] != "true_tokens"].reset_index(drop=True)
     first = next((r for r in reports.values() if r is not None), None)
-    skill_baselines = first.table[["skill", "metric", "baseline", "baseline_is"]] if first is not None \
-        else pd.DataFrame(columns=["skill", "metric", "baseline", "baseline_is"])
+    columns = ["skill", "metric", "baseline", "baseline_is"]
+    skill_baselines = first.table[columns] if first is not None else pd.DataFrame(columns=columns)
     result = Comparison(pd.DataFrame([r[0] for r in ordered]), pd.concat([r[1] for r in ordered], ignore_index=True),
-                        baselines, skill_baselines, skipped, splits, models, reports)
+                        baselines, skill_baselines, skipped, splits,
+                        {row["run"]: model for row, _, model, _ in ordered}, reports)
     result.table.to_csv(out_dir / "comparison.csv", index=False)
     result.histories.to_csv(out_dir / "histories.csv", index=False, float_format="%.6g")
     baselines.to_csv(out_dir / "baselines.csv", index=False)
@@ -465,8 +440,7 @@ def best_per_family(table: pd.DataFrame) -> dict[str, str]:
 
 
 def family_sprites(comparison: Comparison, n: int = 6) -> tuple[list, list[str], dict[str, list]]:
-    """Caption -> sprite by the best run of each family (``best_per_family``), from its skills
-    report (caption-first prompt, the declared shape kept): (references, captions,
+    """Caption -> sprite by the best run of each family, from its skills report: (references, captions,
     {"<family>: <run>": [drawing per caption]}) for the first ``n`` reported items."""
     best = best_per_family(comparison.table)
     reports = {run: comparison.reports.get(run) for run in best.values()}

@@ -1,16 +1,10 @@
-"""What a run is: its data, its training samples, its model and its training, as dataclasses.
+"""What a run is (its data, training samples, model and training) as dataclasses that validate their fields
+when built, also from JSON or the command line, with the ``_check_*`` helpers here: an error names the field,
+the value and what is allowed. Every checkpoint carries its ``RunConfig``, so whoever reads a model back takes
+the held-out split, the sample settings and the context length from it.
 
-    run = RunConfig(data=DataConfig(source="embedded", test_size=0.1),
-                    samples=SampleConfig(unit="item", orders="both"),
-                    model=ModelConfig(model="attention", objective="causal", positions=True),
-                    train=TrainConfig(max_steps=300, out_dir="runs/mine"))
+    run = RunConfig(samples=SampleConfig(unit="item"), model=ModelConfig(objective="causal"))
     run.save("run.json"); RunConfig.load("run.json") == run
-    python -m pixelbyte.train --config run.json --train.lr 1e-3
-
-Every checkpoint carries its ``RunConfig``, so whoever reads a model back takes the held-out
-split, the sample settings and the context length from it. Each dataclass validates its fields
-when built (also from JSON or the command line) with the ``_check_*`` helpers here; an error
-names the field, the value and what is allowed.
 """
 from __future__ import annotations
 
@@ -42,9 +36,6 @@ RUN_FORMAT = "pixelbyte-run-v1"
 # resumed with other values (e.g. a model trained with the CUDA kernels, used on a CPU).
 RUNTIME_FIELDS = {"model": ("backend", "scan_impl"),
                   "train": ("device", "num_workers", "progress", "compile", "out_dir", "log_every")}
-
-
-# Validation helpers (one set for every config)
 
 
 def _fail(obj, name: str, allowed: str):
@@ -102,7 +93,34 @@ def looks_like_path(value) -> bool:
         or ("/" in value and not is_hub_id(value)))
 
 
-# The four parts of a run
+class ParameterError(ValueError):
+    """A notebook's loose parameter (one outside the config dataclasses) is invalid."""
+
+
+def _refuse(name: str, value, allowed: str):
+    raise ParameterError(f"parameter {name}={value!r}: {allowed}")
+
+
+def check(name: str, value, kind: type, minimum=None, choices=None):
+    """``value`` if this notebook parameter is a ``kind`` (int, float or str) within the rules, else ParameterError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+        _refuse(name, value, f"expected {kind.__name__}, got {type(value).__name__}")
+    if minimum is not None and not value >= minimum:          # (NaN is not >= anything)
+        _refuse(name, value, f"must be >= {minimum}")
+    if choices is not None and value not in choices:
+        _refuse(name, value, f"allowed values are {list(choices)}")
+    return value
+
+
+def check_local_or_hub(name: str, value) -> str:
+    """``value`` if it is an existing path, a model shipped in the package or a hub id, else ParameterError."""
+    from .models import PRETRAINED
+
+    check(name, value, str)
+    if not (os.path.exists(value) or value in PRETRAINED or is_hub_id(value)):
+        _refuse(name, value, f"no such file or directory {Path(value).absolute()}, "
+                             f"and not a hub id like 'owner/name'")
+    return value
 
 
 @dataclass
@@ -182,9 +200,7 @@ class ModelConfig:
                 _fail(self, name, "expected a number in [0, 1)")
         if self.n_heads != "auto" and not _is_int(self.n_heads, 1):
             _fail(self, "n_heads", "expected a positive integer or 'auto'")
-        self._check_combinations()
-
-    def _check_combinations(self):
+        # combinations
         if self.bidirectional and self.objective == "causal":
             _fail(self, "bidirectional", "its logits at t would read token t itself; bidirectional models "
                                          "are only legal with objective='next'")
@@ -220,7 +236,6 @@ class ModelConfig:
             _fail(self, "n_heads", f"dim={self.dim} / n_heads gives head_dim={self.head_dim}; rotary "
                                    f"positions need head_dim >= 2")
 
-    # --- derived
     @property
     def heads(self) -> int:
         """Attention heads: n_heads, or for "auto" the largest count <= 4 that divides dim."""
@@ -297,9 +312,6 @@ class TrainConfig:
         self.out_dir = str(self.out_dir)
 
 
-# The run
-
-
 SECTIONS = {"data": DataConfig, "samples": SampleConfig, "model": ModelConfig, "train": TrainConfig}
 
 
@@ -329,11 +341,9 @@ class RunConfig:
 
     @property
     def context_length(self) -> int | None:
-        """How many past tokens the model was trained to see: seq_length for window samples,
-        None for whole items (the whole stream) or when the samples are not recorded."""
+        """Past tokens the model was trained to see: seq_length for windows, None for whole items or unknown."""
         return self.samples.seq_length if self.samples is not None and self.samples.unit == "window" else None
 
-    # --- (de)serialisation
     def to_dict(self) -> dict:
         return {"format": RUN_FORMAT, **{name: None if getattr(self, name) is None else asdict(getattr(self, name))
                                          for name in SECTIONS}}
@@ -342,12 +352,9 @@ class RunConfig:
     def from_dict(cls, data: dict) -> "RunConfig":
         if not isinstance(data, dict):
             raise TypeError(f"RunConfig.from_dict expects a dict, got {type(data).__name__}")
-        data = dict(data)
-        fmt = data.pop("format", RUN_FORMAT)
-        if fmt != RUN_FORMAT:
-            raise ValueError(f"run config format {fmt!r} is not {RUN_FORMAT!r}")
-        _unknown(data, SECTIONS, "RunConfig")
-        return cls(**data)
+        if data.get("format", RUN_FORMAT) != RUN_FORMAT:
+            raise ValueError(f"run config format {data['format']!r} is not {RUN_FORMAT!r}")
+        return _from_dict(cls, {k: v for k, v in data.items() if k != "format"}, "RunConfig")
 
     def save(self, path) -> Path:
         """Write the run as JSON (atomically)."""
@@ -369,9 +376,8 @@ class RunConfig:
 
     @classmethod
     def from_flat(cls, **params) -> "RunConfig":
-        """Notebook-style flat parameters (``dim=64, lr=3e-3, unit="item"``) -> RunConfig: each
-        name goes to the one section that has that field; an unknown name is refused with the
-        closest valid names."""
+        """Notebook-style flat parameters (``dim=64, lr=3e-3, unit="item"``) -> RunConfig, each name to the
+        section that has that field; an unknown name is refused with the closest valid names."""
         owner = {f.name: section for section, c in SECTIONS.items() for f in fields(c)}
         sections = {name: {} for name in SECTIONS}
         for key, value in params.items():
@@ -386,11 +392,10 @@ class RunConfig:
         out = []
         for name in SECTIONS:
             a, b = getattr(self, name), getattr(other, name)
-            if a is None or b is None:
-                if (a is None) != (b is None):
-                    out.append(f"{name}: {labels[0]} {a}, {labels[1]} {b}")
-                continue
-            out += field_diff(name, a, b, labels, RUNTIME_FIELDS.get(name, ()) if skip_runtime else ())
+            if a is not None and b is not None:
+                out += field_diff(name, a, b, labels, RUNTIME_FIELDS.get(name, ()) if skip_runtime else ())
+            elif a is not b:                                      # one of them is None
+                out.append(f"{name}: {labels[0]} {a}, {labels[1]} {b}")
         return out
 
     def with_runtime(self, **overrides) -> "RunConfig":
@@ -422,24 +427,20 @@ def _closest(name: str, valid, cutoff: float = 0.6) -> str:
         f"; valid names are {sorted(valid)}"
 
 
-def _unknown(data: dict, valid, where: str):
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}" + _closest(unknown[0], valid))
-
-
 def _from_dict(cls, data, where: str | None = None):
     """A dict -> dataclass ``cls``, refusing unknown keys (a typo must not vanish silently)."""
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise TypeError(f"{where} must be a dict, got {type(data).__name__}")
-    _unknown(data, {f.name for f in fields(cls)}, where)
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}" + _closest(unknown[0], valid))
     return cls(**data)
 
 
 def atomic_write_text(text: str, path) -> Path:
-    """Write through a temp file and os.replace: a crash or a full disk leaves the old file or
-    the new one, never a partial one."""
+    """Write through a temp file and os.replace: a crash or a full disk leaves the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

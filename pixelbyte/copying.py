@@ -1,20 +1,14 @@
-"""Copy tasks as whole PixelBytes items: an unlimited seeded stream to train on, greedy scoring
-beside trivial baselines, trainings with their accuracy curves, and notebook 05's study.
+"""Copy tasks as whole PixelBytes items: a seeded stream to train on, greedy scoring beside trivial
+baselines, trainings with their accuracy curves, and notebook 05's study.
 
     task = CopyTask("selective", size=16, n_recall=4)
-    stream = CopyStream(task, n=64_000, seed=0)       # item i is made from np.random.default_rng([seed, i])
     model, curve = train_copy(ModelConfig(model="bysmamba", objective="causal"), task, max_steps=600)
     scores = copy_scores(model, held_out_items(task, 64))   # model and baselines: token / exact / pixel accuracy
-    rows = copy_rows(model, task, n_items=64)               # the skills report's columns (skills.measure(copy=rows))
     study = run_study(CopyConfig(families="lstm", tasks="selective"), "runs/copy")   # notebook 05
 
-Every item is a real PixelBytes stream whose last part, ``CopyItem.copy_start:copy_end``,
-repeats earlier content (``KINDS``): image repeat (the bottom rows of a declared image repeat its
-top rows), text repeat (``"phrase; phrase"``), selective copy (Mamba paper style: letters
-scattered among spaces, ``:``, the letters in order) and sprite copy (a real sprite, its shape,
-the sprite again). A stream's targets are the copy part only, so a model is trained on exactly
-what it is scored on: greedy generations compared position by position with the reference
-(token, exact-sequence and pixel accuracy), beside trivial baselines on the same items.
+An item's last part, ``copy_start:copy_end``, repeats earlier content (``KINDS``): the top rows of an
+image, a phrase, letters scattered among spaces (selective copy, as in the Mamba paper) or a real
+sprite. Only that part is a target, so a model is trained on exactly what it is scored on.
 """
 from __future__ import annotations
 
@@ -52,8 +46,7 @@ _HELD_OUT = 1          # third entropy word of held-out items: (seed, i, 1) neve
 # One item
 @dataclass
 class CopyItem:
-    """A pixelbyte sequence whose tokens ``[copy_start, copy_end)`` repeat earlier content:
-    generate them greedily from ``ids[:copy_start]`` and compare."""
+    """A pixelbyte sequence whose tokens ``[copy_start, copy_end)`` repeat earlier content."""
     kind: str
     windows: np.ndarray     # (L, 3, 3) uint8
     copy_start: int
@@ -72,27 +65,22 @@ class CopyItem:
         return self.ids[self.copy_start:self.copy_end]
 
 
-def _text_windows(text: str) -> np.ndarray:
-    return tok.segment_windows(tok.text_to_ids(text)[None])
-
-
 def _image_windows(indices: np.ndarray) -> np.ndarray:
-    """(h, w) palette indices -> the shape segment "(h, w)" and the image segment, as
-    ``tokenizer.encode_item`` writes them (without going through RGB)."""
+    """(h, w) palette indices -> the shape segment and the image segment, as ``tokenizer.encode_item``
+    writes them (without going through RGB)."""
     h, w = indices.shape
-    return np.concatenate([_text_windows(str((h, w))),
+    return np.concatenate([tok.encode_text(str((h, w))),
                            tok.segment_windows((indices + tok.FIRST_COLOUR_ID).astype(np.uint8))])
 
 
 def sprite_images(seqs: list[np.ndarray]) -> list[np.ndarray]:
-    """The sprites of data-order items (shape, image, caption) as (h, w) palette-index arrays;
-    items without a well-formed shape + image are skipped (``tokenizer.item_sprite``)."""
+    """The sprites of data-order items as (h, w) palette-index arrays (``tokenizer.item_sprite``)."""
     return [sprite[1] for sprite in map(tok.item_sprite, seqs) if sprite is not None]
 
 
 def resize_sprite(indices: np.ndarray, side: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w) palette-index image so that its longer side is
-    ``side`` pixels (aspect kept; 0 = unchanged): every output pixel is one of the input's."""
+    """Nearest-neighbour resize to a longer side of ``side`` px (0: unchanged), so that every output
+    pixel is one of the input's: pixel art stays pixel art."""
     if side == 0 or max(indices.shape) == side:
         return indices
     h, w = indices.shape
@@ -106,11 +94,9 @@ def resize_sprite(indices: np.ndarray, side: int) -> np.ndarray:
 # A task and its stream
 @dataclass(frozen=True)
 class CopyTask:
-    """One copy task at one size. ``size`` is what the length-generalisation tests scale
-    (``SIZE_NAMES``): image rows (even), words of the text phrase, spaces of the selective copy,
-    the sprite's longer side in pixels."""
+    """One copy task at one size; ``size`` is what length generalisation scales (``SIZE_NAMES``)."""
     kind: str                  # image | text | selective | sprite
-    size: int                  # see above
+    size: int                  # image rows (even) | words | spaces | sprite side (px)
     width: int = 6             # image: columns
     n_colours: int = 4         # image: colours drawn per item
     min_letters: int = 2       # text: letters per word, at least ...
@@ -130,8 +116,8 @@ class CopyTask:
             _fail(self, "size", f"sprites larger than {tok.MAX_IMAGE_SIDE} px are refused")
 
     def make(self, rng: np.random.Generator, sprites: list[np.ndarray] | None = None) -> CopyItem:
-        """One item drawn with ``rng``; sprite copy draws from ``sprites`` ((h, w) palette-index
-        images, ``sprite_images``). The copy part is the last repeat with its separators."""
+        """One item drawn with ``rng`` (sprite copy: from ``sprites``, see ``sprite_images``). The copy
+        part is the last repeat with its separators."""
         if self.kind == "image":       # n_colours random colours; the bottom half of rows repeats the top
             colours = rng.choice(len(tok.PALETTE), size=min(self.n_colours, len(tok.PALETTE)), replace=False)
             top = rng.choice(colours, size=(self.size // 2, self.width))             # (h/2, w) palette indices
@@ -142,14 +128,14 @@ class CopyTask:
             words = ["".join(map(chr, rng.choice(LETTERS, size=rng.integers(self.min_letters, self.max_letters + 1))))
                      for _ in range(self.size)]
             phrase = " ".join(words)
-            windows = _text_windows(f"{phrase}; {phrase}")
+            windows = tok.encode_text(f"{phrase}; {phrase}")
             return CopyItem("text", windows, len(phrase) + 2, len(windows))
         if self.kind == "selective":   # letters among spaces, ":", the letters: "  k   b  x    q  :kbxq"
             letters = rng.choice(LETTERS, size=self.n_recall)
             filler = np.full(self.size, ord(" "))
             filler[np.sort(rng.choice(self.size, size=self.n_recall, replace=False))] = letters
             text = bytes(filler.astype(np.uint8)).decode() + ":" + bytes(letters.astype(np.uint8)).decode()
-            windows = _text_windows(text)
+            windows = tok.encode_text(text)
             return CopyItem("selective", windows, self.size + 1, len(windows))
         # a real sprite resized to ``size`` px (shape + image), its shape again, the image again
         sprite = resize_sprite(sprites[int(rng.integers(len(sprites)))], self.size)
@@ -159,7 +145,6 @@ class CopyTask:
         return CopyItem("sprite", windows, len(original) + len(shape), len(windows))
 
     def scaled(self, factor: int) -> "CopyTask":
-        """The same task with ``size`` times ``factor`` (train at L, test at 2L, 4L)."""
         return replace(self, size=self.size * factor)
 
     @property
@@ -173,10 +158,9 @@ class CopyTask:
 
 
 class CopyStream(Dataset):
-    """An unlimited stream of copy items of one task, as whole causal samples of virtual length
-    ``n``. Item i is ``task.make(np.random.default_rng([seed, i]))`` (held-out: ``[seed, i, 1]``,
-    independent draws): the same item on any machine, in any order. ``x`` (L, 3, 3): the windows
-    with centres zeroed; ``y`` (L,): the tokens on the copy part, 0 (ignored by the loss) elsewhere."""
+    """``n`` copy items of one task as causal samples. Item i is drawn from ``default_rng([seed, i])``
+    (held-out: ``[seed, i, 1]``): the same item on any machine, in any order. ``x``: the windows with
+    centres zeroed; ``y``: the tokens of the copy part, 0 (ignored by the loss) elsewhere."""
 
     objective = "causal"
     collate = staticmethod(ItemDataset.collate)
@@ -197,7 +181,6 @@ class CopyStream(Dataset):
         return self.task.make(np.random.default_rng(entropy), self.sprites)
 
     def items(self, n: int | None = None) -> list[CopyItem]:
-        """The first ``n`` items (all of them by default)."""
         return [self.item(i) for i in range(self.n if n is None else min(n, self.n))]
 
     def __getitem__(self, i: int):
@@ -211,26 +194,20 @@ class CopyStream(Dataset):
     def epoch_order(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         return torch.randperm(self.n, generator=generator)      # a plain shuffle: items are independent draws
 
-    def mean_length(self, n: int = 256) -> float:
-        """Mean tokens per item over the first ``n`` items."""
-        return float(np.mean([len(item.windows) for item in self.items(n)]))
-
     def describe(self, batch_size: int | None = None) -> dict:
         return {"unit": "copy item", "task": self.task.label, "samples": self.n, "seed": self.seed,
                 "held_out": self.held_out, **({"sprites": len(self.sprites)} if self.sprites else {})}
 
 
 def held_out_items(task: CopyTask, n: int, seed: int = 0, sprites: list[np.ndarray] | None = None) -> list[CopyItem]:
-    """``n`` items of the held-out stream (other draws than the training streams'); for sprites
-    pass the held-out split's ``sprite_images``."""
+    """``n`` items drawn apart from every training stream; sprites: the held-out split's ``sprite_images``."""
     return CopyStream(task, n, seed, sprites, held_out=True).items()
 
 
 # Scoring
 def score_copy_predictions(items: list[CopyItem], generated: list[list[int]]) -> dict:
-    """Generated copies against the items' targets, position by position: token, exact-sequence
-    (every target token right) and pixel accuracy (nan when no target holds a pixel); a short
-    generation counts its missing tokens as wrong."""
+    """Token, exact-sequence and pixel accuracy (nan without pixels) of generated copies, position by
+    position; a short generation counts its missing tokens as wrong."""
     if len(items) != len(generated):
         raise ValueError(f"{len(items)} items but {len(generated)} generations")
     right = exact = total = pixels = pixels_right = 0
@@ -249,8 +226,7 @@ def score_copy_predictions(items: list[CopyItem], generated: list[list[int]]) ->
 
 def generate_copies(model, items: list[CopyItem], batch_size: int = 64) -> list[list[int]]:
     """Each item's copy generated greedily from its prompt (as many tokens as the reference)."""
-    generator = Generator(model)
-    generated = []
+    generator, generated = Generator(model), []
     for b0 in range(0, len(items), batch_size):
         batch = items[b0:b0 + batch_size]
         gens = generator.generate([i.prompt_ids for i in batch], [i.copy_end - i.copy_start for i in batch],
@@ -260,7 +236,6 @@ def generate_copies(model, items: list[CopyItem], batch_size: int = 64) -> list[
 
 
 def score_copy(model, items: list[CopyItem]) -> dict:
-    """Generate each item's copy greedily from its prompt and score it (``score_copy_predictions``)."""
     return score_copy_predictions(items, generate_copies(model, items))
 
 
@@ -269,11 +244,13 @@ BASELINES = {
     "most_frequent_prompt": "repeat the prompt's most frequent token",
     "background": "an all-background image (every pixel white, row ends in place)",
 }
+METRICS = ("token_accuracy", "sequence_accuracy", "pixel_accuracy")
+SKILL_METRICS = dict(zip(METRICS, ("token accuracy", "exact-sequence accuracy", "pixel accuracy")))
 
 
 def baseline_copies(items: list[CopyItem], name: str) -> list[list[int]]:
-    """What a trivial baseline (``BASELINES``) writes for each item's copy. ``background`` is
-    defined for sprite copies only: the reference's layout with every pixel ``BACKGROUND_ID``."""
+    """What a trivial baseline (``BASELINES``) writes for each item's copy; ``background`` (sprites
+    only) keeps the reference's layout with every pixel ``BACKGROUND_ID``."""
     if name == "repeat_last":
         return [[i.prompt_ids[-1]] * len(i.target_ids) for i in items]
     if name == "most_frequent_prompt":
@@ -283,13 +260,9 @@ def baseline_copies(items: list[CopyItem], name: str) -> list[list[int]]:
     raise ValueError(f"baseline {name!r}: allowed values are {list(BASELINES)}")
 
 
-METRICS = ("token_accuracy", "sequence_accuracy", "pixel_accuracy")
-SKILL_METRICS = dict(zip(METRICS, ("token accuracy", "exact-sequence accuracy", "pixel accuracy")))
-
-
 def copy_scores(model, items: list[CopyItem]) -> pd.DataFrame:
-    """One row per method -- "model" (greedy generation; skipped when ``model`` is None) and the
-    baselines of the items' kind -- with ``METRICS``, items and copy tokens."""
+    """One row per method, "model" (greedy; skipped when ``model`` is None) and the baselines of the
+    items' kind, with ``METRICS``, items and copy tokens."""
     candidates = {} if model is None else {"model": generate_copies(model, items)}
     baselines = BASELINES if items[0].kind == "sprite" else ("repeat_last", "most_frequent_prompt")
     candidates.update({name: baseline_copies(items, name) for name in baselines})
@@ -298,15 +271,14 @@ def copy_scores(model, items: list[CopyItem]) -> pd.DataFrame:
 
 
 def skill_rows(scores: pd.DataFrame, task: CopyTask) -> pd.DataFrame:
-    """``copy_scores`` -> rows of the skills report: skill "copy: <kind>", one row per metric
-    (pixel accuracy for sprites only) beside the best trivial baseline on those items."""
+    """``copy_scores`` as skills report rows: skill "copy: <kind>", one row per metric (pixels for
+    sprites only) beside the best trivial baseline."""
     from .skills import COLUMNS
 
     by = scores.set_index("method")
     others = [m for m in by.index if m != "model"]
-    metrics = METRICS if task.kind == "sprite" else METRICS[:2]
     rows = []
-    for metric in metrics:
+    for metric in METRICS if task.kind == "sprite" else METRICS[:2]:
         values = by.loc[others, metric].astype(float)
         best = values.idxmax()
         rest = ", ".join(f"{BASELINES[m]} {values[m]:.3f}" for m in others if m != best)
@@ -318,21 +290,19 @@ def skill_rows(scores: pd.DataFrame, task: CopyTask) -> pd.DataFrame:
 
 
 def copy_rows(model, task: CopyTask, n_items: int = 64, seed: int = 0, sprites: list[np.ndarray] | None = None):
-    """The copy skill of ``model`` on ``n_items`` held-out items of ``task`` as skills report rows
-    (``skills.measure(..., copy=copy_rows(...))``). Sprites: the held-out split's ``sprite_images``."""
+    """The copy skill of ``model`` on held-out items, for ``skills.measure(..., copy=copy_rows(...))``."""
     return skill_rows(copy_scores(model, held_out_items(task, n_items, seed, sprites)), task)
 
 
 def size_sweep(model, tasks: list[CopyTask], n_items: int = 64, seed: int = 0, sprites=None) -> pd.DataFrame:
-    """``copy_scores`` of one model on held-out items of each task (e.g. ``task.scaled(f)``), with
-    each task's fields and label as columns."""
+    """``copy_scores`` of one model on held-out items of each task (e.g. ``task.scaled(f)``), with the
+    task's fields and label as columns."""
     return pd.concat([copy_scores(model, held_out_items(task, n_items, seed, sprites))
                       .assign(**asdict(task), label=task.label) for task in tasks], ignore_index=True)
 
 
 def size_below(sweep: pd.DataFrame, metric: str = "token_accuracy", threshold: float = 0.9) -> float:
-    """The smallest size (of the model's rows of a ``size_sweep``) where ``metric`` falls below
-    ``threshold``; inf when it never does at the sizes tested."""
+    """The smallest size where the model's ``metric`` falls below ``threshold`` (inf: never, at the sizes tested)."""
     model = sweep[sweep["method"] == "model"].sort_values("size")
     below = model[model[metric] < threshold]
     return float(below["size"].iloc[0]) if len(below) else math.inf
@@ -362,12 +332,9 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
                eval_items: int = 64, seed: int = 0, device: str = "cpu", sprites: list[np.ndarray] | None = None,
                held_out_sprites: list[np.ndarray] | None = None,
                out_dir: str | None = None) -> tuple[PixelByteModel, pd.DataFrame]:
-    """Train a fresh causal model of ``model_config`` (weights from ``seed``) on the stream of
-    ``task`` for ``max_steps`` steps or what ``budget_s`` allows (AdamW, cosine decay to lr / 10).
-    Every ``eval_every`` steps (default: steps / ``eval_points``) ``eval_items`` held-out items are
-    scored, teacher-forced and greedily (``score_copy``): one curve row each. Sprites: train on
-    ``sprites``, score on ``held_out_sprites``. ``curve.attrs["final"]``: steps, train_seconds,
-    tokens_per_s (padding excluded), parameters, ``stopped_by``. ``out_dir``: keep the Trainer's files."""
+    """Train a fresh causal model on ``task``'s stream; ``eval_points`` times, score ``eval_items`` held-out
+    items greedily: the curve, with ``curve.attrs["final"]`` (steps, seconds, tokens/s, parameters, stopped_by).
+    Sprites: train on ``sprites``, score on ``held_out_sprites``. ``out_dir``: keep the Trainer's files."""
     eval_every = eval_every or max(1, max_steps // eval_points)
     with tempfile.TemporaryDirectory(prefix="copy_run_") as tmp:
         train_cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=lr, min_lr=lr / 10,
@@ -381,7 +348,8 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
         final = trainer.fit(overwrite=True)
     curve = pd.DataFrame(trainer.curve)
     seconds = final["train_seconds"]
-    positions = final["step"] * batch_size * train_ds.mean_length()
+    # padding excluded: the stream's mean item length (first 256 items) times the items trained on
+    positions = final["step"] * batch_size * float(np.mean([len(i.windows) for i in train_ds.items(256)]))
     curve.attrs["final"] = {"steps": final["step"], "train_seconds": seconds,
                             "tokens_per_s": positions / seconds if seconds else math.nan,
                             "parameters": model.num_parameters(),
@@ -391,8 +359,7 @@ def train_copy(model_config: ModelConfig, task: CopyTask, *, max_steps: int = 50
 
 def train_and_sweep(model_config: ModelConfig, task: CopyTask, factors=(1, 2, 4), sweep_items: int = 64,
                     **train_kwargs) -> tuple[PixelByteModel, pd.DataFrame, pd.DataFrame]:
-    """``train_copy``, then ``size_sweep`` of the model at ``task.scaled(f)`` for every factor
-    (held-out sprites for sprite copy): (model, curve, sweep with a ``factor`` column)."""
+    """``train_copy``, then ``size_sweep`` at ``task.scaled(f)`` for every factor: (model, curve, sweep)."""
     model, curve = train_copy(model_config, task, **train_kwargs)
     sprites = train_kwargs.get("held_out_sprites") or train_kwargs.get("sprites")
     sweep = size_sweep(model, [task.scaled(f) for f in factors], sweep_items, train_kwargs.get("seed", 0), sprites)
@@ -401,17 +368,16 @@ def train_and_sweep(model_config: ModelConfig, task: CopyTask, factors=(1, 2, 4)
 
 def _job(job: dict):
     model, curve, sweep = train_and_sweep(**job)
-    return model.state_dict(), curve, curve.attrs, sweep
+    return model.state_dict(), curve, sweep
 
 
 def run_jobs(jobs: list[dict], workers: int = 1, report=None) -> list[tuple]:
-    """``train_and_sweep(**job)`` for every job, ``workers`` at once (``train.in_processes``);
-    ``report(k, result)`` as each job ``k`` finishes. Returns (model, curve, sweep) in the jobs' order."""
+    """``train_and_sweep(**job)`` for every job, ``workers`` at once; ``report(k, result)`` as job ``k``
+    finishes. Returns (model, curve, sweep) in the jobs' order."""
     results = [None] * len(jobs)
-    for k, (state, curve, attrs, sweep) in in_processes(_job, jobs, workers):
+    for k, (state, curve, sweep) in in_processes(_job, jobs, workers):
         model = PixelByteModel(jobs[k]["model_config"])
         model.load_state_dict(state)
-        curve.attrs.update(attrs)
         results[k] = (model.eval(), curve, sweep)
         if report:
             report(k, results[k])
@@ -420,8 +386,8 @@ def run_jobs(jobs: list[dict], workers: int = 1, report=None) -> list[tuple]:
 
 def curve_trend(curve: pd.DataFrame, metric: str = "sequence_accuracy", goal: float = 0.99,
                 tolerance: float = 0.02) -> str:
-    """What a curve says about more training: "reached" (its last point meets ``goal``), "still
-    rising" (its last third's mean is more than ``tolerance`` above the third's before) or "plateaued"."""
+    """"reached" (the last point meets ``goal``), "still rising" (the last third's mean is more than
+    ``tolerance`` above the third's before) or "plateaued": what more training would do."""
     values = curve[metric].astype(float).to_numpy()
     if len(values) and values[-1] >= goal:
         return "reached"
@@ -433,22 +399,21 @@ def curve_trend(curve: pd.DataFrame, metric: str = "sequence_accuracy", goal: fl
 
 
 # Notebook 05's study: every family trained on every task, curves, length generalisation
-FAMILIES = MODELS
 # The tasks at their CPU sizes: notebook 05's defaults and compare.py's copy columns
 TASKS = {"image": CopyTask("image", 6, width=6, n_colours=4), "text": CopyTask("text", 2),
          "selective": CopyTask("selective", 8, n_recall=2), "sprite": CopyTask("sprite", 8)}
 HEADLINE = {"image": "token_accuracy", "text": "token_accuracy", "selective": "sequence_accuracy",
             "sprite": "pixel_accuracy"}            # the score each task's goal is about
-STUDY_FILES = {"curves": "curves.csv", "sweeps": "sizes.csv", "table": "copy_table.csv", "skills": "copy_skills.csv"}
-_FORMATS = {"curves": "%.6g", "sweeps": "%.6g", "table": "%.4g", "skills": None}
+STUDY_FILES = {"curves": ("curves.csv", "%.6g"), "sweeps": ("sizes.csv", "%.6g"), "table": ("copy_table.csv", "%.4g"),
+               "skills": ("copy_skills.csv", None)}        # Study field: (file, float format)
+PER_TASK = ("batch_size", "max_steps", "budget_s", "sweep_items")
 
 
 @dataclass
 class CopyConfig:
-    """Notebook 05's parameters. ``hidden`` takes one value for every family or a dict with one
-    per family; ``batch_size``, ``max_steps``, ``budget_s`` and ``sweep_items`` one for every
-    task or a dict with one per task. Model fields are ``ModelConfig``'s."""
-    families: str = ",".join(FAMILIES)            # model families, comma-separated
+    """Notebook 05's parameters. ``hidden`` is one value or a dict by family, each of ``PER_TASK``
+    one value or a dict by task. Model fields are ``ModelConfig``'s."""
+    families: str = ",".join(MODELS)              # model families, comma-separated
     tasks: str = ",".join(KINDS)                  # copy tasks, comma-separated
     dim: int = 64                                 # model width of every family
     depth: int = 2                                # layers of every family
@@ -489,32 +454,33 @@ class CopyConfig:
         _check_ints(self, ["image_rows"], 2)
         _check_ints(self, ("seed", "threads"), 0)
         _check_numbers(self, ["lr"], above=True)
-        for name, allowed in (("families", FAMILIES), ("tasks", KINDS)):
+        for name, allowed in (("families", MODELS), ("tasks", KINDS)):
             values = comma_list(getattr(self, name))
             if not values or any(v not in allowed for v in values):
                 _fail(self, name, f"expected comma-separated values among {list(allowed)}")
         if self.factors is None:
             _fail(self, "size_factors", "expected increasing integers starting at 1, e.g. '1,2,4'")
-        self._check_each("hidden", FAMILIES, self.family_list, lambda v: _is_int(v, 1), "an integer >= 1")
-        for name in ("batch_size", "max_steps", "sweep_items"):
-            self._check_each(name, KINDS, self.task_list, lambda v: _is_int(v, 1), "an integer >= 1")
-        self._check_each("budget_s", KINDS, self.task_list, lambda v: _is_number(v) and v >= 0, "a number >= 0")
+        for name in ("hidden", "batch_size", "max_steps", "sweep_items", "budget_s"):
+            self._check_each(name)
         self.copy_tasks()                     # CopyTask and ModelConfig check sizes and heads themselves
         for family in self.family_list:
             self.model_config(family)
 
-    def _check_each(self, name: str, keys, used, ok, what: str):
+    def _check_each(self, name: str):
+        """``hidden`` or a ``PER_TASK`` field: one valid value, or a dict with one for each family / task used."""
+        keys, used = (MODELS, self.family_list) if name == "hidden" else (KINDS, self.task_list)
+        what, ok = (("a number >= 0", lambda v: _is_number(v) and v >= 0) if name == "budget_s"
+                    else ("an integer >= 1", lambda v: _is_int(v, 1)))
         value = getattr(self, name)
         if not isinstance(value, dict):
             if not ok(value):
                 _fail(self, name, f"expected {what}, or a dict with one for each of {list(keys)}")
-            return
-        unknown, missing = [k for k in value if k not in keys], [k for k in used if k not in value]
-        if unknown or missing:
+        elif any(k not in keys for k in value) or any(k not in value for k in used):
             _fail(self, name, f"expected one value for each of {list(used)} (keys among {list(keys)})")
-        bad = next((k for k in used if not ok(value[k])), None)
-        if bad is not None:
-            _fail(self, name, f"expected {what} for each, got {value[bad]!r} for {bad!r}")
+        else:
+            for k in used:
+                if not ok(value[k]):
+                    _fail(self, name, f"expected {what} for each, got {value[k]!r} for {k!r}")
 
     @property
     def family_list(self) -> list[str]:
@@ -534,7 +500,6 @@ class CopyConfig:
         return factors if factors and factors[0] == 1 and factors == sorted(set(factors)) else None
 
     def per_task(self, name: str) -> dict:
-        """task -> its value of a by-task field."""
         value = getattr(self, name)
         return {t: value[t] if isinstance(value, dict) else value for t in self.task_list}
 
@@ -561,8 +526,7 @@ def show_ids(ids) -> str:
 
 
 def plan(cfg: CopyConfig, held_out_sprites: list[np.ndarray] | None = None) -> list[tuple[str, str]]:
-    """The (family, task) runs, costliest first (tokens trained on; BysMamba counted 3x), so
-    that parallel workers end together."""
+    """The (family, task) runs, costliest first (tokens trained on, BysMamba 3x) so that workers end together."""
     steps, batches = cfg.per_task("max_steps"), cfg.per_task("batch_size")
     cost = {t: steps[t] * batches[t] * np.mean([len(i.ids) for i in held_out_items(task, 16, cfg.seed,
                                                                                     held_out_sprites)])
@@ -573,8 +537,7 @@ def plan(cfg: CopyConfig, held_out_sprites: list[np.ndarray] | None = None) -> l
 
 @dataclass
 class Study:
-    """What ``run_study`` leaves: the trained models by (family, task), every curve and sweep
-    (with family and task columns), the table, its rows in the skills report's format."""
+    """``run_study``'s results: models by (family, task); curves, sweeps and skills with family and task columns."""
     cfg: CopyConfig
     models: dict
     curves: pd.DataFrame
@@ -584,8 +547,8 @@ class Study:
 
 
 def table_row(family: str, task: CopyTask, curve: pd.DataFrame, sweep: pd.DataFrame, factors) -> dict:
-    """One row of the study's table: scores at the trained size beside the best baseline, at the
-    larger sizes, where token accuracy falls below 90%, what the headline curve did, the run."""
+    """One run's row: scores at the trained size beside the best baseline, at the larger sizes, where
+    token accuracy falls below 90%, what the headline curve did."""
     final = curve.attrs["final"]
     model_rows = sweep[sweep["method"] == "model"].set_index("factor")
     base = sweep[(sweep["method"] != "model") & (sweep["factor"] == 1)]
@@ -605,52 +568,49 @@ def table_row(family: str, task: CopyTask, curve: pd.DataFrame, sweep: pd.DataFr
 
 
 def append_csv(path, frame: pd.DataFrame, float_format: str | None = None):
-    """Add ``frame``'s rows to the CSV at ``path`` (its header first when the file is new): a
-    run stopped early keeps the rows of what finished."""
+    """Add ``frame``'s rows to a CSV (header first when it is new): a study or a comparison stopped
+    early keeps the rows of what finished."""
     path = Path(path)
     frame.to_csv(path, mode="a", header=not path.exists(), index=False, float_format=float_format)
 
 
 def run_study(cfg: CopyConfig, out_dir, sprites: list[np.ndarray] | None = None,
               held_out_sprites: list[np.ndarray] | None = None, log=None) -> Study:
-    """Train every family of ``cfg`` on every task (``plan``; ``cfg.workers`` at once), score each
-    model at every size factor, and write ``STUDY_FILES`` to ``out_dir`` (each run's rows as it
-    finishes, then all in the plan's order) with ``copy_table.json``. Sprite copy trains on
-    ``sprites``, is scored on ``held_out_sprites``; ``log`` gets each run's summary line."""
+    """Train every family on every task (``plan``, ``cfg.workers`` at once) and score each model at every
+    size factor; ``STUDY_FILES`` get each run's rows as it ends, then all in the plan's order. Sprite copy
+    trains on ``sprites``, is scored on ``held_out_sprites``."""
     log = log or functools.partial(print, flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in STUDY_FILES.values():
-        (out / name).unlink(missing_ok=True)
+    for file, _ in STUDY_FILES.values():
+        (out / file).unlink(missing_ok=True)
     tasks, factors, runs = cfg.copy_tasks(), cfg.factors, plan(cfg, held_out_sprites)
-    steps, budgets, batches, n_scored = (cfg.per_task(n) for n in ("max_steps", "budget_s", "batch_size",
-                                                                   "sweep_items"))
-    jobs = [dict(model_config=cfg.model_config(family), task=tasks[t], factors=factors, sweep_items=n_scored[t],
-                 max_steps=steps[t], budget_s=budgets[t], batch_size=batches[t], lr=cfg.lr,
+    per_task = {name: cfg.per_task(name) for name in PER_TASK}      # train_and_sweep's arguments of that name
+    jobs = [dict(model_config=cfg.model_config(family), task=tasks[t], factors=factors, lr=cfg.lr,
                  eval_points=cfg.eval_points, eval_items=cfg.eval_items, seed=cfg.seed, device=cfg.device,
-                 sprites=sprites, held_out_sprites=held_out_sprites) for family, t in runs]
+                 sprites=sprites, held_out_sprites=held_out_sprites, **{n: v[t] for n, v in per_task.items()})
+            for family, t in runs]
     parts = {}
 
     def finished(k, result):
         (family, t), (_, curve, sweep) = runs[k], result
         parts[family, t] = {"curves": curve.assign(family=family, task=t),
                             "sweeps": sweep.assign(family=family, task=t),
-                            "table": table_row(family, tasks[t], curve, sweep, factors),
+                            "table": pd.DataFrame([table_row(family, tasks[t], curve, sweep, factors)]),
                             "skills": skill_rows(sweep[sweep["factor"] == 1], tasks[t]).assign(family=family)}
         for name, part in parts[family, t].items():
-            append_csv(out / STUDY_FILES[name], pd.DataFrame([part]) if name == "table" else part, _FORMATS[name])
+            append_csv(out / STUDY_FILES[name][0], part, STUDY_FILES[name][1])
         final, last = curve.attrs["final"], curve.iloc[-1]
         log(f"{family:>9} {t:>9}: {final['steps']:>5} steps in {final['train_seconds']:5.1f} s "
             f"({final['tokens_per_s']:,.0f} tokens/s), token acc {last['token_accuracy']:.3f}, "
             f"exact {last['sequence_accuracy']:.3f}")
 
     models = {run: model for run, (model, _, _) in zip(runs, run_jobs(jobs, cfg.workers, finished))}
-    ordered = {name: [parts[run][name] for run in runs] for name in ("curves", "sweeps", "table")}
-    study = Study(cfg, models, pd.concat(ordered["curves"], ignore_index=True),
-                  pd.concat(ordered["sweeps"], ignore_index=True), pd.DataFrame(ordered["table"]),
-                  pd.concat([parts[f, t]["skills"] for f in cfg.family_list for t in cfg.task_list], ignore_index=True))
-    for name, file in STUDY_FILES.items():
-        getattr(study, name).to_csv(out / file, index=False, float_format=_FORMATS[name])
+    by_family = [(f, t) for f in cfg.family_list for t in cfg.task_list]      # the skills rows' order
+    study = Study(cfg, models, **{name: pd.concat([parts[r][name] for r in (by_family if name == "skills" else runs)],
+                                                  ignore_index=True) for name in STUDY_FILES})
+    for name, (file, float_format) in STUDY_FILES.items():
+        getattr(study, name).to_csv(out / file, index=False, float_format=float_format)
     (out / "copy_table.json").write_text(json.dumps(
         {"tasks": {t: task.label for t, task in tasks.items()}, "size_factors": factors,
          "rows": json.loads(study.table.to_json(orient="records"))}, indent=1))
@@ -658,9 +618,7 @@ def run_study(cfg: CopyConfig, out_dir, sprites: list[np.ndarray] | None = None,
 
 
 def goals(table: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """Causal BysMamba at >= 99% exact selective copy; >= 99% token accuracy on image and text
-    repeat for the best family; sprite pixel accuracy above the best baseline, per family. Each
-    with what its curve did (``curve_trend`` of the task's headline score)."""
+    """Notebook 05's goals, met or not, each with what its curve did (``curve_trend`` of the headline score)."""
     def trend(family, task):
         return curve_trend(curves[(curves["family"] == family) & (curves["task"] == task)], HEADLINE[task])
 

@@ -1,33 +1,30 @@
-"""Datasets: load PixelBytes items and cut their token windows into training samples.
-
-``load_pixelbytes`` reads the embedded emoji sprites (``pixelbyte/data/``), a hub dataset id or
-local parquet files with ``image`` + ``caption`` columns. The ``pixelbyte`` windows are encoded
-with the project's tokenizer when a source lacks them and checked item by item when it brings
-them; errors name the row. A sample is a window (``WindowDataset``: a view into one uint8
-(N_tokens, 3, 3) array of every item's windows, not a copy) or a whole item (``ItemDataset``).
+"""Datasets: load PixelBytes items (the embedded emoji sprites, a hub dataset id or parquet files with image and
+caption columns), encode their ``pixelbyte`` windows or check those a source brings (errors name the row), and
+cut them into training samples: windows inside items (``WindowDataset``) or whole items (``ItemDataset``).
 """
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
 from . import tokenizer as tok
-from .config import EMBEDDED, HUB_DATASET, OBJECTIVES, DataConfig, RunConfig, SampleConfig, is_hub_id  # noqa: F401
+from .config import EMBEDDED, HUB_DATASET, OBJECTIVES, ORDERS, DataConfig, RunConfig, SampleConfig, is_hub_id
 
 EMBEDDED_PATH = Path(__file__).parent / "data" / "emoji_sprites.parquet"
 
 
-# Loading
 def _parquet_files(path: Path) -> list[str]:
-    """The parquet files of a file or folder source: each readable, with rows, and all with the
-    same columns and types (an error names the file)."""
-    import pyarrow.parquet as pq
-
+    """A file or folder source's parquet files, each readable, with rows and the same columns (errors name it)."""
     files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no parquet files under {path}")
@@ -49,9 +46,6 @@ def _parquet_files(path: Path) -> list[str]:
 def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
     """Why the hub cannot be reached (offline mode, DNS, refused), or None if it answers: one
     TCP probe fails at once where ``datasets`` would retry for ~30 s."""
-    import socket
-    from urllib.parse import urlparse
-
     if any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -145,10 +139,9 @@ def _encode_rows(ds, source: str, max_side: int, resize: bool) -> list[np.ndarra
 
 
 def _with_pixelbyte_column(ds, seqs: list[np.ndarray]):
-    """Add the pixelbyte column (list of 3x3 uint8 windows per item) built as one Arrow array;
-    going through nested Python lists costs ~100x more for the same column."""
+    """Add the pixelbyte column (3x3 uint8 windows per item) built as one Arrow array, not through
+    nested Python lists (far slower)."""
     import datasets
-    import pyarrow as pa
 
     lengths = np.array([len(s) for s in seqs], dtype=np.int32)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
@@ -161,8 +154,7 @@ def _with_pixelbyte_column(ds, seqs: list[np.ndarray]):
 
 
 def sequences(ds) -> list[np.ndarray]:
-    """Pixelbyte column -> one (L_i, 3, 3) uint8 array per item (read straight from Arrow).
-    Every item must be (L, 3, 3) windows of ids 0..112 with L >= 1: an error names the row."""
+    """Pixelbyte column -> one (L_i, 3, 3) uint8 array per item, read straight from Arrow and checked (``_windows``)."""
     column = _pixelbyte_column(ds)
     windows, lengths = _windows(column, "column 'pixelbyte'")
     ends = np.cumsum(lengths)
@@ -170,32 +162,22 @@ def sequences(ds) -> list[np.ndarray]:
 
 
 def _pixelbyte_column(ds):
-    import pyarrow as pa
-
     column = ds.with_format("arrow")["pixelbyte"]        # respects .select() views
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _is_list(arrow_type) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) \
-        or pa.types.is_fixed_size_list(arrow_type)
+    return isinstance(arrow_type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType))
 
 
 def _list_lengths(array) -> np.ndarray:
     """Length of each list of an Arrow list array, -1 for a null entry."""
-    import pyarrow.compute as pc
-
     return pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _windows(column, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A pixelbyte column (Arrow) -> (all windows (N, 3, 3) uint8, windows per item (n_items,)).
-    Every item must be L >= 1 windows of 3 rows of 3 ids in 0..VOCAB_SIZE-1; the first that is not
-    is named with the shape found, e.g. ``row 0: found shape (54,)`` for a column of flat ids."""
-    import pyarrow as pa
-
+    """A pixelbyte column (Arrow) -> (all windows (N, 3, 3) uint8, windows per item). Every item must be L >= 1
+    windows of 3x3 ids in the vocabulary; the first that is not is named with its shape, e.g. ``(54,)``."""
     if not _is_list(column.type):
         raise ValueError(f"{where} holds {column.type} values; expected (L, 3, 3) windows per item")
     lengths = _list_lengths(column)                                      # windows per item
@@ -211,7 +193,7 @@ def _windows(column, where: str) -> tuple[np.ndarray, np.ndarray]:
                 "; windows stored as 9 ids each: np.reshape(item, (-1, 3, 3))" if found[1:] == (9,) else "")
         kind = "" if _is_list(level.type) or pa.types.is_integer(level.type) else \
             f" of {level.type} values (token ids are integers)"
-        found = f"shape {_shape_text(found)}" if column[row].is_valid else "None"
+        found = f"shape ({', '.join(map(str, found))}{',' * (len(found) == 1)})" if column[row].is_valid else "None"
         raise ValueError(f"{where}, row {row}: found {found}{kind}, expected (L, 3, 3) windows "
                          f"(L >= 1 tokens, each its 3x3 context){hint}")
     values = level.to_numpy(zero_copy_only=False)
@@ -232,9 +214,7 @@ def _lists_of_three(array) -> bool:
 
 def _is_windows(item) -> bool:
     """A Python item is (L >= 1, 3, 3) integer ids."""
-    return isinstance(item, list) and len(item) >= 1 and all(
-        isinstance(w, list) and len(w) == 3 and all(
-            isinstance(r, list) and len(r) == 3 and all(type(i) is int for i in r) for r in w) for w in item)
+    return _nested_shape(item)[1:] == (3, 3) and all(type(i) is int for w in item for r in w for i in r)
 
 
 def _nested_shape(value) -> tuple:
@@ -245,10 +225,6 @@ def _nested_shape(value) -> tuple:
         shape.append(sizes[0] if min(sizes) == max(sizes) else f"{min(sizes)}..{max(sizes)}")
         level = [x for v in level for x in v]
     return tuple(shape)
-
-
-def _shape_text(shape: tuple) -> str:
-    return f"({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})"
 
 
 def split_items(n_items: int, test_size: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -270,32 +246,23 @@ def _check_positive(**values):
 
 
 def collate(batch):
-    """[(x (L_i, 3, 3), y (L_i,) or ())] -> x (B, L, 3, 3), y (B, L) or (B,), positions (B, L, 7):
-    zero-padded at the end (id 0, which the loss ignores). Positions are computed here, in the
-    data path, so a training step does no host work for them."""
-    longest = max(len(x) for x, _ in batch)
-    x = torch.zeros(len(batch), longest, 3, 3, dtype=torch.long)
-    for b, (xi, _) in enumerate(batch):
+    """[(x (L_i, 3, 3), y (L_i,) or ())] -> x (B, L, 3, 3), y (B, L) or (B,), positions (B, L, 7), zero-padded at
+    the end (id 0, ignored by the loss); positions are computed here so a training step does no host work."""
+    x = torch.zeros(len(batch), max(len(xi) for xi, _ in batch), 3, 3, dtype=torch.long)
+    y = torch.zeros(x.shape[:2], dtype=torch.long) if batch[0][1].dim() else None   # next: one target each
+    for b, (xi, yi) in enumerate(batch):                 # copies into one buffer: faster than pad_sequence
         x[b, :len(xi)] = xi
-    if batch[0][1].dim() == 0:                                            # ``next``: one target each
-        y = torch.stack([yi for _, yi in batch])
-    else:
-        y = torch.zeros(len(batch), longest, dtype=torch.long)
-        for b, (_, yi) in enumerate(batch):
+        if y is not None:
             y[b, :len(yi)] = yi
-    return x, y, tok.positions(x)
+    return x, torch.stack([yi for _, yi in batch]) if y is None else y, tok.positions(x)
 
 
 class WindowDataset(Dataset):
-    """Training samples cut from pixelbyte sequences, within each item. Alignment, for a sample
-    starting at token ``s`` of an item with windows ``w`` (L, 3, 3):
-    - ``next`` (the seed's objective): ``x = w[s : s+L]`` (full windows, centres included),
-      ``y = w[s+L, 1, 1]`` -- the single token after the window. Needs ``s + L + 1 <= len``.
-    - ``causal``: ``x = w[s : s+L]`` with every centre zeroed (each position sees its causal
-      neighbourhood: row above and left, all earlier tokens), ``y = w[s : s+L, 1, 1]`` -- every
-      position predicts its own centre token. Needs ``s + L <= len``.
-    Items too short for one sample are skipped; if all are, that is an error.
-    ``x`` is int64 (L, 3, 3); ``y`` is int64 () for next, (L,) for causal."""
+    """Windows of ``seq_length`` tokens every ``stride`` tokens inside each item (items too short are skipped),
+    views into one uint8 array. A window at token ``s`` of an item's windows ``w`` is ``x = w[s : s+L]`` (int64) and
+    - ``next``: ``y = w[s+L, 1, 1]``, the single token after the window;
+    - ``causal``: ``y = w[s : s+L, 1, 1]``, every position's own token, with the centres of ``x`` zeroed (each
+      position sees its causal neighbourhood: the row above and left, all earlier tokens)."""
 
     def __init__(self, seqs: list[np.ndarray], seq_length: int = 256, stride: int = 32,
                  objective: str = "next"):
@@ -316,7 +283,7 @@ class WindowDataset(Dataset):
                 f"samples (unit='item')")
         self.tokens = np.concatenate(seqs).astype(np.uint8, copy=False)   # (N, 3, 3), 9 B/token
         self.starts = np.concatenate(starts).astype(np.int64)            # (n_samples,)
-        self.n_items = int((lengths >= need).sum())
+        self.n_items, self.n_tokens = int((lengths >= need).sum()), len(self.tokens)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -332,42 +299,32 @@ class WindowDataset(Dataset):
 
     collate = staticmethod(collate)
 
-    @property
-    def n_tokens(self) -> int:
-        return len(self.tokens)
-
     def describe(self, batch_size: int | None = None) -> dict:
         """What the samples are (``batch_size`` as for ``ItemDataset``; windows are never padded)."""
         return {"unit": "window", "samples": len(self), "items": self.n_items, "tokens": self.n_tokens,
                 "seq_length": self.seq_length, "stride": self.stride, "objective": self.objective}
 
 
-ITEM_ORDERS = {"data": ("data",), "caption_first": ("caption_first",), "both": ("data", "caption_first")}
-
-
 class ItemDataset(Dataset):
-    """Whole items as ``causal`` samples: ``x`` = the item's windows with centres zeroed
-    (L_i, 3, 3), ``y`` = its tokens (L_i,): a sample holds a declared shape with its whole image
-    and its caption, so the model sees where an image ends. ``orders``: "data", "caption_first" or
-    "both" (every item once in each order). Batches are cut from groups of ``bucket`` batches
-    sorted by length, so little of a batch is padding. Samples are stored sorted by length;
-    ``source_index[i]`` is the position in ``seqs`` of sample i."""
+    """Whole items as ``causal`` samples (``x`` the windows with centres zeroed, ``y`` the tokens), so the model
+    sees where an image ends; ``orders``: "data", "caption_first" or "both" (each item in each order). Samples
+    are stored sorted by length (``source_index[i]``: the position in ``seqs`` of sample i)."""
 
     objective = "causal"
 
     def __init__(self, seqs: list[np.ndarray], orders: str = "data", bucket: int = 16, rows=None):
         if not seqs:
             raise ValueError("no sequences given: the dataset is empty")
-        if orders not in ITEM_ORDERS:
-            raise ValueError(f"orders must be one of {list(ITEM_ORDERS)}, got {orders!r}")
+        if orders not in ORDERS:
+            raise ValueError(f"orders must be one of {list(ORDERS)}, got {orders!r}")
         _check_positive(bucket=bucket)
         samples = [(i, _reordered(s, order, i if rows is None else rows[i]))
-                   for i, s in enumerate(seqs) for order in ITEM_ORDERS[orders]]
+                   for i, s in enumerate(seqs) for order in (tok.ITEM_ORDERS if orders == "both" else (orders,))]
         samples.sort(key=lambda pair: len(pair[1]))                      # stable: ties keep their order
         self.source_index = np.array([i for i, _ in samples], dtype=np.int64)
         self.items = [s for _, s in samples]                              # (L_i, 3, 3) uint8 each
         self.lengths = np.array([len(s) for s in self.items], dtype=np.int64)
-        self.orders, self.bucket, self.n_items = orders, bucket, len(seqs)
+        self.orders, self.bucket, self.n_items, self.n_tokens = orders, bucket, len(seqs), int(self.lengths.sum())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -384,10 +341,8 @@ class ItemDataset(Dataset):
         """One epoch's order whose consecutive ``batch_size`` blocks are batches of similar
         lengths: shuffle, sort each group of ``bucket`` batches by length, shuffle the batches."""
         order = torch.randperm(len(self), generator=generator)
-        group = batch_size * self.bucket
-        chunks = [order[g:g + group] for g in range(0, len(order), group)]
         order = torch.cat([c[torch.from_numpy(np.argsort(self.lengths[c.numpy()], kind="stable"))]
-                           for c in chunks])
+                           for c in order.split(batch_size * self.bucket)])
         n_batches = len(order) // batch_size
         batches = order[:n_batches * batch_size].view(n_batches, batch_size)
         shuffled = batches[torch.randperm(n_batches, generator=generator)].reshape(-1)
@@ -401,10 +356,6 @@ class ItemDataset(Dataset):
         padded = lengths.max(1).sum() * batch_size
         return float(1 - lengths.sum() / padded) if padded else 0.0
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.lengths.sum())
-
     def describe(self, batch_size: int | None = None) -> dict:
         info = {"unit": "item", "samples": len(self), "items": self.n_items, "tokens": self.n_tokens,
                 "orders": self.orders, "bucket": self.bucket,
@@ -415,9 +366,8 @@ class ItemDataset(Dataset):
 
 
 def evenly_spaced(n_total: int, n: int | None) -> np.ndarray:
-    """``n`` indices spread evenly over ``range(n_total)`` (all of them when n is None or larger):
-    a subset for quick evaluation that is not biased to one end of a sorted dataset (items
-    sorted by length, emoji sorted by category)."""
+    """``n`` indices spread evenly over ``range(n_total)`` (all when n is None or larger): a quick evaluation
+    subset not biased to one end of a sorted dataset (items sorted by length, emoji by category)."""
     if n is None or n >= n_total:
         return np.arange(n_total)
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(np.int64))
@@ -431,8 +381,7 @@ def _reordered(windows: np.ndarray, order: str, row: int) -> np.ndarray:
 
 
 def make_samples(seqs: list[np.ndarray], samples: SampleConfig, objective: str, rows=None):
-    """The training samples ``samples`` describes, for a model trained with ``objective``
-    (``rows``: the data rows of ``seqs``, named in errors)."""
+    """The samples ``samples`` describes for a model of ``objective`` (``rows``: the data rows of ``seqs``)."""
     if samples.unit == "item":
         if objective != "causal":
             raise ValueError("whole-item samples (unit='item') need objective='causal'")
@@ -441,9 +390,8 @@ def make_samples(seqs: list[np.ndarray], samples: SampleConfig, objective: str, 
 
 
 def split(seqs: list, data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) item indices of a run's data (``split_items`` with its settings). Items
-    that repeat an earlier one are dropped first (with a warning that counts them), so no item
-    is on both sides."""
+    """(train, held-out) item indices of a run's data (``split_items`` with its settings); items that repeat
+    an earlier one are dropped first, with a warning, so no item is on both sides."""
     first = np.array(sorted({np.asarray(s).tobytes(): i for i, s in reversed(list(enumerate(seqs)))}.values()),
                      dtype=np.int64)
     if len(first) < len(seqs):

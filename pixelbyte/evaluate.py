@@ -1,15 +1,10 @@
-"""Evaluation: the paper's generation metrics, computed exactly as originally and always beside
-baselines, and token-level metrics. Everything returns plain data (DataFrames or dicts).
+"""Evaluation, as plain DataFrames / dicts (copy tasks live in ``copying``).
 
-- ``paper_metrics``: each sequence is cut into chunks of 80 windows; from the first 64 (the
-  prompt) 16 tokens are generated greedily and scored against the last 16 with Hamming, cosine
-  similarity and BLEU on the flattened windows, as the original code did. Beside them: the same
-  scores on the centre ids only, trivial baselines on the same prompts, and the true tokens (a
-  check of the context building). A generated token's window is built from the true tokens
-  before it, then the generated ones (where the original code is ambiguous).
-- ``token_metrics``: accuracy and bits per token of the model's objective over a dataset, by
-  modality of the target token: the same numbers as training's.
-Copy tasks live in ``copying``.
+- ``paper_metrics``: chunks of 80 windows; 16 tokens generated greedily after the first 64 are
+  scored against the last 16 (Hamming, cosine, BLEU on the flattened windows, as the original
+  code), beside the same on centre ids, trivial baselines and the true tokens. A generated
+  token's window is built from the true tokens before it, then the generated ones.
+- ``token_metrics``: accuracy and bits per token by modality, the same numbers as training's.
 """
 from __future__ import annotations
 
@@ -27,12 +22,11 @@ from .data import evenly_spaced
 from .generate import Generator
 from .models import loss_sums, metrics_from_sums
 
-CHUNK, PROMPT, GENERATED = 80, 64, 16
+CHUNK, PROMPT = 80, 64          # 16 tokens generated after each prompt
 METRICS = ("hamming", "cosine", "bleu")
 
 
 # The three scores, exactly as the original evaluation called them
-
 
 def _vector(ids) -> np.ndarray:
     # int64, as the original's torch tensors: uint8 dot products would overflow in scipy
@@ -52,9 +46,8 @@ def cosine(reference, generated) -> float:
 
 
 def bleu(reference, generated) -> float:
-    """nltk sentence BLEU of the ids as strings: one reference, 4-gram uniform weights, no
-    smoothing (nltk then returns ~1e-78, not 0, when an n-gram order has no match; its
-    warning about that is silenced)."""
+    """nltk sentence BLEU of the ids as strings: one reference, uniform 4-gram weights, no smoothing
+    (so ~1e-78, not 0, when an n-gram order has no match; nltk's warning about it is silenced)."""
     from nltk.translate.bleu_score import sentence_bleu
 
     with warnings.catch_warnings():
@@ -65,12 +58,10 @@ def bleu(reference, generated) -> float:
 
 def scores(reference, generated) -> dict:
     """Hamming, cosine and BLEU of two equal-size id arrays (flattened)."""
-    return {"hamming": hamming(reference, generated), "cosine": cosine(reference, generated),
-            "bleu": bleu(reference, generated)}
+    return {m: score(reference, generated) for m, score in zip(METRICS, (hamming, cosine, bleu))}
 
 
 # The paper's generation metrics
-
 
 @dataclass
 class Chunk:
@@ -80,43 +71,27 @@ class Chunk:
 
 
 def paper_chunks(seqs: list[np.ndarray], chunk: int = CHUNK, max_chunks: int | None = None) -> list[Chunk]:
-    """Chunks at starts 0, chunk, 2*chunk, ... < L of every sequence, indices modulo L."""
-    out = []
-    for i, seq in enumerate(seqs):
-        n = len(seq)
-        for s in range(0, n, chunk):
-            if max_chunks is not None and len(out) >= max_chunks:
-                return out
-            out.append(Chunk(i, s, (s + np.arange(chunk)) % n))
-    return out
-
-
-def _token_counts(seqs: list[np.ndarray]) -> np.ndarray:
-    return np.bincount(np.concatenate([tok.centre_ids(s).reshape(-1) for s in seqs]).astype(np.int64),
-                       minlength=tok.VOCAB_SIZE)
+    """The first ``max_chunks`` chunks at starts 0, chunk, 2*chunk, ... < L of every sequence, indices modulo L."""
+    chunks = [Chunk(i, s, (s + np.arange(chunk)) % len(seq))
+              for i, seq in enumerate(seqs) for s in range(0, len(seq), chunk)]
+    return chunks[:max_chunks]
 
 
 def paper_metrics(model, seqs: list[np.ndarray], *, max_chunks: int | None = None,
                   batch_size: int = 128, train_seqs: list[np.ndarray] | None = None, seed: int = 0,
                   chunk: int = CHUNK, prompt_length: int = PROMPT, window: int | None = None,
                   use_state: bool | None = None) -> dict[str, pd.DataFrame]:
-    """The original generation metrics of ``model`` (None: baselines only) on the first
-    ``max_chunks`` chunks of ``seqs``, beside the baselines. ``train_seqs``: where the
-    "most_frequent_train" token is counted (else "most_frequent_data" of ``seqs``); ``seed``:
-    the random-ids baseline's.
-
-    Returns {"chunks": one row per (chunk, method): item, start, method, hamming, cosine, bleu
-    (144 window ids) and *_centre (16 centre ids); "summary": ``summarize(chunks)``}.
-    """
+    """The original generation metrics of ``model`` (None: baselines only) and the baselines on the first
+    ``max_chunks`` chunks of ``seqs`` -> {"chunks": a row per (chunk, method), "summary": ``summarize``}."""
     if not 0 < prompt_length < chunk:
         raise ValueError(f"prompt_length must be in 1..chunk-1 ({chunk - 1}), got {prompt_length}")
     n_new = chunk - prompt_length
     chunks = paper_chunks(seqs, chunk, max_chunks)
     if not chunks:
         raise ValueError("no chunks to evaluate: seqs is empty")
-    counts = _token_counts(train_seqs if train_seqs is not None else seqs)
-    frequent_name = "most_frequent_train" if train_seqs is not None else "most_frequent_data"
-    frequent_token = int(counts.argmax())
+    counted = np.concatenate([tok.centre_ids(s).ravel() for s in (seqs if train_seqs is None else train_seqs)])
+    frequent_name = "most_frequent_data" if train_seqs is None else "most_frequent_train"
+    frequent_token = int(np.bincount(counted.astype(np.int64), minlength=tok.VOCAB_SIZE).argmax())
     random_ids = np.random.default_rng(seed).integers(0, tok.VOCAB_SIZE, size=(len(chunks), n_new))
 
     generator = Generator(model, window=window, use_state=use_state) if model is not None else None
@@ -126,18 +101,12 @@ def paper_metrics(model, seqs: list[np.ndarray], *, max_chunks: int | None = Non
         ids = [tok.centre_ids(seqs[c.item]).astype(np.int64) for c in batch]
         prompts = [i[c.indices[:prompt_length]].tolist() for i, c in zip(ids, batch)]
         histories = [i[:c.start].tolist() for i, c in zip(ids, batch)]
-        model_new = None
-        if generator is not None:
-            gens = generator.generate(
-                prompts, n_new, temperature=0.0, histories=histories,
-                prompt_windows=[seqs[c.item][c.indices[:prompt_length]] for c in batch])
-            model_new = [g.new for g in gens]
+        model_new = None if generator is None else [g.new for g in generator.generate(prompts, n_new, temperature=0.0,
+            histories=histories, prompt_windows=[seqs[c.item][c.indices[:prompt_length]] for c in batch])]
         for k, c in enumerate(batch):
             seq, prompt = seqs[c.item], prompts[k]
             reference = seq[c.indices[prompt_length:]]                       # (16, 3, 3)
-            builder = tok.ContextBuilder()
-            builder.feed(histories[k])
-            builder.feed(prompt)
+            builder = tok.ContextBuilder(histories[k] + prompt)
             candidates = {} if model_new is None else {"model": model_new[k]}
             candidates.update({"repeat_last": [prompt[-1]] * n_new, frequent_name: [frequent_token] * n_new,
                                "most_frequent_prompt": [int(np.bincount(prompt).argmax())] * n_new,
@@ -154,8 +123,7 @@ def paper_metrics(model, seqs: list[np.ndarray], *, max_chunks: int | None = Non
 
 
 def summarize(chunks: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std (numpy's, ddof=0, nan ignored) of every score per method, plus the number
-    of chunks and of nan cosines (an all-zero id vector has no direction)."""
+    """Mean and std (ddof=0, nan ignored) of every score per method, with the numbers of chunks and nan cosines."""
     cols = [c for c in chunks.columns if c.split("_")[0] in METRICS]
     out = []
     for method, g in chunks.groupby("method", sort=False):
@@ -179,10 +147,8 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
 # Token-level metrics
 
-
 def token_metrics(model, dataset, batch_size: int = 64, max_batches: int | None = None) -> pd.DataFrame:
-    """Accuracy (argmax) and bits per token of the model's objective over a dataset, overall and
-    by modality of the target token: ``models.loss_sums``, as the Trainer's, so the two agree."""
+    """Accuracy and bits per token over a dataset, overall and by target modality (``loss_sums``, as training's)."""
     model_objective = getattr(getattr(model, "config", None), "objective", None)
     data_objective = getattr(dataset, "objective", model_objective)
     if model_objective != data_objective:

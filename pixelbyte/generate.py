@@ -1,22 +1,15 @@
 """Generation: drive a PixelByteModel token by token through text and images in one stream.
 
-Every new token gets its 3x3 context from ``tokenizer.ContextBuilder``, so generated pixels see
-the generated row above exactly as training windows do, and the stream crosses segments at
-``\\n`` like the data. What is fed follows the objective (docs/CONTRACTS.md): ``next`` feeds
-token t's full window and predicts token t + 1; ``causal`` feeds position t's masked window and
-predicts token t.
-- stateful (``use_state=True``, the default for causal models): ``model.step`` once per token;
-- window re-run (``use_state=False``, the only way for bidirectional models): ``model.forward``
-  over the last ``window`` positions for every new token, as the original code did.
-A batch of prompts of different lengths is stepped in lockstep, left-aligned, with one seeded
-generator per row, so a batch gives the same tokens as its rows run one by one.
-``constrained=True`` masks the logits with ``StreamGrammar``: the output is a well-formed stream
-(after a shape text, an image of exactly that h x w).
+Each new token's 3x3 context comes from ``tokenizer.ContextBuilder``, exactly as in training.
+``next`` feeds token t's full window and predicts t + 1; ``causal`` feeds position t's masked
+window and predicts t (docs/CONTRACTS.md). Causal models step a state (``model.step``);
+bidirectional ones re-run ``model.forward`` over the last ``window`` positions per token, as the
+original code did. Batch rows are stepped in lockstep with one seeded generator each, so a batch
+gives the same tokens as its rows one by one. ``constrained=True`` keeps the stream well formed.
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,32 +27,16 @@ TEXT_TOKENS = (_IDS >= tok.SPACE_ID) & ~COLOUR_TOKENS              # (V,) bool: 
 _CHAR_ID = {b.decode("latin-1"): i for i, b in enumerate(tok.BYTE_TOKENS)}
 
 
-def _text_of(token_ids) -> str:
-    """Byte token ids -> text (colour ids must not be passed)."""
-    return tok._ID_TO_BYTE[np.asarray(token_ids, dtype=np.int64)].tobytes().decode("latin-1")
-
-
 def _only(*token_ids: int) -> np.ndarray:
     return np.isin(_IDS, token_ids)                                   # (V,) bool
 
 
-# ---------------------------------------------------------------------------------------------
 # Constrained decoding: a small state machine over the stream
 
-
 class StreamGrammar:
-    """Which tokens may come next in a well-formed PixelBytes stream.
-
-    Segments follow the data's cycle: shape text -> image -> caption text -> shape text ...
-    - shape: exactly ``"(h, w)"`` then ``\\n``, 1 <= h, w <= ``max_side``, no leading zeros;
-    - image after a shape ``(h, w)``: h rows of w colour tokens, each ended by ``\\t`` (the last: ``\\n``);
-    - text: byte tokens only (no padding, no ``\\t``), at least one before ``\\n``.
-
-    ``replay(prompt)`` positions the machine at the end of a prompt; complete segments are
-    classified by content, so data-order and caption-first prompts both work. The unfinished
-    segment must fit what is expected (after a text, plain text is continued as text); anything
-    else raises ``ValueError``, e.g. an image whose shape is not declared.
-    """
+    """Which tokens may come next in a well-formed stream: shape text ``"(h, w)"`` (1 <= h, w <= ``max_side``,
+    no leading zeros) -> image of h rows of w colours -> text (at least one byte) ... ``replay(prompt)``
+    classifies complete segments by content and raises ``ValueError`` if the last cannot be completed."""
 
     SHAPE, IMAGE, TEXT = "shape", "image", "text"
 
@@ -72,10 +49,9 @@ class StreamGrammar:
         self.shape: tuple[int, int] | None = None  # (h, w) of the current image
         self.row = self.col = 0         # position inside the current image
 
-    # -- what may come next -------------------------------------------------------------------
     def _shape_chars(self) -> set[str]:
         """The characters that may extend the shape text typed so far."""
-        text = _text_of(self.segment)
+        text = tok.ids_to_text(self.segment)
         if not text:
             return {"("}
         height, comma, rest = text[1:].partition(",")
@@ -96,7 +72,6 @@ class StreamGrammar:
             return COLOUR_TOKENS if self.col < w else _only(tok.ROW_END_ID if self.row < h - 1 else tok.SEG_END_ID)
         return TEXT_TOKENS | _only(tok.SEG_END_ID) if self.segment else TEXT_TOKENS
 
-    # -- moving on ----------------------------------------------------------------------------
     def push(self, token_id: int) -> None:
         """Consume a token; raises ``ValueError`` if it is not allowed here."""
         token_id = int(token_id)
@@ -113,7 +88,7 @@ class StreamGrammar:
         """End the current segment whose tokens were ``content``; pick the next kind."""
         arr = np.asarray(content, dtype=np.int64)
         colours = COLOUR_TOKENS[arr]
-        shape = None if colours.any() or (arr == tok.ROW_END_ID).any() else tok.parse_shape(_text_of(arr))
+        shape = None if colours.any() or (arr == tok.ROW_END_ID).any() else tok.parse_shape(tok.ids_to_text(arr))
         if shape is not None and min(shape) >= 1:
             self.kind, self.shape = self.IMAGE, shape
         elif colours.sum() * 2 > len(arr):  # same rule as tokenizer.decode
@@ -151,20 +126,7 @@ class StreamGrammar:
         return self
 
 
-# ---------------------------------------------------------------------------------------------
 # Results
-
-
-def segment_spans(token_ids) -> list[tuple[int, int]]:
-    """[start, end) of every segment of a flat stream, each including its ``\\n``; a final
-    unterminated segment is included when it holds anything but padding."""
-    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    bounds = [0, *(np.flatnonzero(ids == tok.SEG_END_ID) + 1).tolist()]
-    spans = list(zip(bounds[:-1], bounds[1:]))
-    if (ids[bounds[-1]:] != tok.PAD_ID).any():
-        spans.append((bounds[-1], len(ids)))
-    return spans
-
 
 @dataclass
 class Generation:
@@ -188,8 +150,7 @@ class Generation:
     @property
     def new_segments(self) -> list[tok.Segment]:
         """The segments that hold at least one generated token, decoded whole."""
-        ids = self.ids
-        return [tok.decode(ids[s:e])[0] for s, e in segment_spans(ids) if e > len(self.prompt)]
+        return self.segments[self.prompt.count(tok.SEG_END_ID):] if self.new else []
 
     @property
     def texts(self) -> list[str]:
@@ -201,28 +162,10 @@ class Generation:
 
     def new_windows(self) -> np.ndarray:
         """(len(new), 3, 3) windows of the generated tokens, built from the real history."""
-        builder = tok.ContextBuilder()
-        builder.feed(self.history)
-        builder.feed(self.prompt)
-        return builder.feed(self.new)
+        return tok.ContextBuilder(self.history + self.prompt).feed(self.new)
 
 
-# ---------------------------------------------------------------------------------------------
 # The generator
-
-
-@contextmanager
-def one_cpu_thread(device: torch.device):
-    """Token-by-token decoding is thousands of tiny ops, which one CPU thread runs faster than
-    several: decode single-threaded, then restore the caller's setting."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
 
 def _as_ids(prompt) -> list[int]:
     arr = np.asarray(prompt)
@@ -240,25 +183,21 @@ def _as_ids(prompt) -> list[int]:
 
 
 def _as_batch(prompts) -> list[list[int]]:
-    """One prompt (ids or (L, 3, 3) windows) or a list of prompts -> list of id lists.
-    Arrays: (L,) or (L, 3, 3) is one prompt, (B, L) or (B, L, 3, 3) a batch. An empty list is
-    refused: it could mean no prompt or one empty prompt (write ``[[]]`` for that)."""
+    """One prompt (ids or (L, 3, 3) windows) or a list of prompts -> list of id lists. An empty list
+    is refused: it could mean no prompt or one empty prompt (write ``[[]]`` for that)."""
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.cpu().numpy()
-    if isinstance(prompts, np.ndarray):
-        is_windows = prompts.shape[-2:] == (3, 3) and prompts.ndim >= 3
-        if prompts.ndim == (4 if is_windows else 2):
-            return [_as_ids(p) for p in prompts]
-        return [_as_ids(prompts)]
+    if isinstance(prompts, np.ndarray):      # (L,) or (L, 3, 3): one prompt; (B, L) or (B, L, 3, 3): a batch
+        batched = prompts.ndim == (4 if prompts.shape[-2:] == (3, 3) and prompts.ndim >= 3 else 2)
+        return [_as_ids(p) for p in prompts] if batched else [_as_ids(prompts)]
     if isinstance(prompts, (str, bytes)):
         raise TypeError("a prompt is token ids, not text: build it with text_ids(), shape_prompt(), ...")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty: pass [[]] for one empty prompt (a causal model can start "
                          "from nothing), or at least one prompt")
-    if all(isinstance(p, (int, np.integer)) for p in prompts):     # a single id list
-        return [_as_ids(prompts)]
-    return [_as_ids(p) for p in prompts]
+    single = all(isinstance(p, (int, np.integer)) for p in prompts)     # a single id list
+    return [_as_ids(prompts)] if single else [_as_ids(p) for p in prompts]
 
 
 def _per_row(value, n: int, name: str) -> list:
@@ -275,13 +214,9 @@ def _per_row(value, n: int, name: str) -> list:
 
 
 class Generator:
-    """Token-by-token generation for any model that follows the contract.
-
-    ``window``: how many past positions the window re-run feeds (default: the model run's
-    ``context_length``; the whole stream for models with positions; else ``DEFAULT_WINDOW``).
-    ``use_state``: step the recurrent state (causal models) or re-run the window (see the module
-    docstring). ``max_side``: the largest image side a generated shape may declare (constrained).
-    """
+    """Token-by-token generation for any model that follows the contract. ``window``: positions the
+    re-run feeds (default: the run's ``context_length``, else ``DEFAULT_WINDOW``; the whole stream
+    for models with positions). ``max_side``: the largest side a constrained shape may declare."""
 
     def __init__(self, model, window: int | None = None, use_state: bool | None = None,
                  max_side: int = tok.MAX_IMAGE_SIDE):
@@ -310,12 +245,10 @@ class Generator:
         params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
 
-    # -- the model call for one step ----------------------------------------------------------
     def _logits(self, x_t: np.ndarray, fed: list[np.ndarray], t: int, rows: list[int], state,
                 guidance: float | None = None):
-        """x_t (B, 3, 3) fed at position t -> (logits (len(rows), V) float32 CPU, state). With
-        ``guidance`` the state holds 2B streams, conditional then unconditional, stepped in one
-        batch and mixed: uncond + guidance * (cond - uncond)."""
+        """x_t (B, 3, 3) fed at position t -> (logits (len(rows), V) float32 CPU, state). With ``guidance``
+        the state holds 2B streams, conditional then unconditional, stepped in one batch and mixed."""
         if self.use_state:
             x = torch.from_numpy(x_t).to(self.device)
             if guidance is None:
@@ -332,8 +265,7 @@ class Generator:
         return self.model(x)[0][:, -1].float().cpu(), state              # (R, V)
 
     @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
-                rngs: list[torch.Generator]) -> list[int]:
+    def _sample(logits, temperature: float, top_k: int | None, rngs: list[torch.Generator]) -> list[int]:
         """logits (R, V) (already masked) -> one token per row."""
         if temperature == 0:
             return logits.argmax(-1).tolist()
@@ -347,25 +279,15 @@ class Generator:
     def generate(self, prompts, max_new_tokens: int | Sequence[int], *, temperature: float = 0.0,
                  top_k: int | None = None, seed: int | Sequence[int] = 0,
                  stop_after_segments: int | Sequence[int] | None = None, constrained: bool = False,
-                 histories: Sequence[Sequence[int]] | None = None,
-                 prompt_windows: Sequence[np.ndarray] | None = None,
-                 forced: Sequence[Sequence[int]] | None = None,
-                 guidance: float | None = None) -> list[Generation]:
-        """Continue each prompt; returns one ``Generation`` per prompt, in order.
-
-        prompts: one prompt or a list; a prompt is a list of ids or an (L, 3, 3) sequence
-            (``next`` needs at least one token; ``causal`` accepts []).
-        max_new_tokens, stop_after_segments (stop a row after this many ``\\n``): per batch or
-            per prompt. temperature: 0 = greedy, else sampling, optionally among the ``top_k`` best.
-        seed: int (row i uses seed + i) or one seed per prompt.
-        constrained: mask logits with ``StreamGrammar``.
-        histories: per prompt, ids before it in the stream: they set the ContextBuilder (row
-            above) but are NOT fed to the model (unless the model reads positions).
-        prompt_windows: per prompt, the (len, 3, 3) windows to feed instead of the builder's.
-        forced: per prompt, a continuation to teacher-force (``logprobs`` then scores it).
-        guidance: classifier-free guidance scale for a ``condition`` model (None: plain
-            conditional decoding): logits = uncond + guidance * (cond - uncond).
-        """
+                 histories: Sequence[Sequence[int]] | None = None, prompt_windows: Sequence[np.ndarray] | None = None,
+                 forced: Sequence[Sequence[int]] | None = None, guidance: float | None = None) -> list[Generation]:
+        """Continue each prompt (ids or (L, 3, 3); ``next`` needs one token) -> one ``Generation`` each.
+        Per batch or per prompt: max_new_tokens, stop_after_segments (after this many ``\\n``), seed (an
+        int: row i uses seed + i). temperature 0 is greedy, else sampling (among ``top_k``). constrained:
+        mask logits with ``StreamGrammar``. histories: ids before each prompt, setting the ContextBuilder
+        but not fed (unless the model reads positions). prompt_windows: windows to feed instead of the
+        builder's. forced: a continuation to teacher-force (scored in ``logprobs``). guidance: the
+        classifier-free scale, logits = uncond + guidance * (cond - uncond)."""
         prompts = _as_batch(prompts)
         n = len(prompts)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
@@ -388,11 +310,9 @@ class Generator:
             guidance = float(guidance)
         stop_segments = _per_row(stop_after_segments, n, "stop_after_segments")
         if any(s is not None and (not isinstance(s, (int, np.integer)) or s < 1) for s in stop_segments):
-            raise ValueError(f"stop_after_segments must be integers >= 1 or None, "
-                             f"got {stop_after_segments!r}")
+            raise ValueError(f"stop_after_segments must be integers >= 1 or None, got {stop_after_segments!r}")
         forced = None if forced is None else [_as_ids(f) for f in _per_row(forced, n, "forced")]
-        budgets = ([len(f) for f in forced] if forced is not None
-                   else _per_row(max_new_tokens, n, "max_new_tokens"))
+        budgets = [len(f) for f in forced] if forced is not None else _per_row(max_new_tokens, n, "max_new_tokens")
         if any(not isinstance(b, (int, np.integer)) or b < 0 for b in budgets):
             raise ValueError(f"max_new_tokens must be integers >= 0, got {max_new_tokens!r}")
         shift = 1 if self.objective == "next" else 0
@@ -413,9 +333,7 @@ class Generator:
                               for h, w in zip(histories, prompt_windows)]
             prompts, histories = [h + p for h, p in zip(histories, prompts)], [[] for _ in range(n)]
 
-        builders = [tok.ContextBuilder() for _ in range(n)]
-        for b, h in zip(builders, histories):
-            b.feed(h)
+        builders = [tok.ContextBuilder(h) for h in histories]
         grammars = ([StreamGrammar(self.max_side).replay(h + p) for h, p in zip(histories, prompts)]
                     if constrained else None)
         ids = [list(p) for p in prompts]
@@ -427,17 +345,18 @@ class Generator:
         n_steps = max((len(p) + b - shift for p, b in zip(prompts, budgets) if b > 0), default=0)
         fed = []                                                  # what the window re-run feeds
 
-        was_training = getattr(self.model, "training", False)
+        was_training, threads = getattr(self.model, "training", False), torch.get_num_threads()
         if hasattr(self.model, "eval"):
             self.model.eval()
+        if self.device.type == "cpu":     # thousands of tiny ops: one CPU thread runs them faster
+            torch.set_num_threads(1)
         try:
-            with torch.inference_mode(), one_cpu_thread(self.device):
+            with torch.inference_mode():
                 state = None
                 if self.use_state and guidance is None:
                     state = self.model.init_state(n, device=self.device)
                 elif self.use_state:      # n conditional streams, then the same n without condition
-                    state = self.model.init_state(2 * n, device=self.device,
-                                                  unconditional=torch.arange(2 * n) >= n)
+                    state = self.model.init_state(2 * n, device=self.device, unconditional=torch.arange(2 * n) >= n)
                 for t in range(n_steps):
                     if all(done):
                         break
@@ -480,6 +399,7 @@ class Generator:
                         elif len(new[i]) >= budgets[i]:
                             done[i] = True
         finally:
+            torch.set_num_threads(threads)
             if was_training and hasattr(self.model, "train"):
                 self.model.train()
         return [Generation(prompt=list(p), new=nw, stop_reason=s, logprobs=lp, history=h)
@@ -487,23 +407,18 @@ class Generator:
 
 
 def generate(model, prompts, max_new_tokens: int | Sequence[int], *, window: int | None = None,
-             use_state: bool | None = None, max_side: int = tok.MAX_IMAGE_SIDE,
-             **kwargs) -> list[Generation]:
-    """``Generator(model, window, use_state, max_side=max_side).generate(prompts, max_new_tokens,
-    **kwargs)``; see ``Generator.generate`` for the options. Always returns a list."""
+             use_state: bool | None = None, max_side: int = tok.MAX_IMAGE_SIDE, **kwargs) -> list[Generation]:
+    """``Generator(model, window, use_state, max_side).generate(...)`` (see there); always a list."""
     return Generator(model, window=window, use_state=use_state, max_side=max_side).generate(
         prompts, max_new_tokens, **kwargs)
 
 
 def log_likelihood(model, prompts, continuations, **kwargs) -> list[float]:
     """Sum of log p(continuation | prompt) per prompt (natural log), teacher-forced."""
-    gens = generate(model, prompts, 0, forced=continuations, **kwargs)
-    return [float(sum(g.logprobs)) for g in gens]
+    return [float(sum(g.logprobs)) for g in generate(model, prompts, 0, forced=continuations, **kwargs)]
 
 
-# ---------------------------------------------------------------------------------------------
 # Prompt builders (all return token-id lists)
-
 
 def text_ids(text: str) -> list[int]:
     """Normalised text -> byte token ids (no segment end)."""
@@ -512,8 +427,7 @@ def text_ids(text: str) -> list[int]:
 
 def continue_prompt(sequence, n_tokens: int | None = None) -> list[int]:
     """The first ``n_tokens`` ids of an item ((L, 3, 3) windows or ids): continue a sequence."""
-    ids = _as_ids(sequence)
-    return ids if n_tokens is None else ids[:n_tokens]
+    return _as_ids(sequence)[:n_tokens]
 
 
 def shape_prompt(height: int, width: int) -> list[int]:
@@ -526,20 +440,15 @@ def shape_prompt(height: int, width: int) -> list[int]:
 
 def caption_to_sprite_prompt(caption: str, shape: tuple[int, int] | None = None,
                              caption_first: bool = False) -> list[int]:
-    """Caption -> sprite prompt. In the data order (shape, image, caption) the caption cannot
-    condition the image: ``caption_first=False`` gives the shape segment only (empty with
-    ``shape=None``: the model writes it), for ``caption_to_sprite`` to rank candidates by the
-    caption. ``caption_first=True`` puts ``caption + "\\n"`` first, which a data-order model has
-    never seen: expect worse samples."""
+    """Caption -> sprite prompt. In the data order the caption cannot condition the image: the shape
+    segment only (empty with ``shape=None``), for ``caption_to_sprite`` to rank candidates by it.
+    ``caption_first=True`` puts ``caption + "\\n"`` first, unseen by a data-order model."""
     shape_ids = [] if shape is None else shape_prompt(*shape)
-    if not caption_first:
-        return shape_ids
-    return text_ids(caption) + [tok.SEG_END_ID] + shape_ids
+    return text_ids(caption) + [tok.SEG_END_ID] + shape_ids if caption_first else shape_ids
 
 
 def sprite_to_caption_prompt(image) -> list[int]:
-    """Sprite -> caption: the shape and image segments of the sprite; generate one segment
-    (``stop_after_segments=1``) and read ``Generation.texts``."""
+    """Sprite -> caption: its shape and image segments; generate one segment, read ``texts``."""
     return [int(t) for t in tok.centre_ids(tok.encode_item(image, ""))]
 
 
@@ -548,27 +457,22 @@ def caption_to_sprite(model, caption: str, shape: tuple[int, int], n_candidates:
                       constrained: bool = True, **generator_kwargs) -> tuple[Generation, list[float]]:
     """Caption -> sprite in the data order: sample ``n_candidates`` images after the declared
     shape, score log p(caption | shape, image) for each, return (best, all scores)."""
-    prompt = shape_prompt(*shape)
-    gens = generate(model, [prompt] * n_candidates, shape[0] * (shape[1] + 1),
-                    temperature=temperature, top_k=top_k, seed=seed, constrained=constrained,
-                    stop_after_segments=1, **generator_kwargs)
+    gens = generate(model, [shape_prompt(*shape)] * n_candidates, shape[0] * (shape[1] + 1), temperature=temperature,
+                    top_k=top_k, seed=seed, constrained=constrained, stop_after_segments=1, **generator_kwargs)
     caption_ids = text_ids(caption) + [tok.SEG_END_ID]
-    scores = log_likelihood(model, [g.ids for g in gens], [caption_ids] * n_candidates,
-                            **generator_kwargs)
+    scores = log_likelihood(model, [g.ids for g in gens], [caption_ids] * n_candidates, **generator_kwargs)
     return gens[int(np.argmax(scores))], scores
 
 
-# ---------------------------------------------------------------------------------------------
 # Dimension consistency (measured)
 
-
-def _images(segments: list[tok.Segment], counted: list[bool]) -> list[tuple[tok.Segment, tuple | None]]:
-    """(segment, declared shape or None) for every counted image-like segment: segments decoded
-    as images, and the segment after a shape text even when it is not an image (a failed one)."""
+def _images(segments: list[tok.Segment], first: int = 0) -> list[tuple[tok.Segment, tuple | None]]:
+    """(segment, declared shape or None) for every image-like segment from index ``first`` on: those
+    decoded as images, and the segment after a shape text even when it is not an image (a failed one)."""
     out, previous = [], None
-    for seg, count in zip(segments, counted):
+    for k, seg in enumerate(segments):
         declared = tok.parse_shape(previous.text) if previous is not None and previous.kind == "text" else None
-        if count and (seg.kind == "image" or declared is not None):
+        if k >= first and (seg.kind == "image" or declared is not None):
             out.append((seg, declared))
         previous = seg
     return out
@@ -576,23 +480,20 @@ def _images(segments: list[tok.Segment], counted: list[bool]) -> list[tuple[tok.
 
 def dimension_consistency(generated, prompt_length: int | None = None) -> dict:
     """Share of generated images whose rows all match the ``(h, w)`` the segment before declared.
-
-    ``generated``: a ``Generation`` or list of them (images holding generated tokens count),
-    flat ids or a list of them (images after ``prompt_length`` count), or ``tokenizer.Segment``s.
-    Images cut off without ``\\n`` count in ``unterminated`` only (``share_of_attempts`` counts
-    them as failures); undeclared images are inconsistent. ``share`` is nan with no images.
-    """
+    ``generated``: Generation(s), flat ids (images after ``prompt_length`` count) or Segments.
+    Images cut off without ``\\n`` count in ``unterminated`` only (failures in ``share_of_attempts``)."""
     items = [generated] if isinstance(generated, Generation) else list(generated)
     if items and all(isinstance(x, tok.Segment) for x in items):
-        pairs = _images(items, [True] * len(items))
+        pairs = _images(items)
     else:
         if all(isinstance(x, (int, np.integer)) for x in items):      # one flat stream
             items = [items]
         pairs = []
         for x in items:
             ids, first = (x.ids, len(x.prompt)) if isinstance(x, Generation) else (_as_ids(x), prompt_length or 0)
-            spans = segment_spans(ids)
-            pairs += _images([tok.decode(ids[s:e])[0] for s, e in spans], [e > first for s, e in spans])
+            segments = tok.decode(ids)
+            done = ids[:first].count(tok.SEG_END_ID) if first < len(ids) else len(segments)   # all before ``first``
+            pairs += _images(segments, done)
     counts = {"images": 0, "consistent": 0, "undeclared": 0, "unterminated": 0}
     for seg, declared in pairs:
         if not seg.terminated:

@@ -1,15 +1,13 @@
 """Mamba mixer (selective state space layer) with two backends and one set of weights.
 
-Same constructor, parameter names, shapes and init as `mamba_ssm.modules.mamba_simple.Mamba`
-(state-spaces/mamba), so a state dict loads with `strict=True` into mamba_ssm's `Mamba` and into
-mambapy's `MambaBlock`, and back.
+Same constructor, parameter names, shapes and init as `mamba_ssm.modules.mamba_simple.Mamba`, so a
+state dict loads with `strict=True` into mamba_ssm's `Mamba` and mambapy's `MambaBlock`, and back.
 - backend "cuda": mamba_ssm's fused kernels on this module's parameters (needs mamba_ssm, CUDA);
   "torch": pure PyTorch, any device; "auto": "cuda" when it can run, else "torch".
-- the torch scan, `scan_impl`: "chunked" walks chunks of `chunk_size` steps, keeps only the
-  state entering each chunk and recomputes a chunk in a hand-written backward (memory O(T), not
-  O(L)). Forward and backward are custom ops, so `torch.compile(model, fullgraph=True)` sees one
-  node each instead of tracing their loops. "compiled" runs the chunk bodies under
-  torch.compile; "reference" is the sequential `selective_scan_ref`.
+- the torch scan, `scan_impl`: "chunked" keeps only the state entering each chunk of `chunk_size`
+  steps and recomputes a chunk in a hand-written backward (memory O(T), not O(L)); forward and
+  backward are custom ops, so `torch.compile(model, fullgraph=True)` sees one node each.
+  "compiled" runs the chunk bodies under torch.compile; "reference" is `selective_scan_ref`.
 
 Math (per channel d of d_inner, state size N; B and C are shared across channels):
     x, z = in_proj(h)                    x = silu(causal_conv1d(x))
@@ -17,13 +15,13 @@ Math (per channel d of d_inner, state size N; B and C are shared across channels
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * x_t * B_t
     y_t = <h_t, C_t> + D * x_t           out = out_proj(y * silu(z))
 
-Shapes: B = batch, L = sequence length, D = d_model, Dn = d_inner (= expand * d_model),
-N = d_state, R = dt_rank, T = chunk size.
+Shapes: B batch, L length, D d_model, Dn d_inner (= expand * d_model), N d_state, R dt_rank, T chunk.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import torch
@@ -40,48 +38,29 @@ COMPILED_CHUNK_SIZE = 4  # steps per chunk of the compiled scan
 # CPU-only machine (its interface module imports the compiled extension unconditionally).
 
 
-@functools.lru_cache(maxsize=None)
-def _mamba_ssm_ops():
-    """Returns (ops dict, None) or (None, reason). Cached: a failed import is slow to repeat."""
+def _import(module, *names):
+    """({name: object}, None), or (None, reason) when `module` does not import."""
     try:
-        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+        mod = importlib.import_module(module)
+        return {name: getattr(mod, name) for name in names}, None
     except Exception as err:  # ImportError, but also OSError/RuntimeError from a broken .so
         return None, f"{type(err).__name__}: {err}"
-    ops = {"mamba_inner_fn": mamba_inner_fn, "selective_scan_fn": selective_scan_fn,
-           "causal_conv1d_fn": None, "causal_conv1d_update": None, "selective_state_update": None}
-    try:
-        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-        ops["causal_conv1d_fn"], ops["causal_conv1d_update"] = causal_conv1d_fn, causal_conv1d_update
-    except Exception:
-        pass
-    try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        ops["selective_state_update"] = selective_state_update
-    except Exception:
-        pass
-    return ops, None
+
+
+@functools.lru_cache(maxsize=None)
+def _mamba_ssm_ops():
+    """(ops dict, None) or (None, reason); causal_conv1d's and the decoding kernel are optional
+    extras. Cached: a failed import is slow to repeat."""
+    ops, reason = _import("mamba_ssm.ops.selective_scan_interface", "mamba_inner_fn", "selective_scan_fn")
+    if ops is not None:
+        ops.update(_import("causal_conv1d", "causal_conv1d_fn", "causal_conv1d_update")[0] or {})
+        ops.update(_import("mamba_ssm.ops.triton.selective_state_update", "selective_state_update")[0] or {})
+    return ops, reason
 
 
 def mamba_ssm_available() -> bool:
     """True if mamba_ssm's selective-scan kernels import (they need a CUDA build)."""
     return _mamba_ssm_ops()[0] is not None
-
-
-def use_kernels(module: nn.Module, x: torch.Tensor, ops, needs: str) -> bool:
-    """Whether ``module`` (with ``backend``) runs mamba_ssm's kernels (``ops()``) on ``x``:
-    "torch" never, "auto" when x is on CUDA and they import, "cuda" always (or an error)."""
-    if module.backend == "torch":
-        return False
-    if module.backend == "auto":
-        return x.is_cuda and ops()[0] is not None
-    name = type(module).__name__
-    if ops()[0] is None:
-        raise RuntimeError(f"{name}(backend='cuda') needs the mamba_ssm package with its {needs}; import "
-                           f"failed: {ops()[1]}. Use backend='torch' or 'auto'.")
-    if not x.is_cuda:
-        raise RuntimeError(f"{name}(backend='cuda') needs CUDA tensors, got input on device '{x.device}'. "
-                           "Move the model and input to CUDA or use backend='torch' or 'auto'.")
-    return True
 
 
 # Selective scan: slow sequential reference and fast chunked version, same signature/semantics
@@ -114,20 +93,15 @@ def _skip_and_gate(y, u, D, z):
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
     """Slow, obviously-correct sequential selective scan (autograd through a loop over time).
-
-    u : (B, Dn, L), delta : (B, Dn, L), A : (Dn, N), B : (B, N, L), C : (B, N, L), D : (Dn),
-    z : (B, Dn, L), delta_bias : (Dn). Returns out (B, Dn, L) [, last_state (B, Dn, N)].
-    Memory grows like B*L*Dn*N (every state is kept for backward): use it for checks only.
-    """
+    u, delta, z : (B, Dn, L), A : (Dn, N), B, C : (B, N, L), D, delta_bias : (Dn) -> out (B, Dn, L)
+    [, last_state (B, Dn, N)]. Keeps every state for backward (B*L*Dn*N): for checks only."""
     dtype_in = u.dtype
     dtype = _compute_dtype(dtype_in)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
-
     deltaA = torch.exp(torch.einsum("bdl,dn->lbdn", delta, A))  # (L, B, Dn, N)
     deltaB_u = torch.einsum("bdl,bnl,bdl->lbdn", delta, B, u)  # (L, B, Dn, N)
-    h = A.new_zeros(batch, dim, dstate)  # (B, Dn, N)
+    h = A.new_zeros(u.shape[0], *A.shape)  # (B, Dn, N)
     ys = []
     # unbind, not deltaA[t]: indexing makes autograd's backward quadratic in L
     for dA_t, dBu_t, C_t in zip(deltaA.unbind(0), deltaB_u.unbind(0), C.unbind(2)):
@@ -139,11 +113,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def _scan_chunk(h, u, delta, A, B, C):
-    """Runs T steps of the recurrence from state h (forward only: no graph is built).
-
-    h : (B, Dn, N), u, delta : (B, T, Dn), A : (Dn, N), B, C : (B, T, N)
-    returns y : (B, T, Dn), h : (B, Dn, N) after the T steps
-    """
+    """T steps of the recurrence from state h, forward only: h : (B, Dn, N), u, delta : (B, T, Dn),
+    A : (Dn, N), B, C : (B, T, N) -> y : (B, T, Dn), h after the T steps."""
     # Everything of size (B, Dn, N) is made per step, never for the whole chunk at once: one
     # step's tensors stay in cache, a (T, B, Dn, N) deltaA does not. Under torch.compile the T
     # steps become one loop over (b, d) that keeps the chain of states in registers.
@@ -156,23 +127,17 @@ def _scan_chunk(h, u, delta, A, B, C):
 
 
 def _scan_chunk_backward(h0, u, delta, A, B, C, grad_y, grad_h, grad_A):
-    """Hand-written backward of `_scan_chunk`: recomputes the chunk's T states from h0, then
-    walks back through them once.
-
-    h0 : (B, Dn, N) state entering the chunk, u, delta : (B, T, Dn), A : (Dn, N),
-    B, C : (B, T, N), grad_y : (B, T, Dn), grad_h : (B, Dn, N) gradient of the state leaving
-    the chunk, grad_A : (B, Dn, N) gradient of A accumulated so far, per batch row.
-    Returns grad_u, grad_delta (B, T, Dn), grad_A + this chunk's share (B, Dn, N),
-    grad_h0 (B, Dn, N), grad_B, grad_C (B, T, N).
-    With g_t = dL/dh_t (through y_t and h_{t+1}) and a_t = exp(delta_t * A):
+    """Hand-written backward of `_scan_chunk` from h0, the state entering the chunk: recomputes the
+    chunk's T states, then walks back through them once. grad_h : gradient of the state leaving the
+    chunk, grad_A : (B, Dn, N) accumulated so far. Returns grad_u, grad_delta, grad_A (+ this
+    chunk's share), grad_h0, grad_B, grad_C. With g_t = dL/dh_t and a_t = exp(delta_t * A):
         g_t = g_{t+1} * a_{t+1} + grad_y_t * C_t           dL/dC_t = sum_d grad_y_t * h_t
         dL/d(delta_t u_t) = sum_n g_t * B_t                 dL/dB_t = sum_d g_t * delta_t u_t
         X_t = g_t * a_t * h_{t-1} (= a_t * dL/da_t)         dL/ddelta_t += sum_n X_t * A
         dL/dA = sum_{t, b} X_t * delta_t                    dL/dh0 = g_0 * a_0
-    Under torch.compile the sums over the state (n) share one loop nest over (b, d); it writes
-    the chunk's per-step states and gradients once (a few MB: they stay in cache) and a second
-    loop nest over (b, n) reads them back for the sums over channels (d).
     """
+    # Under torch.compile the sums over n share one loop nest over (b, d) that writes the chunk's
+    # per-step states and gradients once; a second one over (b, n) reads them for the sums over d.
     delta_u = delta * u  # (B, T, Dn)
     decays, states = [], [h0]  # a_t, and h_{t-1} at index t: (B, Dn, N) each
     h = h0
@@ -221,11 +186,9 @@ _Tensor = torch.Tensor
 @torch.library.custom_op("pixelbyte::chunked_scan", mutates_args=())
 def _chunked_scan(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor, chunk_size: int,
                   compile_chunk: bool) -> tuple[_Tensor, _Tensor, _Tensor]:
-    """Forward: walks the chunks, keeps only the state entering each one (for backward).
-
-    u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N), L a multiple of T = chunk_size.
-    Returns y : (B, L, Dn) (no D skip, no gate), last_state : (B, Dn, N), states : (nc, B, Dn, N).
-    """
+    """Forward: walks the chunks, keeps only the state entering each one (for backward). u, delta :
+    (B, L, Dn), A : (Dn, N), B, C : (B, L, N), L a multiple of T -> y : (B, L, Dn) (no D skip, no
+    gate), last_state : (B, Dn, N), states : (nc, B, Dn, N)."""
     scan_chunk = _compiled(_scan_chunk) if compile_chunk else _scan_chunk
     h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])  # (B, Dn, N)
     states, ys = [], []
@@ -246,8 +209,8 @@ def _(u, delta, A, B, C, chunk_size, compile_chunk):
 
 @torch.library.custom_op("pixelbyte::chunked_scan_backward", mutates_args=())
 def _chunked_scan_backward(u: _Tensor, delta: _Tensor, A: _Tensor, B: _Tensor, C: _Tensor,
-                           states: _Tensor, grad_y: _Tensor, grad_last_state: _Tensor,
-                           chunk_size: int, compile_chunk: bool) -> tuple[_Tensor, _Tensor, _Tensor, _Tensor, _Tensor]:
+                           states: _Tensor, grad_y: _Tensor, grad_last_state: _Tensor, chunk_size: int,
+                           compile_chunk: bool) -> tuple[_Tensor, _Tensor, _Tensor, _Tensor, _Tensor]:
     """Backward: walks the chunks in reverse, recomputing each from its saved entering state
     (`_scan_chunk_backward`); peak memory is one chunk's states, O(T*B*Dn*N), not O(L*B*Dn*N).
     No autograd formula of its own: double backward is an error, not a wrong answer."""
@@ -285,12 +248,9 @@ _chunked_scan.register_autograd(_chunked_scan_grad, setup_context=_chunked_scan_
 
 
 def _scan_chunked(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
-    """Pads L to a multiple of the chunk with delta = 0 and runs the chunked scan.
-
-    u, delta : (B, L, Dn), A : (Dn, N), B, C : (B, L, N) -> y : (B, L, Dn), h : (B, Dn, N)
-    delta = 0 gives exp(0*A) = 1 and delta*u*B = 0: the state passes through padding unchanged,
-    so the last state is exact and every chunk has the same shape (no torch.compile recompiles).
-    """
+    """The chunked scan on (B, L, .) tensors, L padded to a multiple of the chunk with delta = 0:
+    exp(0*A) = 1 and delta*u*B = 0, so the state passes through the padding unchanged (the last
+    state is exact) and every chunk has one shape (no torch.compile recompiles)."""
     L = u.shape[1]
     if not compile_chunk:        # eager chunks may have any length: a short sequence is one chunk
         chunk_size = max(1, min(chunk_size, L))
@@ -303,11 +263,8 @@ def _scan_chunked(u, delta, A, B, C, chunk_size=32, compile_chunk=False):
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, *, chunk_size=32, compile_chunk=False):
-    """Fast selective scan: same signature and semantics as `selective_scan_ref`.
-
-    u : (B, Dn, L), delta : (B, Dn, L), A : (Dn, N), B : (B, N, L), C : (B, N, L), D : (Dn),
-    z : (B, Dn, L), delta_bias : (Dn). Returns out (B, Dn, L) [, last_state (B, Dn, N)].
-    """
+    """Fast selective scan (the chunked custom ops): same signature, shapes and semantics as
+    `selective_scan_ref`."""
     dtype_in = u.dtype
     dtype = _compute_dtype(dtype_in)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
@@ -320,25 +277,21 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (out, last_state) if return_last_state else out
 
 
-# Pieces shared with the Mamba-2 mixer (pixelbyte/mamba2.py)
+# What the Mamba and Mamba-2 (pixelbyte/mamba2.py) mixers share
 
 
 def dt_bias_init(n, dt_min, dt_max, dt_init_floor, device=None):
     """softplus^-1(dt) with dt log-uniform in [dt_min, dt_max] (clamped >= dt_init_floor), for
     n channels (Mamba) or heads (Mamba-2): softplus(x + bias) then starts in that range."""
-    dt = torch.exp(
-        torch.rand(n, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-    ).clamp(min=dt_init_floor)
+    log_dt = torch.rand(n, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
     return dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
 
 
 def causal_conv1d(x, weight, bias=None):
-    """Depthwise causal conv over time, as nn.Conv1d(groups=channels, padding=K-1) keeping the
-    first L outputs, in the (B, L, channels) layout.
-
-    x : (B, L, Dc), weight : (Dc, 1, K) (conv1d.weight), bias : (Dc) -> (B, L, Dc).
-    K shifted multiply-adds instead of nn.Conv1d: no transposes to channels-first and back.
-    """
+    """Depthwise causal conv over time, as nn.Conv1d(groups=channels, padding=K-1) keeping the first
+    L outputs: x : (B, L, Dc), weight : (Dc, 1, K), bias : (Dc) -> (B, L, Dc). K shifted
+    multiply-adds instead of nn.Conv1d: no transposes to channels-first and back."""
     seqlen, width = x.shape[1], weight.shape[-1]
     x = F.pad(x, (0, 0, width - 1, 0))  # (B, K - 1 + L, Dc), zeros before t = 0
     weight = weight[:, 0]  # (Dc, K); tap K - 1 multiplies x_t
@@ -348,37 +301,88 @@ def causal_conv1d(x, weight, bias=None):
     return out if bias is None else out + bias
 
 
-def causal_conv1d_step(x, conv_state, weight, bias=None):
-    """One step of `causal_conv1d`: x : (B, Dc) -> (B, Dc); conv_state : (B, Dc, K), the last K
-    raw inputs, is shifted and updated in place."""
-    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))  # drop the oldest input
-    conv_state[:, :, -1] = x
-    x = (conv_state * weight[:, 0]).sum(-1)  # (B, Dc)
-    return x if bias is None else x + bias
+class _Mixer(nn.Module):
+    """Base of Mamba and Mamba2: argument checks, backend choice, the conv and decoding states.
+    Subclasses set `_ops` (their kernels' loader) and `_ops_needs` (what the error names)."""
+
+    def _check_backend(self, scan_impls):
+        _check_choice(self, "backend", BACKENDS)
+        _check_choice(self, "scan_impl", scan_impls)
+        _check_ints(self, ["chunk_size"], 1, optional=True)
+
+    def _use_cuda_kernels(self, x: torch.Tensor) -> bool:
+        # "torch" never, "auto" when x is on CUDA and the kernels import, "cuda" always (or an error)
+        if self.backend != "cuda":
+            return self.backend == "auto" and x.is_cuda and self._ops()[0] is not None
+        name = type(self).__name__
+        if self._ops()[0] is None:
+            raise RuntimeError(f"{name}(backend='cuda') needs the mamba_ssm package with its {self._ops_needs}; "
+                               f"import failed: {self._ops()[1]}. Use backend='torch' or 'auto'.")
+        if not x.is_cuda:
+            raise RuntimeError(f"{name}(backend='cuda') needs CUDA tensors, got input on device '{x.device}'. "
+                               "Move the model and input to CUDA or use backend='torch' or 'auto'.")
+        return True
+
+    def _ssm_inputs(self, dt_bias, x, dt, B, C):
+        # in the scan's dtype (fp16/bf16 -> fp32): x, delta = softplus(dt + dt_bias), A = -exp(A_log), B, C, D
+        dtype = _compute_dtype(x.dtype)
+        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+        A = -torch.exp(self.A_log.to(dtype))
+        return x, F.softplus(dt + dt_bias.to(dtype)), A, B, C, self.D.to(dtype)
+
+    def _conv(self, x, inference_cache, conv):
+        # x : (B, L, Dc) -> silu(conv(x)); prefill: the conv state is the last d_conv raw inputs,
+        # zero-padded on the left if L < d_conv
+        if inference_cache is not None:
+            inference_cache[0].copy_(F.pad(x, (0, 0, self.d_conv - x.shape[1], 0)).transpose(1, 2))
+        return F.silu(conv(x, self.conv1d.weight, self.conv1d.bias))
+
+    def _conv_step(self, x, conv_state, ops=None):
+        # one token of `_conv`: x : (B, Dc) -> (B, Dc); conv_state : (B, Dc, d_conv), the last
+        # d_conv raw inputs, is shifted and updated in place
+        weight, bias = self.conv1d.weight, self.conv1d.bias
+        if ops is not None and ops.get("causal_conv1d_update") is not None:
+            return ops["causal_conv1d_update"](x, conv_state, weight.squeeze(1), bias, "silu")
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))  # drop the oldest input
+        conv_state[:, :, -1] = x
+        x = (conv_state * weight[:, 0]).sum(-1)  # (B, Dc)
+        return F.silu(x if bias is None else x + bias)
+
+    def _check_step(self, hidden_states):
+        if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
+            raise ValueError(f"{type(self).__name__}.step decodes one token at a time: got hidden_states of "
+                             f"shape {tuple(hidden_states.shape)}, expected (B, 1, {self.d_model})")
+
+    def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
+        """Zero states for `step`: conv_state (B, conv channels, d_conv), ssm_state (B, *ssm_shape)
+        (``max_seqlen``: unused, the state does not grow; kept for mamba_ssm's API)."""
+        conv, proj = self.conv1d.weight, self.in_proj.weight
+        conv_state = conv.new_zeros(batch_size, conv.shape[0], self.d_conv, dtype=dtype or conv.dtype)
+        ssm_state = proj.new_zeros(batch_size, *self.ssm_shape, dtype=dtype or proj.dtype)
+        return conv_state, ssm_state
 
 
-# The mixer
-
-
-class Mamba(nn.Module):
+class Mamba(_Mixer):
     """Mamba mixer: (B, L, D) -> (B, L, D), parameters identical to mamba_ssm's `Mamba`.
     ``backend`` and ``scan_impl``: see the module docstring; ``chunk_size``: steps per chunk of
     the torch scan (None: CHUNK_SIZE, or COMPILED_CHUNK_SIZE for "compiled")."""
+
+    _ops = staticmethod(_mamba_ssm_ops)
+    _ops_needs = "CUDA kernels (pip install mamba-ssm causal-conv1d)"
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
                  dt_max=0.1, dt_init_floor=1e-4, bias=False, conv_bias=True, backend="auto",
                  chunk_size=None, device=None, dtype=None, scan_impl="chunked"):
         super().__init__()
         self.backend, self.chunk_size, self.scan_impl = backend, chunk_size, scan_impl
-        _check_choice(self, "backend", BACKENDS)
-        _check_choice(self, "scan_impl", SCAN_IMPLS)
-        _check_ints(self, ["chunk_size"], 1, optional=True)
+        self._check_backend(SCAN_IMPLS)
         if chunk_size is None:
             self.chunk_size = COMPILED_CHUNK_SIZE if scan_impl == "compiled" else CHUNK_SIZE
         factory_kwargs = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.ssm_shape = (self.d_inner, d_state)
 
         # x and z branches in one matmul: (B, L, D) -> (B, L, 2*Dn)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory_kwargs)
@@ -388,7 +392,12 @@ class Mamba(nn.Module):
         # input-dependent dt (low rank R), B and C: (B, L, Dn) -> (B, L, R + 2N)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory_kwargs)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
-        self._init_dt_proj(dt_min, dt_max, dt_init_floor)
+        dt_init_std = self.dt_rank ** -0.5  # U(+-R^-0.5) keeps the variance of dt_proj's output ~1
+        nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor,
+                                                 self.dt_proj.bias.device))
+        self.dt_proj.bias._no_reinit = True  # a generic "zero all biases" init must skip it
 
         # S4D-real init A = -(1..N) per channel; stored as log so that A = -exp(A_log) stays < 0.
         # A_log and D stay fp32 whatever `dtype` is, like upstream (they are tiny and sensitive).
@@ -400,67 +409,36 @@ class Mamba(nn.Module):
 
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
 
-    def _init_dt_proj(self, dt_min, dt_max, dt_init_floor):
-        # weight ~ U(+-R^-0.5) keeps the variance of dt_proj's output ~1 at init
-        dt_init_std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor,
-                                                 self.dt_proj.bias.device))
-        self.dt_proj.bias._no_reinit = True  # a generic "zero all biases" init must skip it
-
-    def _use_cuda_kernels(self, x: torch.Tensor) -> bool:
-        return use_kernels(self, x, _mamba_ssm_ops, "CUDA kernels (pip install mamba-ssm causal-conv1d)")
-
-    # ---------------------------------------------------------------------- forward
-
     def forward(self, hidden_states, inference_cache=None):
         """hidden_states : (B, L, D) -> (B, L, D). ``inference_cache`` (conv_state, ssm_state) from
         `allocate_inference_cache`, if given, is filled with the states after the last token."""
         if self._use_cuda_kernels(hidden_states):
             return self._forward_cuda(hidden_states, inference_cache)
-        return self._forward_torch(hidden_states, inference_cache)
-
-    def _forward_torch(self, hidden_states, inference_cache=None):
-        batch, seqlen, _ = hidden_states.shape
-        xz = self.in_proj(hidden_states)  # (B, L, 2*Dn)
-        x, z = xz.chunk(2, dim=-1)  # (B, L, Dn), (B, L, Dn)
-        if inference_cache is not None:
-            # conv state = last d_conv raw conv inputs, zero-padded on the left if L < d_conv
-            inference_cache[0].copy_(F.pad(x, (0, 0, self.d_conv - seqlen, 0)).transpose(1, 2))
-        x = F.silu(self._causal_conv(x))  # (B, L, Dn)
-
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, Dn), (B, L, Dn)
+        x = self._conv(x, inference_cache, causal_conv1d)  # (B, L, Dn)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, Dn); bias is added in _ssm_torch
         y, last_state = self._ssm_torch(x, dt, B, C)  # (B, L, Dn), (B, Dn, N)
         if inference_cache is not None:
             inference_cache[1].copy_(last_state)
-        y = y.to(z.dtype) * F.silu(z)
-        return self.out_proj(y)  # (B, L, D)
-
-    def _causal_conv(self, x):
-        return causal_conv1d(x, self.conv1d.weight, self.conv1d.bias)  # (B, L, Dn)
+        return self.out_proj(y.to(z.dtype) * F.silu(z))  # (B, L, D)
 
     def _ssm_torch(self, x, dt, B, C):
         # x, dt : (B, L, Dn), B, C : (B, L, N) -> y : (B, L, Dn), last_state : (B, Dn, N)
-        dtype = _compute_dtype(x.dtype)
-        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
-        A = -torch.exp(self.A_log.to(dtype))  # (Dn, N)
-        delta = F.softplus(dt + self.dt_proj.bias.to(dtype))  # (B, L, Dn)
+        x, delta, A, B, C, D = self._ssm_inputs(self.dt_proj.bias, x, dt, B, C)
         if self.scan_impl == "reference":
-            y, last_state = selective_scan_ref(x.transpose(1, 2), delta.transpose(1, 2), A,
-                                               B.transpose(1, 2), C.transpose(1, 2),
-                                               return_last_state=True)
+            y, last_state = selective_scan_ref(x.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2),
+                                               C.transpose(1, 2), return_last_state=True)
             y = y.transpose(1, 2)
         else:
             y, last_state = _scan_chunked(x, delta, A, B, C, self.chunk_size,
                                           compile_chunk=self.scan_impl == "compiled")
-        return y + x * self.D.to(dtype), last_state
+        return y + x * D, last_state
 
     def _forward_cuda(self, hidden_states, inference_cache=None):
         # As mamba_simple.Mamba.forward: the fused kernels take our own parameters, so both
         # backends share one set of weights.
-        ops, _ = _mamba_ssm_ops()
+        ops = self._ops()[0]
         batch, seqlen, dim = hidden_states.shape
         # matmul and transpose (B, L, D) -> (B, 2*Dn, L) at once, as upstream
         xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, dim).t()  # (2Dn, B*L)
@@ -468,7 +446,7 @@ class Mamba(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
         A = -torch.exp(self.A_log.float())  # (Dn, N)
-        if ops["causal_conv1d_fn"] is not None and inference_cache is None:
+        if ops.get("causal_conv1d_fn") is not None and inference_cache is None:
             return ops["mamba_inner_fn"](
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
@@ -491,56 +469,22 @@ class Mamba(nn.Module):
             inference_cache[1].copy_(last_state)
         return self.out_proj(y.transpose(1, 2))  # (B, L, D)
 
-    # ---------------------------------------------------------------------- decoding
-
-    def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
-        """Zero states for `step`: conv_state (B, Dn, d_conv), ssm_state (B, Dn, N)
-        (``max_seqlen``: unused, the state does not grow; kept for mamba_ssm's API)."""
-        device = self.out_proj.weight.device
-        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        ssm_dtype = self.dt_proj.weight.dtype if dtype is None else dtype
-        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
-        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype)
-        return conv_state, ssm_state
-
     def step(self, hidden_states, conv_state, ssm_state):
         """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), the states
         updated in place."""
-        if hidden_states.shape[1] != 1:
-            raise ValueError(f"Mamba.step decodes one token at a time: got hidden_states of shape "
-                             f"{tuple(hidden_states.shape)}, expected (B, 1, {self.d_model})")
-        ops = _mamba_ssm_ops()[0] if self._use_cuda_kernels(hidden_states) else None
-        xz = self.in_proj(hidden_states.squeeze(1))  # (B, 2*Dn)
-        x, z = xz.chunk(2, dim=-1)  # (B, Dn)
+        self._check_step(hidden_states)
+        ops = self._ops()[0] if self._use_cuda_kernels(hidden_states) else None
+        x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (B, Dn), (B, Dn)
         x = self._conv_step(x, conv_state, ops)  # (B, Dn)
-
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, Dn), no bias yet
-        A = -torch.exp(self.A_log.float())  # (Dn, N)
-        if ops is not None and ops["selective_state_update"] is not None:
-            y = ops["selective_state_update"](ssm_state, x, dt, A, B, C, self.D, z=z,
-                                              dt_bias=self.dt_proj.bias, dt_softplus=True)
+        if ops is not None and ops.get("selective_state_update") is not None:
+            y = ops["selective_state_update"](ssm_state, x, dt, -torch.exp(self.A_log.float()), B, C, self.D,
+                                              z=z, dt_bias=self.dt_proj.bias, dt_softplus=True)
         else:
-            y = self._ssm_step_torch(x, dt, B, C, z, ssm_state)
-        out = self.out_proj(y.to(hidden_states.dtype))  # (B, D)
-        return out.unsqueeze(1), conv_state, ssm_state
-
-    def _conv_step(self, x, conv_state, ops):
-        # x : (B, Dn), conv_state : (B, Dn, d_conv) holds the last d_conv raw inputs
-        if ops is not None and ops["causal_conv1d_update"] is not None:
-            return ops["causal_conv1d_update"](x, conv_state, self.conv1d.weight.squeeze(1),
-                                               self.conv1d.bias, "silu")
-        return F.silu(causal_conv1d_step(x, conv_state, self.conv1d.weight, self.conv1d.bias))
-
-    def _ssm_step_torch(self, x, dt, B, C, z, ssm_state):
-        # x, dt, z : (B, Dn), B, C : (B, N), ssm_state : (B, Dn, N) updated in place
-        dtype = _compute_dtype(x.dtype)
-        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
-        A = -torch.exp(self.A_log.to(dtype))  # (Dn, N)
-        delta = F.softplus(dt + self.dt_proj.bias.to(dtype))  # (B, Dn)
-        deltaA = torch.exp(delta.unsqueeze(-1) * A)  # (B, Dn, N)
-        deltaB_u = (delta * x).unsqueeze(-1) * B.unsqueeze(1)  # (B, Dn, N)
-        h = ssm_state.to(dtype) * deltaA + deltaB_u
-        ssm_state.copy_(h)
-        y = (h @ C.unsqueeze(-1)).squeeze(-1) + x * self.D.to(dtype)  # (B, Dn)
-        return y * F.silu(z.to(dtype))
+            x, delta, A, B, C, D = self._ssm_inputs(self.dt_proj.bias, x, dt, B, C)
+            h = ssm_state.to(x.dtype) * torch.exp(delta.unsqueeze(-1) * A) \
+                + (delta * x).unsqueeze(-1) * B.unsqueeze(1)  # (B, Dn, N)
+            ssm_state.copy_(h)
+            y = ((h @ C.unsqueeze(-1)).squeeze(-1) + x * D) * F.silu(z.to(x.dtype))  # (B, Dn)
+        return self.out_proj(y.to(hidden_states.dtype)).unsqueeze(1), conv_state, ssm_state

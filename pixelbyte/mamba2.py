@@ -1,13 +1,11 @@
 """Mamba-2 mixer (SSD: state space duality) with two backends and one set of weights.
 
-Same constructor arguments, parameter names, shapes and init as `mamba_ssm.modules.mamba2.Mamba2`
-with its default options (rmsnorm, norm_before_gate=False, D per head), so a state dict loads with
-`strict=True` into mamba_ssm's `Mamba2` and back.
+Same constructor, parameter names, shapes and init as `mamba_ssm.modules.mamba2.Mamba2` with its
+default options (rmsnorm, norm_before_gate=False, D per head): state dicts load both ways, strict.
 - backend "cuda": mamba_ssm's Triton SSD kernel for the scan, this module's torch code around it;
   "torch": pure PyTorch, any device; "auto": "cuda" when it can run, else "torch".
-- the torch scan: `ssd_chunked`, where the scalar decay per head turns each chunk into a masked
-  (T x T) matrix product and only the states pass between chunks: matmuls, so plain autograd is
-  fast. `scan_impl="reference"` runs the sequential `ssd_ref` instead.
+- the torch scan: `ssd_chunked`, matmuls over chunks (plain autograd is fast);
+  `scan_impl="reference"` runs the sequential `ssd_ref` instead.
 
 Math (per head h of H = d_inner / headdim, channels p of headdim P, state size N; B and C are
 shared by the heads of a group, ngroups G; the decay is one scalar per head and token):
@@ -16,8 +14,8 @@ shared by the heads of a group, ngroups G; the decay is one scalar per head and 
     h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t B_t^T       h : (P, N) per head
     y_t = h_t C_t + D * x_t             out = out_proj(rmsnorm(y * silu(z)) * norm.weight)
 
-Shapes: B = batch, L = sequence length, D = d_model, Dn = d_inner (= expand * d_model),
-H = heads, P = headdim, G = ngroups, N = d_state, T = chunk size, nc = L / T chunks.
+Shapes: B batch, L length, D d_model, Dn d_inner (= expand * d_model), H heads, P headdim,
+G ngroups, N d_state, T chunk size, nc = L / T chunks.
 """
 
 from __future__ import annotations
@@ -30,25 +28,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .config import BACKENDS, _check_choice, _check_ints, _fail
+from .config import _check_ints, _fail
 from .config import MAMBA2_SCAN_IMPLS as SCAN_IMPLS
-from .mamba import _compute_dtype, causal_conv1d_step, dt_bias_init, use_kernels
+from .mamba import _compute_dtype, _import, _Mixer, dt_bias_init
 
 CHUNK_SIZE = 32  # tokens per chunk of the torch SSD (the fastest on a CPU)
 CUDA_CHUNK_SIZE = 256  # mamba_ssm's default for its Triton kernels
 
 
-# Optional mamba_ssm (GPU only), imported lazily as in pixelbyte/mamba.py.
-
-
 @functools.lru_cache(maxsize=None)
 def _mamba2_ops():
-    """Returns (ops dict, None) or (None, reason). Cached: a failed import is slow to repeat."""
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception as err:  # ImportError, but also errors from a broken CUDA / Triton build
-        return None, f"{type(err).__name__}: {err}"
-    return {"mamba_chunk_scan_combined": mamba_chunk_scan_combined}, None
+    """mamba_ssm's Triton SSD kernel (GPU only, imported lazily): (ops dict, None) or (None, reason).
+    Cached: a failed import is slow to repeat."""
+    return _import("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
 
 
 def mamba2_ssm_available() -> bool:
@@ -79,10 +71,8 @@ def _heads(t, nheads):
 
 
 def ssd_ref(x, dt, A, B, C, D=None, initial_state=None):
-    """Slow, obviously-correct SSD: the recurrence, one token at a time (autograd through a loop).
-
-        h_t = exp(dt_t * A) h_{t-1} + dt_t x_t B_t^T        y_t = h_t C_t + D x_t
-    """
+    """Slow, obviously-correct SSD: the recurrence h_t = exp(dt_t * A) h_{t-1} + dt_t x_t B_t^T,
+    y_t = h_t C_t + D x_t, one token at a time (autograd through a loop)."""
     _check_ssd_shapes(x, dt, A, B, C)
     batch, _, nheads, headdim = x.shape
     B, C = _heads(B, nheads), _heads(C, nheads)  # (B, L, H, N)
@@ -148,18 +138,15 @@ def ssd_minimal(x, dt, A, B, C, D=None, initial_state=None, chunk_size=16):
 
 
 def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, chunk_size=CHUNK_SIZE):
-    """Fast SSD (same signature and result as `ssd_ref`): the chunked algorithm laid out for
-    batched matmuls, any L (padded to a multiple of the chunk with dt = 0, which leaves the
-    state unchanged: exp(0 * A) = 1 and the input term is dt * x = 0).
-
+    """Fast SSD (same signature and result as `ssd_ref`) laid out for batched matmuls; any L, padded
+    to a multiple of the chunk with dt = 0 (exp(0 * A) = 1 and dt * x = 0: the state is unchanged).
     Per chunk of T tokens, with a_cum the running sum of dt * A inside the chunk:
         y_diag = ((C B^T) * exp(a_cum_i - a_cum_j) [j <= i]) (dt x)    within the chunk
         S_c    = B^T (exp(a_cum_T - a_cum_j) dt x)                      state the chunk adds
         h_c+1  = exp(a_cum_T) h_c + S_c                                 between chunks (loop)
         y_off  = exp(a_cum_i) C h_c                                     entering state's share
-    The heads of a group share B and C, so S_c and y_off are one (N x T) @ (T x heads*P) and
-    one (T x N) @ (N x heads*P) matmul per group; only y_diag is per head. States are kept
-    as (N, heads*P) per group inside, (H, P, N) outside (mamba_ssm's layout).
+    The heads of a group share B and C, so S_c and y_off are one matmul per group; only y_diag is
+    per head. States are (N, heads*P) per group inside, (H, P, N) outside (mamba_ssm's layout).
     """
     _check_ssd_shapes(x, dt, A, B, C)
     batch, seqlen, nheads, headdim = x.shape
@@ -215,18 +202,10 @@ def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, chunk_size=CHUNK_SIZ
     return y, last_state
 
 
-# Causal depthwise conv with a hand-written backward
-
-
 class CausalConv1d(torch.autograd.Function):
-    """`pixelbyte.mamba.causal_conv1d` (the reference) with a hand-written backward.
-
-    x : (B, L, Dc), weight : (Dc, 1, K), bias : (Dc) or None -> (B, L, Dc).
-    out_t = sum_k weight[:, k] * x_{t - (K-1-k)} + bias. Autograd through the reference pads x
-    and slices it per tap, so its backward fills and adds a padded (B, L+K-1, Dc) buffer per
-    tap; here each tap adds into the output (forward) or into grad_x (backward) in place, on the
-    overlapping time range only.
-    """
+    """`pixelbyte.mamba.causal_conv1d` with a hand-written backward: autograd through it fills and
+    adds a padded (B, L+K-1, Dc) buffer per tap; here each tap adds in place into the output
+    (forward) or grad_x (backward), on the overlapping time range only."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -256,15 +235,10 @@ class CausalConv1d(torch.autograd.Function):
         return grad_x, grad_taps[:, None], grad_bias
 
 
-# Gated RMSNorm (mamba_ssm's RMSNormGated, norm_before_gate=False)
-
-
 class RMSNormGated(nn.Module):
-    """rmsnorm(x * silu(z)) * weight, normalised over groups of `group_size` channels.
-
-    x, z : (..., Dn) -> (..., Dn). The gate comes first (norm_before_gate=False, Mamba-2's
-    default): the norm sees the gated output, so a closed gate cannot be scaled back up by it.
-    """
+    """mamba_ssm's RMSNormGated: rmsnorm(x * silu(z)) * weight over groups of `group_size` channels.
+    The gate comes first (norm_before_gate=False, Mamba-2's default), so the norm cannot scale a
+    closed gate back up."""
 
     def __init__(self, hidden_size, eps=1e-5, group_size=None, device=None, dtype=None):
         super().__init__()
@@ -279,13 +253,13 @@ class RMSNormGated(nn.Module):
         return (groups.flatten(-2) * self.weight).to(dtype)
 
 
-# The mixer
-
-
-class Mamba2(nn.Module):
+class Mamba2(_Mixer):
     """Mamba-2 mixer: (B, L, D) -> (B, L, D), parameters identical to mamba_ssm's `Mamba2`.
     ``backend`` and ``scan_impl``: see the module docstring; ``chunk_size``: tokens per chunk of
     the SSD (None: CHUNK_SIZE, or CUDA_CHUNK_SIZE for the kernels; the result does not depend on it)."""
+
+    _ops = staticmethod(_mamba2_ops)
+    _ops_needs = "Triton kernels (pip install mamba-ssm)"
 
     def __init__(self, d_model, d_state=128, d_conv=4, expand=2, headdim=64, ngroups=1,
                  A_init_range=(1, 16), dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, bias=False,
@@ -298,38 +272,35 @@ class Mamba2(nn.Module):
         self.chunk_size, self.backend, self.scan_impl = chunk_size, backend, scan_impl
         self._check_args()
         self.nheads = self.d_inner // headdim
+        self.ssm_shape = (self.nheads, headdim, d_state)
         factory_kwargs = {"device": device, "dtype": dtype}
 
-        # [z, x, B, C, dt] in one matmul: (B, L, D) -> (B, L, 2*Dn + 2*G*N + H)
-        d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
-        self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory_kwargs)
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state  # x, B and C: the conv's channels
+        # [z, xBC, dt] in one matmul: (B, L, D) -> (B, L, 2*Dn + 2*G*N + H)
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **factory_kwargs)
         # depthwise causal conv over time on x, B and C together (xBC)
-        self.conv_dim = self.d_inner + 2 * ngroups * d_state
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
                                 padding=d_conv - 1, bias=conv_bias, **factory_kwargs)
 
         # one dt per head: softplus(dt + dt_bias) starts log-uniform in [dt_min, dt_max]
         self.dt_bias = nn.Parameter(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, device)
                                     .to(dtype=dtype))
-        self.dt_bias._no_weight_decay = True
         # one scalar decay rate per head, A = -exp(A_log) with A ~ U(A_init_range); kept fp32
         # unless a dtype is given, like upstream
         A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
         self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))  # (H)
-        self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.nheads, device=device))  # (H) skip, fp32
-        self.D._no_weight_decay = True
+        for param in (self.dt_bias, self.A_log, self.D):
+            param._no_weight_decay = True
 
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups,
                                  **factory_kwargs)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
 
     def _check_args(self):
-        # the style of pixelbyte/config.py; ModelConfig checks its own fields before building this
+        # for direct use: ModelConfig checks its own fields before building this
         _check_ints(self, ("d_model", "d_state", "d_conv", "headdim", "ngroups"), 1)
-        _check_ints(self, ["chunk_size"], 1, optional=True)
-        _check_choice(self, "backend", BACKENDS)
-        _check_choice(self, "scan_impl", SCAN_IMPLS)
+        self._check_backend(SCAN_IMPLS)
         if self.d_inner < 1 or self.d_inner % self.headdim:
             _fail(self, "headdim", f"must divide d_inner = expand * d_model = {self.d_inner}")
         if (self.d_inner // self.headdim) % self.ngroups:
@@ -338,15 +309,10 @@ class Mamba2(nn.Module):
         if not (len(self.A_init_range) == 2 and 0 < self.A_init_range[0] <= self.A_init_range[1]):
             _fail(self, "A_init_range", "expected (low, high) with 0 < low <= high")
 
-    def _use_cuda_kernels(self, x: torch.Tensor) -> bool:
-        return use_kernels(self, x, _mamba2_ops, "Triton kernels (pip install mamba-ssm)")
-
-    # ---------------------------------------------------------------------- forward
-
     def _in_proj(self, u):
         # u : (..., D) -> z (..., Dn), xBC (..., Dn + 2*G*N), dt (..., H). The matmul's output
         # width is padded to a multiple of 8 with zero weight rows, dropped after: the CPU GEMM
-        # is slower on odd widths (291 at the paper's size)
+        # is slower on odd widths
         weight, bias = self.in_proj.weight, self.in_proj.bias
         pad = -weight.shape[0] % 8
         if pad:
@@ -365,13 +331,9 @@ class Mamba2(nn.Module):
     def forward(self, hidden_states, inference_cache=None):
         """hidden_states : (B, L, D) -> (B, L, D). ``inference_cache`` (conv_state, ssm_state) from
         `allocate_inference_cache`, if given, is filled with the states after the last token."""
-        batch, seqlen, _ = hidden_states.shape
         use_cuda_kernels = self._use_cuda_kernels(hidden_states)
         z, xBC, dt = self._in_proj(hidden_states)  # (B, L, .)
-        if inference_cache is not None:
-            # conv state = last d_conv raw conv inputs, zero-padded on the left if L < d_conv
-            inference_cache[0].copy_(F.pad(xBC, (0, 0, self.d_conv - seqlen, 0)).transpose(1, 2))
-        xBC = F.silu(CausalConv1d.apply(xBC, self.conv1d.weight, self.conv1d.bias))  # (B, L, Dn + 2GN)
+        xBC = self._conv(xBC, inference_cache, CausalConv1d.apply)  # (B, L, Dn + 2GN)
         x, B, C = self._split_xBC(xBC)  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
         if use_cuda_kernels:
             y, last_state = self._ssd_cuda(x, dt, B, C, want_state=inference_cache is not None)
@@ -379,59 +341,32 @@ class Mamba2(nn.Module):
             y, last_state = self._ssd_torch(x, dt, B, C)
         if inference_cache is not None:
             inference_cache[1].copy_(last_state)
-        y = self.norm(y.flatten(-2).to(z.dtype), z)  # (B, L, Dn)
-        return self.out_proj(y)  # (B, L, D)
+        return self.out_proj(self.norm(y.flatten(-2).to(z.dtype), z))  # (B, L, D)
 
     def _ssd_torch(self, x, dt, B, C):
         # x : (B, L, H, P), dt : (B, L, H), B, C : (B, L, G, N) -> y (B, L, H, P), (B, H, P, N)
-        dtype = _compute_dtype(x.dtype)
-        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
-        A = -torch.exp(self.A_log.to(dtype))  # (H)
-        dt = F.softplus(dt + self.dt_bias.to(dtype))  # (B, L, H)
-        D = self.D.to(dtype)
+        x, dt, A, B, C, D = self._ssm_inputs(self.dt_bias, x, dt, B, C)  # dt after softplus, A : (H)
         if self.scan_impl == "reference":
             return ssd_ref(x, dt, A, B, C, D)
         return ssd_chunked(x, dt, A, B, C, D, chunk_size=self.chunk_size or CHUNK_SIZE)
 
     def _ssd_cuda(self, x, dt, B, C, want_state):
         # mamba_ssm's Triton SSD on our own parameters (softplus and dt_bias inside the kernel)
-        ops, _ = _mamba2_ops()
-        out = ops["mamba_chunk_scan_combined"](
+        out = self._ops()[0]["mamba_chunk_scan_combined"](
             x, dt, -torch.exp(self.A_log.float()), B, C, chunk_size=self.chunk_size or CUDA_CHUNK_SIZE,
             D=self.D, z=None, dt_bias=self.dt_bias, dt_softplus=True, return_final_states=want_state)
         return out if want_state else (out, None)
 
-    # ---------------------------------------------------------------------- decoding
-
-    def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
-        """Zero states for `step`: conv_state (B, Dn + 2*G*N, d_conv), ssm_state (B, H, P, N)
-        (``max_seqlen``: unused, the state does not grow; kept for mamba_ssm's API)."""
-        device = self.out_proj.weight.device
-        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        ssm_dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=conv_dtype)
-        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                                dtype=ssm_dtype)
-        return conv_state, ssm_state
-
     def step(self, hidden_states, conv_state, ssm_state):
         """One token: hidden_states (B, 1, D) -> (out (B, 1, D), conv_state, ssm_state), the states
         updated in place: one step of `ssd_ref`'s recurrence, on every backend."""
-        if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
-            raise ValueError(f"Mamba2.step decodes one token at a time: got hidden_states of shape "
-                             f"{tuple(hidden_states.shape)}, expected (B, 1, {self.d_model})")
+        self._check_step(hidden_states)
         z, xBC, dt = self._in_proj(hidden_states[:, 0])  # (B, .)
-        xBC = F.silu(causal_conv1d_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias))
-        x, B, C = self._split_xBC(xBC)  # (B, H, P), (B, G, N), (B, G, N)
-
-        dtype = _compute_dtype(x.dtype)
-        x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+        x, B, C = self._split_xBC(self._conv_step(xBC, conv_state))  # (B, H, P), (B, G, N), (B, G, N)
+        x, dt, A, B, C, D = self._ssm_inputs(self.dt_bias, x, dt, B, C)
         B, C = (t.repeat_interleave(self.nheads // self.ngroups, dim=1) for t in (B, C))  # (B, H, N)
-        A = -torch.exp(self.A_log.to(dtype))  # (H)
-        dt = F.softplus(dt + self.dt_bias.to(dtype))  # (B, H)
-        h = torch.exp(dt * A)[..., None, None] * ssm_state.to(dtype) \
+        h = torch.exp(dt * A)[..., None, None] * ssm_state.to(x.dtype) \
             + (dt[..., None] * x)[..., None] * B[:, :, None, :]  # (B, H, P, N)
         ssm_state.copy_(h)
-        y = (h @ C[..., None]).squeeze(-1) + x * self.D.to(dtype)[:, None]  # (B, H, P)
-        y = self.norm(y.flatten(-2).to(z.dtype), z)  # (B, Dn)
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        y = (h @ C[..., None]).squeeze(-1) + x * D[:, None]  # (B, H, P)
+        return self.out_proj(self.norm(y.flatten(-2).to(z.dtype), z)).unsqueeze(1), conv_state, ssm_state

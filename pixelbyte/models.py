@@ -3,19 +3,11 @@ one class, ``PixelByteModel(ModelConfig)``, which owns its objective's loss.
 
     model = PixelByteModel(ModelConfig(model="bysmamba", objective="causal"))
     logits, loss = model(x, targets)        # x : (B, L, 3, 3) long -> logits (B, L, V), loss ()
-    state = model.init_state(batch_size=1)  # causal models only: decode token by token
-    logits_t, state = model.step(x_t, state)                  # x_t : (B, 3, 3) -> (B, V)
-    model.save_pretrained("ckpt"); PixelByteModel.from_pretrained("ckpt", backend="torch")
+    logits_t, state = model.step(x_t, model.init_state(1))   # causal only: x_t (B, 3, 3) -> (B, V)
 
-Every model is  embedding [+ positions] -> backbone -> LayerNorm -> linear head  with logits at
-every position; the objective (``select``) says what they mean:
-- ``next`` (the paper's): full windows; the last position predicts the token after the window;
-- ``causal``: windows with the centre zeroed; position t predicts token t itself (padding, id 0,
-  ignored), so whole items of different lengths share a batch.
-``positions`` adds embeddings of where the predicted token sits (segment, row, column, declared
-shape), which depend on the past only. Bidirectional models see the future of every position:
-they are legal only with ``next`` and cannot ``step``. ``PAPER_CONFIGS``: the paper's
-configurations, all under its 100k-parameter budget (``paper_config``).
+The objective (``select``) says what the logits mean: ``next`` (the paper's): the last position
+predicts the token after the window; ``causal``: the centre is zeroed and position t predicts token t
+(padding ignored). Bidirectional models see each position's future: ``next`` only, no ``step``.
 """
 from __future__ import annotations
 
@@ -33,15 +25,14 @@ from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 
 from . import tokenizer as tok
-from .config import EMBEDDINGS, MODELS, OBJECTIVES, RUNTIME_FIELDS, ModelConfig, RunConfig  # noqa: F401
+from .config import EMBEDDINGS, MODELS, RUNTIME_FIELDS, ModelConfig, RunConfig  # noqa: F401
 from .mamba import Mamba
 from .mamba2 import Mamba2
 
 PARAMETER_BUDGET = 100_000  # the paper: "all models under 100k parameters"
 # Models shipped inside the package, loadable by name: PixelByteModel.from_pretrained("pretrained")
 PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
-PRETRAINED = {"pretrained": os.path.join(PRETRAINED_DIR, "emoji"),
-              "pixelbyte-emoji": os.path.join(PRETRAINED_DIR, "emoji")}
+PRETRAINED = {name: os.path.join(PRETRAINED_DIR, "emoji") for name in ("pretrained", "pixelbyte-emoji")}
 RUN_NAME = "run.json"       # the RunConfig saved beside config.json and the weights
 METADATA_KEY = "pixelbyte_model_config"   # the ModelConfig inside the safetensors header
 RUN_KEY = "pixelbyte_run"                  # the RunConfig inside the safetensors header
@@ -52,9 +43,8 @@ RUN_KEY = "pixelbyte_run"                  # the RunConfig inside the safetensor
 
 
 class PxByEmbed(nn.Module):
-    """Embed the 9 cells of each window (E = max(9, dim // 9) values each), optionally mix them
-    with a 3x3 conv (sigmoid(alpha) * emb + (1 - sigmoid(alpha)) * conv3x3(emb), a learned alpha
-    per cell), project the 9 * E values to dim and LayerNorm. Windows are embedded one by one."""
+    """Embed each window's 9 cells (E = max(9, dim // 9) values each), optionally mix them with a 3x3 conv
+    (sigmoid(alpha) * emb + (1 - sigmoid(alpha)) * conv(emb), alpha per cell), project to dim, LayerNorm."""
 
     def __init__(self, vocab_size: int, dim: int, k: int = 3, conv: bool = True):
         super().__init__()
@@ -67,8 +57,7 @@ class PxByEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, k, _ = x.shape
-        emb = self.cells(x.reshape(B * L, k, k))              # (B*L, k, k, E)
-        emb = emb.permute(0, 3, 1, 2)                          # (B*L, E, k, k)
+        emb = self.cells(x.reshape(B * L, k, k)).permute(0, 3, 1, 2)   # (B*L, E, k, k)
         if self.conv is not None:
             mix = torch.sigmoid(self.alpha)                    # (k, k), broadcast over E
             emb = mix * emb + (1 - mix) * self.conv(emb)       # (B*L, E, k, k)
@@ -89,8 +78,7 @@ class CenterEmbed(nn.Module):
 
 
 class PositionEmbed(nn.Module):
-    """Learned embeddings of where each predicted token sits (``tokenizer.positions``: segment,
-    row, column, declared (h, w), rows and columns left), summed. (B, L, 7) long -> (B, L, dim)."""
+    """Summed learned embeddings of where each predicted token sits: (B, L, 7) ``tokenizer.positions``."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -107,9 +95,8 @@ class PositionEmbed(nn.Module):
 
 
 class LSTMBackbone(nn.Module):
-    """PixelRNN-like LSTM stack: a first layer (bidirectional or not), then depth - 1 layers.
-    A bidirectional first layer gives each direction half the cells (and outputs), so its output
-    has a unidirectional one's width and about its parameter count."""
+    """PixelRNN-like LSTM stack: a first layer (bidirectional or not), then depth - 1 layers. A
+    bidirectional first layer gives each direction half the cells, keeping the width and size."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -128,11 +115,7 @@ class LSTMBackbone(nn.Module):
         return h if self.rest is None else self.rest(self.drop(h))[0]   # (B, L, out_dim)
 
     def init_state(self, batch_size, device, dtype):
-        def zeros(lstm):                                       # (h0, c0) of an nn.LSTM
-            n, h_size = lstm.num_layers, lstm.proj_size or lstm.hidden_size
-            return (torch.zeros(n, batch_size, h_size, device=device, dtype=dtype),
-                    torch.zeros(n, batch_size, lstm.hidden_size, device=device, dtype=dtype))
-        return {"first": zeros(self.first), "rest": zeros(self.rest) if self.rest is not None else None}
+        return {"first": None, "rest": None}                   # nn.LSTM starts from zeros (h0, c0)
 
     def step(self, h, state, mix=None):                        # h : (B, dim)
         h, first = self.first(h[:, None], state["first"])      # (B, 1, out_dim)
@@ -142,8 +125,7 @@ class LSTMBackbone(nn.Module):
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (GPT-NeoX half-split) on the first 2 * len(inv_freq) features
-    (an odd head_dim leaves its last one unrotated). x : (B, H, L, hd), positions : (L,)."""
+    """Rotary embedding (GPT-NeoX half-split) of the first 2 * len(inv_freq) features of x (B, H, L, hd)."""
     angles = positions[:, None].to(inv_freq) * inv_freq       # (L, R/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     half = inv_freq.numel()
@@ -152,21 +134,15 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> 
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far for one attention layer; the buffers double in
-    size when full, so appending a token costs O(1) amortised."""
-
-    def __init__(self):
-        self.k = self.v = None                                 # (B, H, capacity, hd)
-        self.length = 0
+    """Keys and values of the tokens seen so far for one attention layer (O(1) amortised appends)."""
+    k = v = None                                               # (B, H, capacity, hd), from the first append
+    length = 0
 
     def append(self, k, v):                                    # k, v : (B, H, 1, hd)
-        if self.k is None or self.length == self.k.shape[2]:
-            capacity = max(32, 2 * self.length)
-            grown_k = k.new_zeros(k.shape[0], k.shape[1], capacity, k.shape[3])
-            grown_v = torch.zeros_like(grown_k)
-            if self.k is not None:
-                grown_k[:, :, :self.length], grown_v[:, :, :self.length] = self.k, self.v
-            self.k, self.v = grown_k, grown_v
+        if self.k is None:
+            self.k, self.v = k[:, :, :0], v[:, :, :0]
+        if self.length == self.k.shape[2]:                     # full: double the buffers (32 at first)
+            self.k, self.v = (F.pad(t, (0, 0, 0, max(32, self.length))) for t in (self.k, self.v))
         self.k[:, :, self.length], self.v[:, :, self.length] = k[:, :, 0], v[:, :, 0]
         self.length += 1
         return self.k[:, :, :self.length], self.v[:, :, :self.length]   # (B, H, T, hd)
@@ -181,8 +157,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(inner, cfg.dim)
         self.dropout = cfg.dropout
         half = self.head_dim // 2
-        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(half) / max(half, 1)),
-                             persistent=False)
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(half) / max(half, 1)), persistent=False)
 
     def _qkv(self, x, positions):                              # x : (B, L, dim)
         B, L, _ = x.shape
@@ -195,9 +170,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         q, k, v = self._qkv(x, torch.arange(x.shape[1], device=x.device))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self._merge(y)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                                          dropout_p=self.dropout if self.training else 0.0))
 
     def step(self, x, cache: KVCache):                         # x : (B, 1, dim)
         q, k, v = self._qkv(x, torch.tensor([cache.length], device=x.device))
@@ -223,22 +197,17 @@ class TransformerBlock(nn.Module):
 
 
 class BlockStack(nn.Module):
-    """``blocks`` run in turn, the condition's ``mix`` after the first; ``step`` gives each block
-    its own state."""
+    """``blocks`` in turn, the condition's ``mix`` after the first; ``step`` gives each its own state."""
 
-    def forward(self, h, mix=None):                            # h : (B, L, dim)
+    def forward(self, h, mix=None, states=None):               # h : (B, L, dim), or (B, dim) with states
         for i, block in enumerate(self.blocks):
-            h = block(h)
+            h = block(h) if states is None else block.step(h, states[i])
             if i == 0 and mix is not None:
                 h = mix(h)
         return h
 
     def step(self, h, states, mix=None):                       # h : (B, dim); states updated in place
-        for i, (block, state) in enumerate(zip(self.blocks, states)):
-            h = block.step(h, state)
-            if i == 0 and mix is not None:
-                h = mix(h)
-        return h, states
+        return self(h, mix, states), states
 
 
 class AttentionBackbone(BlockStack):
@@ -254,14 +223,12 @@ class AttentionBackbone(BlockStack):
 
 
 class MambaBlock(nn.Module):
-    """h + Mamba(LayerNorm(h)). Bidirectional: h + LayerNorm(Mamba(u) + flip(Mamba(flip(u))))
-    with one set of Mamba weights for both directions."""
+    """h + Mamba(LayerNorm(h)); bidirectional: h + LayerNorm(Mamba(u) + flip(Mamba(flip(u)))), one Mamba."""
 
     def __init__(self, cfg: ModelConfig, bidirectional: bool):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
-        mixer = Mamba2 if cfg.ssm == "mamba2" else Mamba
-        options = {"headdim": cfg.headdim} if cfg.ssm == "mamba2" else {}
+        mixer, options = (Mamba2, {"headdim": cfg.headdim}) if cfg.ssm == "mamba2" else (Mamba, {})
         self.mixer = mixer(cfg.dim, d_state=cfg.hidden, d_conv=cfg.d_conv, expand=cfg.expand,
                            backend=cfg.backend, scan_impl=cfg.scan_impl, **options)
         with torch.no_grad():  # residual branches scaled by 1/sqrt(depth), as mamba_ssm's init
@@ -331,28 +298,22 @@ BACKBONES = {"lstm": LSTMBackbone, "attention": AttentionBackbone, "bysmamba": B
 
 
 class CheckpointError(ValueError):
-    """A saved model or training checkpoint that cannot be used: corrupt file, weights of
-    another configuration, a config edited after saving, or another run's data."""
+    """A saved model or training checkpoint that cannot be used (corrupt, edited, of another config or run)."""
 
 
 def loss_sums(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Summable statistics of predictions (N, V) against targets (N,) per modality:
-    a (3, 3) float64 tensor, rows = ``tokenizer.MODALITIES``, columns = [tokens, loss sum (nats),
-    correct]. Training metrics and evaluation both read these, so their numbers agree."""
+    """Summable (3, 3) float64 statistics of predictions (N, V) against targets (N,): rows = ``tokenizer.MODALITIES``,
+    columns = [tokens, loss sum (nats), correct]. Training and evaluation both read these, so they agree."""
     with torch.no_grad():
         losses = F.cross_entropy(pred.float(), target, reduction="none").double()
         correct = (pred.argmax(-1) == target).double()
         kind = tok.modality(target)
-        sums = torch.zeros(len(tok.MODALITIES), 3, dtype=torch.float64, device=pred.device)
-        for k in range(len(tok.MODALITIES)):
-            sel = kind == k
-            sums[k] = torch.stack([sel.sum().double(), losses[sel].sum(), correct[sel].sum()])
-    return sums
+        return torch.stack([torch.stack([sel.sum().double(), losses[sel].sum(), correct[sel].sum()])
+                            for sel in (kind == k for k in range(len(tok.MODALITIES)))])
 
 
 def metrics_from_sums(sums) -> dict:
-    """``loss_sums`` (summed over batches and ranks) -> loss, accuracy, bits per token, and
-    accuracy / bits per token of each modality (nan where a modality has no token)."""
+    """``loss_sums`` (summed over batches and ranks) -> loss, accuracy, bits per token, overall and by modality."""
     sums = torch.as_tensor(sums, dtype=torch.float64)
     n, loss, correct = (float(v) for v in sums.sum(0))
     out = {"loss": loss / n if n else math.nan, "accuracy": correct / n if n else math.nan}
@@ -365,10 +326,9 @@ def metrics_from_sums(sums) -> dict:
 
 class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
                      tags=["pixelbytes", "multimodal"]):
-    """Embedding [+ positions] -> backbone -> LayerNorm -> head, logits at every position.
-    ``save_pretrained(dir)`` writes config.json (the ModelConfig), model.safetensors (its header
-    holds the ModelConfig too, so an edited config.json is caught) and, when the model knows its
-    run (``model.run``), run.json; ``from_pretrained`` rebuilds it, ``push_to_hub`` uploads all three."""
+    """Embedding [+ positions] -> backbone -> LayerNorm -> head. ``save_pretrained`` writes config.json,
+    model.safetensors (its header holds the config too, so an edited config.json is caught) and, when
+    ``model.run`` is known, run.json; ``from_pretrained`` rebuilds it, ``push_to_hub`` uploads all three."""
 
     def __init__(self, config: ModelConfig | dict):
         super().__init__()
@@ -414,9 +374,8 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, unconditional: torch.Tensor | None = None):
-        """x : (B, L, 3, 3) -> (logits (B, L, V), loss () or None). ``targets``: (B,) for
-        ``next``, (B, L) for ``causal`` (0 = padding, ignored). ``positions``: (B, L, 7) as the
-        data path gives them (``tokenizer.positions``); computed here, on x's device, if None.
+        """x : (B, L, 3, 3) -> (logits (B, L, V), loss () or None). ``targets``: (B,) for ``next``, (B, L)
+        for ``causal`` (0 = padding). ``positions``: (B, L, 7) (``tokenizer.positions``), computed if None.
         ``unconditional``: (B,) bool, rows that do not read the condition (``condition`` models)."""
         logits = self.logits(x, positions, unconditional)
         if targets is None:
@@ -428,13 +387,15 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
                unconditional: torch.Tensor | None = None) -> torch.Tensor:
         """x : (B, L, 3, 3) long -> logits (B, L, V) at every position."""
         x = self._check_windows(x, 4, "forward")
+        needed = self.memory is not None or (self.where is not None and positions is None)
+        prev = tok.previous_ids(x) if needed else None         # (B, L) the token before each position
         if self.where is not None and positions is None:
-            positions = tok.positions(x)                       # (B, L, 7)
+            positions = tok.positions(x, prev)                 # (B, L, 7)
         if self.memory is None:
             h = self.backbone(self._embed(x, positions))       # (B, L, out_dim)
             return self.head(self.norm(h))                     # (B, L, V)
         keep = self._keep(x.shape[0], x.device, unconditional)[:, None, None]
-        seg_begin = tok.segment_starts(x)
+        seg_begin = tok.segment_starts(x, prev)
 
         def mix(h):                                            # after the first layer
             return h + self.memory.into(self.memory(h, seg_begin)) * keep
@@ -452,9 +413,8 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
         return keep
 
     def select(self, logits: torch.Tensor, targets: torch.Tensor):
-        """The (N, V) predictions and (N,) targets the objective scores: the last position
-        against the token after the window (``next``), or every position against its own token,
-        padding dropped (``causal``)."""
+        """The (N, V) predictions and (N,) targets the objective scores: the last position (``next``),
+        or every position against its own token, padding dropped (``causal``)."""
         if self.config.objective == "next":
             if targets.dim() != 1:
                 raise ValueError(f"objective 'next' wants targets (B,), got {tuple(targets.shape)}")
@@ -468,11 +428,10 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
     # --- token-by-token decoding (causal models)
     def _require_causal(self, what):
         if not self.is_causal:
-            raise RuntimeError(
-                f"{what}: this {self.config.model} model is bidirectional, so every logit depends on "
-                f"the whole window (its future included) and it cannot decode token by token. To "
-                f"generate with it, re-run forward() on the whole window for each new token and read "
-                f"logits[:, -1].")
+            raise RuntimeError(f"{what}: this {self.config.model} model is bidirectional, so every logit depends "
+                               f"on the whole window (its future included) and it cannot decode token by token. To "
+                               f"generate with it, re-run forward() on the whole window for each new token and read "
+                               f"logits[:, -1].")
 
     def init_state(self, batch_size: int, device=None, unconditional: torch.Tensor | None = None):
         """Empty decoding state: LSTM (h, c), Mamba (conv, ssm) states, or attention KV caches
@@ -541,12 +500,8 @@ class PixelByteModel(nn.Module, PyTorchModelHubMixin, library_name="pixelbyte",
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "PixelByteModel":
-        """Load a model written by ``save_pretrained``: a local directory (works offline), a hub
-        repo id, or the name of a model shipped in the package (``PRETRAINED``). Keyword
-        arguments: the hub's (revision, cache_dir, token, local_files_only, ...), ``map_location``
-        (default "cpu") and overrides of runtime fields (``backend``, ``scan_impl``).
-        ``CheckpointError`` names the file when config.json, run.json or model.safetensors is
-        unreadable, edited, or does not fit the weights."""
+        """Load a ``save_pretrained`` directory, hub repo id or ``PRETRAINED`` name. Keywords: the hub's,
+        ``map_location`` (default "cpu"), runtime fields (``backend``, ``scan_impl``)."""
         source = PRETRAINED.get(str(pretrained_model_name_or_path), str(pretrained_model_name_or_path))
         folder, name = os.path.split(os.path.normpath(source))
         for _ in range(50):        # a training swaps best_model/ by two renames: wait for the second one
@@ -643,12 +598,10 @@ def _resolve_file(source: str, filename: str, hub: dict, required: bool = True) 
 def _read_safetensors(path: str) -> tuple[dict, dict]:
     """(state dict, header metadata) of a safetensors file."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(path), metadata
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as err:  # SafetensorError, OSError...
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); "
                               f"it is probably truncated or corrupt: save or download it again") from err
@@ -707,11 +660,9 @@ def config_parameters(cfg: ModelConfig) -> int:
 
 
 def paper_config(name: str, **overrides) -> ModelConfig:
-    """'rnn_bi_pxby_conv_81_32_2' -> ModelConfig (family_dir_embedding_conv_dim_hidden_depth),
-    objective 'next' as in the paper; ``overrides`` replace any field (e.g. dropout=0.1), after
-    the budget rule: the paper gives no Mamba expand or LSTM projection, and with the defaults
-    some of its rows exceed its 100k budget, so those get expand=1 (bysmamba) or
-    proj_size=hidden // 2 (lstm)."""
+    """'rnn_bi_pxby_conv_81_32_2' -> ModelConfig (family_dir_embedding_conv_dim_hidden_depth, objective
+    'next'), then ``overrides``. The paper gives no Mamba expand or LSTM projection: rows over its 100k
+    budget with the defaults get expand=1 (bysmamba) or proj_size=hidden // 2 (lstm)."""
     parts = name.split("_")
     if len(parts) != 7 or parts[0] not in FAMILIES or parts[1] not in ("bi", "uni") \
             or parts[2] not in EMBEDDINGS or parts[3] not in ("conv", "noconv") \
@@ -727,17 +678,8 @@ def paper_config(name: str, **overrides) -> ModelConfig:
     return replace(cfg, **overrides)
 
 
-# The paper's six best rows (see docs / the reference README) ...
-PAPER_BEST = (
-    "rnn_bi_pxby_conv_81_32_2",
-    "rnn_bi_pxby_conv_81_64_3",
-    "rnn_bi_center_noconv_81_64_2",
-    "ssm_bi_pxby_conv_81_64_2",
-    "ssm_uni_pxby_conv_81_64_2",
-    "att_uni_pxby_conv_81_64_2",
-)
-# ... their published generation metrics, (mean, std) over all chunks (64-token prompt, 16
-# greedy tokens, 144 window ids; Hamming lower is better) ...
+# The paper's six best rows and their published generation metrics, (mean, std) over all chunks
+# (64-token prompt, 16 greedy tokens, 144 window ids; Hamming lower is better) ...
 PAPER_RESULTS_SOURCE = "PixelBytes-Pokemon, Kaggle T4, 200 epochs"
 PAPER_RESULTS = {
     "rnn_bi_pxby_conv_81_32_2": {"hamming": (0.149, 0.062), "cosine": (0.899, 0.095), "bleu": (0.785, 0.082)},
@@ -747,46 +689,31 @@ PAPER_RESULTS = {
     "ssm_uni_pxby_conv_81_64_2": {"hamming": (0.166, 0.081), "cosine": (0.886, 0.102), "bleu": (0.760, 0.106)},
     "att_uni_pxby_conv_81_64_2": {"hamming": (0.159, 0.066), "cosine": (0.887, 0.103), "bleu": (0.760, 0.092)},
 }
+PAPER_BEST = tuple(PAPER_RESULTS)
 # ... and nine more: one change at a time along each stated axis (direction, embedding, conv,
-# input embedding 36/81/162, hidden state 32/64/128, depth 1/2/3), five per family.
-PAPER_ABLATIONS = (
-    "rnn_uni_pxby_conv_81_64_2",      # direction
-    "rnn_bi_pxby_conv_162_32_1",      # wide embedding, shallow
-    "ssm_bi_pxby_noconv_81_64_2",     # conv
-    "ssm_bi_center_noconv_81_64_2",   # embedding
-    "ssm_uni_pxby_conv_36_128_3",     # narrow embedding, large state, deep
-    "att_bi_pxby_conv_81_64_2",       # direction (no mask)
-    "att_uni_pxby_noconv_81_64_2",    # conv
-    "att_uni_center_noconv_81_64_2",  # embedding
-    "att_uni_pxby_conv_36_32_1",      # narrow embedding, small FFN, shallow
-)
+# input embedding 36/81/162, hidden state 32/64/128, depth 1/2/3), five per family with the best.
+PAPER_ABLATIONS = ("rnn_uni_pxby_conv_81_64_2", "rnn_bi_pxby_conv_162_32_1", "ssm_bi_pxby_noconv_81_64_2",
+                   "ssm_bi_center_noconv_81_64_2", "ssm_uni_pxby_conv_36_128_3", "att_bi_pxby_conv_81_64_2",
+                   "att_uni_pxby_noconv_81_64_2", "att_uni_center_noconv_81_64_2", "att_uni_pxby_conv_36_32_1")
 PAPER_CONFIGS: dict[str, ModelConfig] = {name: paper_config(name) for name in PAPER_BEST + PAPER_ABLATIONS}
-
-
-def _family_options(cfg: ModelConfig) -> str:
-    if cfg.model == "lstm":
-        return f"proj_size={cfg.proj_size}" if cfg.proj_size else "-"
-    if cfg.model == "bysmamba":
-        return f"expand={cfg.expand}, d_conv={cfg.d_conv}"
-    return f"heads={cfg.heads}, head_dim={cfg.head_dim}"
 
 
 def parameter_table(configs: dict[str, ModelConfig]) -> "pandas.DataFrame":
     """One row per config: its fields and parameter counts (embedding, backbone, head, total)."""
     import pandas as pd
 
-    rows = []
+    rows, fields = [], ("model", "bidirectional", "embedding", "conv", "dim", "hidden", "depth")
     for name, cfg in configs.items():
         with torch.device("meta"):
             model = PixelByteModel(cfg)
-        rows.append({
-            "name": name, "model": cfg.model, "bidirectional": cfg.bidirectional,
-            "embedding": cfg.embedding, "conv": cfg.conv, "dim": cfg.dim, "hidden": cfg.hidden,
-            "depth": cfg.depth, "family_options": _family_options(cfg),
-            "embedding_params": count_parameters(model.embed), "backbone_params": count_parameters(model.backbone),
-            "head_params": count_parameters(model.norm) + count_parameters(model.head),
-            "total_params": count_parameters(model),
-        })
+        options = {"lstm": f"proj_size={cfg.proj_size}" if cfg.proj_size else "-",
+                   "bysmamba": f"expand={cfg.expand}, d_conv={cfg.d_conv}",
+                   "attention": f"heads={cfg.heads}, head_dim={cfg.head_dim}"}
+        rows.append({"name": name, **{f: getattr(cfg, f) for f in fields}, "family_options": options[cfg.model],
+                     "embedding_params": count_parameters(model.embed),
+                     "backbone_params": count_parameters(model.backbone),
+                     "head_params": count_parameters(model.norm) + count_parameters(model.head),
+                     "total_params": count_parameters(model)})
     table = pd.DataFrame(rows).set_index("name")
     table["under_100k"] = table["total_params"] < PARAMETER_BUDGET
     return table

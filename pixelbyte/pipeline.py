@@ -5,15 +5,11 @@
     python -m pixelbyte.pipeline --out runs/mine --only 01_data_exploration
     python -m pixelbyte.pipeline --prepare-only --out build/nbval --params notebooks/params_ci.json
 
-The notebooks are ``--notebooks FOLDER`` (default ``./notebooks`` of the current directory, so
-run it from the repository root); runs go to ``runs/`` there unless ``--out`` says otherwise.
-Each notebook ``NN_name.ipynb`` is executed to ``<out>/NN_name.ipynb`` with the
-parameters ``out_dir=<out>/NN_name`` (where its PNG/CSV files go), ``run_dir=<out>`` (where
-earlier notebooks left their outputs, e.g. the checkpoint) and the overrides of the params
-file: ``{"02_training": {"model": "lstm"}, "*": {"seed": 1}}`` ("*": every notebook that has
-that parameter). A params file naming a notebook or a parameter that does not exist is refused
-with the closest valid names. ``--prepare-only`` writes the notebooks with their parameters
-injected, unexecuted (what nbval runs in the test command).
+Run it from the repository root (notebooks in ``./notebooks``, runs in ``./runs``). Each
+``NN_name.ipynb`` is executed to ``<out>/NN_name.ipynb`` with ``out_dir=<out>/NN_name`` (its
+PNG/CSV files), ``run_dir=<out>`` (earlier notebooks' outputs, e.g. the checkpoint) and the params
+file's overrides, ``{"02_training": {"model": "lstm"}, "*": {"seed": 1}}`` ("*": every notebook
+with that parameter); unknown names are refused. ``--prepare-only`` injects without executing.
 """
 from __future__ import annotations
 
@@ -28,7 +24,6 @@ from pathlib import Path
 from .config import _closest, looks_like_path
 
 NOTEBOOKS = Path("notebooks")   # the default: ./notebooks of the current directory (the repository root)
-INJECTED = ("out_dir", "run_dir")       # every notebook has them; the pipeline sets them
 PATH_PARAMS = ("dataset", "checkpoint")  # made absolute from the caller's folder: notebooks run in their own
 
 
@@ -63,8 +58,7 @@ def parameters(notebook: Path) -> dict:
 
 
 def check_params(params: dict, folder: Path | None = None, source: str = "params") -> dict:
-    """Refuse a notebook name or parameter name that no notebook has (a typo would otherwise
-    be ignored and the run would use the default). Returns ``params``."""
+    """``params``, after refusing any notebook or parameter name no notebook has (a typo would use the default)."""
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ValueError(f"{source}: expected {{notebook name or '*': {{parameter: value}}}}")
     known = {p.stem: set(parameters(p)) for p in notebook_paths(folder=folder)}
@@ -79,8 +73,7 @@ def check_params(params: dict, folder: Path | None = None, source: str = "params
 
 
 def load_params(path: str | None, folder: Path | None = None) -> dict:
-    """A params JSON file, checked against the notebooks' parameters ({} without a file); a relative
-    path in ``dataset`` / ``checkpoint`` is made absolute from the current folder."""
+    """A params JSON file, checked ({} without one); relative ``dataset`` / ``checkpoint`` paths made absolute."""
     if path is None:
         return {}
     try:
@@ -118,9 +111,8 @@ def new_run_folder(root: Path = Path("runs")) -> Path:
 def run(out: Path, params: dict, only: list[str] | None = None, kernel: str | None = None,
         progress: bool = True, notebooks: Path | None = None, prepare_only: bool = False,
         log_output: bool = False) -> list[Path]:
-    """Execute (or only prepare) the notebooks found in ``notebooks``; returns their paths.
-    ``log_output`` streams every cell's output to this process's stdout / stderr as it comes
-    (papermill's own ``log_output`` goes to a logger that nothing shows outside its CLI)."""
+    """Execute (or only prepare) the notebooks in ``notebooks``; returns their paths. ``log_output`` streams
+    cell outputs to stdout / stderr (papermill's own goes to a logger nothing shows outside its CLI)."""
     import papermill as pm
 
     notebooks = Path(notebooks or NOTEBOOKS).resolve()
@@ -166,8 +158,7 @@ def main(argv=None):
         return
     print(f"\n[pixelbyte] finished in {time.time() - start:.0f} s. Look at:")
     for nb in done:
-        pics = sorted((nb.parent / nb.stem).glob("*.png"))
-        print(f"  {nb}  ({len(pics)} PNG, outputs in {nb.parent / nb.stem})")
+        print(f"  {nb}  ({len(list((nb.parent / nb.stem).glob('*.png')))} PNG, outputs in {nb.parent / nb.stem})")
 
 
 if __name__ == "__main__":

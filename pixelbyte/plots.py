@@ -1,11 +1,6 @@
-"""Plots live here.
-
-Every plotting function returns a ``matplotlib.figure.Figure`` and never calls ``plt.show()``:
-notebooks display the returned figure, scripts save it with ``save_figure``. This module does
-not choose a backend (a notebook keeps its inline one); scripts that run headless call
-``matplotlib.use("Agg")`` themselves before plotting. Figures are built with
-``matplotlib.figure.Figure`` directly, so they are not registered with pyplot and never leak.
-"""
+"""Plots: every function returns a ``matplotlib.figure.Figure`` (built directly, so never registered
+with pyplot and never leaked) and never calls ``plt.show()``; scripts save it with ``save_figure``.
+No backend is chosen here: headless scripts call ``matplotlib.use("Agg")`` themselves."""
 from __future__ import annotations
 
 import textwrap
@@ -19,6 +14,18 @@ from matplotlib.patches import Rectangle
 from .tokenizer import BYTE_TOKENS, FIRST_COLOUR_ID, PALETTE, VOCAB_SIZE, centre_ids, decode, is_colour
 
 
+def _finish(fig: Figure, title=None, legend_ax=None, grid=False, layout=None, **title_kw) -> Figure:
+    """The end of a plot: light grids, a legend outside ``legend_ax`` (if given), the title, a tight layout."""
+    for ax in fig.axes if grid else ():
+        ax.grid(alpha=0.3)
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title, **title_kw)
+    fig.tight_layout(**(layout or {}))
+    return fig
+
+
 def _as_array(image) -> np.ndarray:
     """PIL image or array -> (H, W, 3|4) uint8 array for imshow."""
     if hasattr(image, "convert") and not isinstance(image, np.ndarray):
@@ -28,8 +35,8 @@ def _as_array(image) -> np.ndarray:
 
 def sprite_grid(images, captions=None, ncols: int = 8, scale: float = 1.3, title: str | None = None,
                 wrap: int = 20, fontsize: float = 6.0, max_lines: int = 4) -> Figure:
-    """Sprites (PIL images or (H, W, 3|4) uint8 arrays) in a grid, pixels as crisp squares, each
-    with its caption beneath: ``wrap`` characters per line, at most ``max_lines`` lines."""
+    """Sprites (PIL images or (H, W, 3|4) uint8 arrays) in a grid of crisp pixels, each captioned
+    beneath (``wrap`` characters per line, at most ``max_lines`` lines)."""
     images = list(images)
     if captions is not None:
         captions = list(captions)
@@ -49,12 +56,8 @@ def sprite_grid(images, captions=None, ncols: int = 8, scale: float = 1.3, title
         if captions is not None and captions[i]:
             lines = textwrap.wrap(str(captions[i]), wrap)
             text = "\n".join(lines[:max_lines]) + ("..." if len(lines) > max_lines else "")
-            ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top",
-                    fontsize=fontsize, wrap=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(h_pad=0.2, w_pad=0.3)
-    return fig
+            ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top", fontsize=fontsize, wrap=False)
+    return _finish(fig, title, layout=dict(h_pad=0.2, w_pad=0.3), fontsize=10)
 
 
 def save_figure(fig: Figure, path, dpi: int = 150) -> Figure:
@@ -84,7 +87,7 @@ def palette() -> Figure:
 
 
 def length_histogram(lengths) -> Figure:
-    """Histograms of tokens per item, all and by modality (``lengths``: tokens, pixel_tokens, text_tokens)."""
+    """Histograms of tokens per item, all and by modality (keys tokens, pixel_tokens, text_tokens)."""
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
     axes[0].hist(lengths["tokens"], bins=40, color="tab:blue")
@@ -93,8 +96,7 @@ def length_histogram(lengths) -> Figure:
                  color=["tab:green", "tab:orange"])
     axes[1].set(title="Tokens per item by modality", xlabel="tokens", ylabel="items")
     axes[1].legend()
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def _token_label(token_id: int) -> str:
@@ -107,16 +109,14 @@ def token_frequencies(token_ids, top: int = 40) -> Figure:
     """Bar chart of the ``top`` most frequent tokens; colour tokens drawn in their colour."""
     counts = np.bincount(np.asarray(token_ids).ravel(), minlength=VOCAB_SIZE)
     order = np.argsort(-counts)[:top]
-    colours = [PALETTE[t - FIRST_COLOUR_ID] / 255 if t >= FIRST_COLOUR_ID else (0.35, 0.35, 0.35)
-               for t in order]
+    colours = [PALETTE[t - FIRST_COLOUR_ID] / 255 if t >= FIRST_COLOUR_ID else (0.35, 0.35, 0.35) for t in order]
     fig = Figure(figsize=(10, 3.2))
     ax = fig.subplots()
     ax.bar(range(len(order)), counts[order] / counts.sum(), color=colours, edgecolor="black", linewidth=0.4)
     ax.set_xticks(range(len(order)), [_token_label(int(t)) for t in order], rotation=90, fontsize=7)
     ax.set(title=f"The {len(order)} most frequent tokens (grey: bytes, coloured: pixels)",
            xlabel="token", ylabel="share of all tokens")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def _window_rgb(window: np.ndarray) -> np.ndarray:
@@ -131,43 +131,33 @@ def _window_rgb(window: np.ndarray) -> np.ndarray:
 
 
 def context_windows(sequence: np.ndarray, n: int = 6, seed: int = 0) -> Figure:
-    """A sprite (one item's windows (L, 3, 3)) with ``n`` random pixel tokens that have a row
-    above marked, and each token's causal 3x3 window beside it."""
+    """One item's sprite with ``n`` random pixel tokens (not in its first row) marked, and each one's 3x3 window."""
     ids = centre_ids(sequence)
-    segments = decode(ids)
-    image = next(s.image for s in segments if s.kind == "image")
-    # position of every pixel token in the image: row, col
-    img_start = int(np.argmax(ids == 2)) + 1
-    body = ids[img_start:img_start + image.shape[0] * (image.shape[1] + 1)]
-    coords = [(i // (image.shape[1] + 1), i % (image.shape[1] + 1)) for i in range(len(body))]
-    candidates = [i for i, (r, c) in enumerate(coords) if is_colour(body[i]) and r > 0]
+    image = next(s.image for s in decode(ids) if s.kind == "image")
+    img_start, row_length = int(np.argmax(ids == 2)) + 1, image.shape[1] + 1   # rows end with \t
+    body = ids[img_start:img_start + image.shape[0] * row_length]
+    candidates = [i for i in range(row_length, len(body)) if is_colour(body[i])]     # not in the first row
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
     fig = Figure(figsize=(3 + 1.6 * len(picked), 3.2))
     axes = fig.subplots(1, len(picked) + 1, gridspec_kw={"width_ratios": [2] + [1] * len(picked)})
     axes[0].imshow(image, interpolation="nearest")
     axes[0].set_title("sprite")
+    box = dict(fill=False, edgecolor="red", linewidth=1.2)          # marks a token
     for k, i in enumerate(picked):
-        r, c = coords[i]
-        axes[0].add_patch(_rect(c - 0.5, r - 0.5, str(k + 1)))
+        r, c = divmod(i, row_length)
+        axes[0].add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, **box))
         axes[0].text(c, r, str(k + 1), ha="center", va="center", fontsize=6, color="red")
         win = sequence[img_start + i].copy()
         axes[k + 1].imshow(_window_rgb(win), interpolation="nearest")
-        axes[k + 1].add_patch(_rect(0.5, 0.5, ""))
+        axes[k + 1].add_patch(Rectangle((0.5, 0.5), 1, 1, **box))
         for (rr, cc), t in np.ndenumerate(win):
             axes[k + 1].text(cc, rr, _token_label(int(t)) if t else "0", ha="center", va="center",
                              fontsize=6, color="red" if (rr, cc) == (1, 1) else "black")
         axes[k + 1].set_title(f"token {k + 1}", fontsize=8)
     for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("Causal 3x3 context: row above + left; right and below are always 0", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _rect(x, y, label):
-    return Rectangle((x, y), 1, 1, fill=False, edgecolor="red", linewidth=1.2, label=label or None)
+        ax.set(xticks=[], yticks=[])
+    return _finish(fig, "Causal 3x3 context: row above + left; right and below are always 0", fontsize=9)
 
 
 def training_curves(metrics, title: str = "Training") -> Figure:
@@ -187,11 +177,8 @@ def training_curves(metrics, title: str = "Training") -> Figure:
     axes[1].set(title="Next-token accuracy", xlabel="optimizer step", ylabel="accuracy")
     axes[2].set(title="Accuracy by modality", xlabel="optimizer step", ylabel="accuracy")
     for ax in axes:
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title, grid=True)
 
 
 # Model comparison (notebook 04)
@@ -211,9 +198,8 @@ def _family_colours(runs, families) -> dict:
 
 
 def validation_curves(histories, title: str = "Validation loss of every run") -> Figure:
-    """Validation loss of all runs (``compare.Comparison.histories``) against optimizer steps and
-    wall time. Colour = family, solid = ``next``, dashed = ``causal`` (its loss averages every
-    position: not comparable with ``next``'s last-position loss)."""
+    """Validation loss of all runs (``compare.Comparison.histories``) against steps and wall time.
+    Colour = family, solid = ``next``, dashed = ``causal`` (a loss over every position: not comparable)."""
     val = histories[histories["split"] == "val"]
     runs = list(dict.fromkeys(val["run"]))
     families = [val.loc[val["run"] == r, "family"].iloc[0] for r in runs]
@@ -229,23 +215,16 @@ def validation_curves(histories, title: str = "Validation loss of every run") ->
     axes[0].set(title="against optimizer steps", xlabel="optimizer step", ylabel="validation loss (nats per token)")
     axes[1].set(title="against training wall time", xlabel="wall time (s, validation included)",
                 ylabel="validation loss (nats per token)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title, legend_ax=axes[1], grid=True)
 
 
 def metric_bars(summary, metrics=("hamming", "cosine", "bleu"),
                 title: str = "Paper metrics on held-out items (mean +- std over chunks)") -> Figure:
-    """Each metric's mean +- std as horizontal bars, one per model run (coloured by family) and
-    per trivial baseline (grey, hatched, at the bottom; a dashed line marks the best one).
-    ``summary``: ``compare.bar_summary``'s frame."""
+    """Each metric's mean +- std (``compare.bar_summary``) as horizontal bars: model runs coloured by
+    family, trivial baselines grey and hatched at the bottom (a dashed line marks the best)."""
     summary = summary.reset_index(drop=True)
     is_base = (summary["family"] == "baseline").to_numpy()
-    models = summary[~is_base]
-    colours = _family_colours(list(models["method"]), list(models["family"]))
+    colours = _family_colours(list(summary["method"][~is_base]), list(summary["family"][~is_base]))
     order = list(summary.index[~is_base]) + list(summary.index[is_base])
     y = np.arange(len(order))[::-1]
     fig = Figure(figsize=(4.2 * len(metrics) + 2.5, 0.28 * len(order) + 1.6))
@@ -267,16 +246,12 @@ def metric_bars(summary, metrics=("hamming", "cosine", "bleu"),
         ax.set_xlim(left=0)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [summary.loc[i, "method"] for i in order], fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
-def sprite_rows(rows: dict, references=None, captions=None, scale: float = 1.2,
-                title: str | None = None) -> Figure:
-    """A grid with one labelled row of sprites per entry of ``rows`` ({label: [image per
-    column]}), under an optional row of ``references``; ``captions`` (one per column) are
-    written above the first row. Missing images (None) leave an empty cell."""
+def sprite_rows(rows: dict, references=None, captions=None, scale: float = 1.2, title: str | None = None) -> Figure:
+    """One labelled row of sprites per ``rows`` entry ({label: [image or None per column]}), under
+    optional ``references``; ``captions`` (one per column) go above the first row."""
     labelled = ([("reference", list(references))] if references is not None else []) + \
         [(label, list(images)) for label, images in rows.items()]
     ncols = max(len(images) for _, images in labelled)
@@ -284,21 +259,15 @@ def sprite_rows(rows: dict, references=None, captions=None, scale: float = 1.2,
     axes = fig.subplots(len(labelled), ncols, squeeze=False)
     for r, (label, images) in enumerate(labelled):
         for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            ax.set(xticks=[], yticks=[])
+            ax.spines[:].set_visible(False)
             if c < len(images) and images[c] is not None:
                 ax.imshow(_as_array(images[c]), interpolation="nearest")
             if r == 0 and captions is not None and c < len(captions):
                 ax.set_title("\n".join(textwrap.wrap(str(captions[c]), 22)[:3]), fontsize=6)
         lines = [w for part in str(label).replace("/", "\n").splitlines() for w in textwrap.wrap(part, 34)]
-        axes[r][0].set_ylabel("\n".join(lines), fontsize=7, rotation=0,
-                              ha="right", va="center", labelpad=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+        axes[r][0].set_ylabel("\n".join(lines), fontsize=7, rotation=0, ha="right", va="center", labelpad=6)
+    return _finish(fig, title, fontsize=10)
 
 
 # The copy skill (notebook 05)
@@ -306,8 +275,8 @@ COPY_COLOURS = {"lstm": "tab:blue", "attention": "tab:red", "bysmamba": "tab:gre
 
 
 def copy_examples(examples: dict) -> Figure | None:
-    """The pictures of image and sprite copies among ``examples`` ({task: copying.CopyItem}):
-    the prompt's image, then the copy; None when there is none."""
+    """The image and sprite copies among ``examples`` ({task: copying.CopyItem}), prompt then copy;
+    None when there is none."""
     images, names = [], []
     for task, item in examples.items():
         if task in ("image", "sprite"):
@@ -318,17 +287,9 @@ def copy_examples(examples: dict) -> Figure | None:
                        title="Image and sprite copies: the prompt's image, then the copy") if images else None
 
 
-def _copy_finish(fig: Figure, axes, title: str) -> Figure:
-    axes[-1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def copy_curves(curves, sweeps, tasks: dict, families) -> Figure:
-    """Greedy copy accuracy against optimizer steps, one panel per task ({task: CopyTask}): token
-    (solid), exact-sequence (dashed) and for sprites pixel accuracy (dotted) per family, the best
-    trivial baseline in grey. ``curves`` and ``sweeps``: ``copying.Study``'s."""
+    """Greedy copy accuracy (``copying.Study``'s) against steps, a panel per task: token (solid), exact
+    (dashed) and for sprites pixel accuracy (dotted) per family, the best trivial baseline in grey."""
     baseline_at = sweeps[(sweeps["method"] != "model") & (sweeps["factor"] == 1)].groupby("task")[
         ["token_accuracy", "sequence_accuracy", "pixel_accuracy"]].max()
     fig = Figure(figsize=(4.2 * len(tasks), 3.6))
@@ -345,14 +306,12 @@ def copy_curves(curves, sweeps, tasks: dict, families) -> Figure:
         if t == "sprite":
             ax.axhline(baseline_at.loc[t, "pixel_accuracy"], color="grey", ls=":", lw=1, label="best baseline, pixel")
         ax.set(title=task.label, xlabel="optimizer step", ylabel="accuracy on held-out items", ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
-    return _copy_finish(fig, axes, "Copy accuracy against training steps (greedy generation)")
+    return _finish(fig, "Copy accuracy against training steps (greedy generation)", legend_ax=axes[-1], grid=True)
 
 
 def copy_sizes(sweeps, tasks: dict, families) -> Figure:
-    """Copy accuracy against task size (length generalisation), one panel per task: token
-    (solid) and exact-sequence (dashed) accuracy per family, the best baseline in grey, the
-    trained size dotted."""
+    """Copy accuracy against task size (length generalisation), a panel per task: token (solid) and
+    exact (dashed) per family, the best baseline in grey, the trained size dotted."""
     from .copying import SIZE_NAMES
 
     fig = Figure(figsize=(4.2 * len(tasks), 3.6))
@@ -372,5 +331,4 @@ def copy_sizes(sweeps, tasks: dict, families) -> Figure:
         ax.minorticks_off()
         sizes = sorted(rows["size"].unique())
         ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.grid(alpha=0.3)
-    return _copy_finish(fig, axes, "Copy accuracy against task size (trained at the dotted line)")
+    return _finish(fig, "Copy accuracy against task size (trained at the dotted line)", legend_ax=axes[-1], grid=True)

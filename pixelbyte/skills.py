@@ -1,17 +1,8 @@
-"""The mission's skills, measured on held-out items, every figure beside its baseline.
-
-    report = skills.measure(model, train_seqs, test_seqs, SkillsConfig(items=32))
-    report.table          # skill, metric, value, baseline, baseline_is, items
-    report.examples       # generated captions and sprites, for the pictures
-
-- keep the declared dimensions: from a shape text (or a caption then its shape), the share of
-  freely sampled images of exactly h rows of w colours; baseline: the training token frequencies;
-- sprite -> caption: the share of captions in the reference's group, and how close the name is;
-  baselines: the majority training group, a random training name;
-- caption -> sprite: a classifier fitted on the training sprites (``SpriteClassifier``) names
-  each drawing's group; floor: chance or the majority group; ceiling: the real held-out sprites;
-- the stream: bits per token on whole held-out items by modality, both orders; baseline: unigram.
-Copy skills come from ``copying`` (``measure(copy=...)``).
+"""The mission's skills on held-out items, every figure beside its baseline (in brackets):
+``measure(model, train_seqs, test_seqs, SkillsConfig(items=32))`` -> ``Skills`` (``.table``, ``.examples``).
+Declared dimensions kept by free samples (unigram); sprite -> caption group and name (majority group,
+random name); caption -> sprite group by ``SpriteClassifier`` (chance or majority; ceiling: the real
+sprites); cross-modal swap gains and retrieval (``cross_rows``); bits per token by modality (unigram).
 """
 from __future__ import annotations
 
@@ -25,15 +16,14 @@ import pandas as pd
 import torch
 
 from . import data, evaluate, generate as gen, tokenizer as tok
+from .config import _check_ints, _check_numbers, _fail, _is_int
 
 COLUMNS = ("skill", "metric", "value", "baseline", "baseline_is", "items")
 
 
 def caption_group(caption: str, known=None) -> str:
-    """'grinning face. smileys and emotion, face smiling' -> 'smileys and emotion': the words
-    after the last ". " up to ",". With ``known`` groups (those of the training captions), the
-    first ". <group>," that names one of them: a generated caption may run on past its group
-    ("... face. smileys and emotion, face concerned face. smiley")."""
+    """'grinning face. smileys and emotion, face smiling' -> 'smileys and emotion' (after the last ". "
+    up to ","). With ``known`` groups, the first ". <group>," naming one: generated captions may run on."""
     if known:
         for part in caption.split(". ")[1:]:
             group = part.split(",")[0].strip()
@@ -73,9 +63,16 @@ class Item:
                    tuple(blocks))
 
 
+def one_per_group(captions: list[str], n: int) -> list[int]:
+    """Indices of up to ``n`` captions: the first of each ``caption_group``, then the rest, in order
+    (free-text captions, each its own "group", keep their order)."""
+    groups = [caption_group(c) for c in captions]
+    firsts = [groups.index(g) for g in dict.fromkeys(groups)]
+    return list(dict.fromkeys([*firsts, *range(len(captions))]))[:n]
+
+
 def spread(items: list, n: int) -> list:
-    """``n`` items evenly spaced over the list (``data.evenly_spaced``): datasets are often
-    sorted by category (the embedded emoji are), so the first n would come from one or two groups."""
+    """``n`` items evenly spaced over the list: datasets are often sorted by category (the emoji are)."""
     return [items[k] for k in data.evenly_spaced(len(items), n)]
 
 
@@ -84,9 +81,8 @@ def spread(items: list, n: int) -> list:
 
 
 class SpriteClassifier:
-    """Logistic regression (scikit-learn) from a sprite's colours to its caption group. Features:
-    colour counts in each block of a 4x4 grid over a 24x24 canvas (the sprite top-left, white
-    around it), plus the whole canvas's colour histogram."""
+    """Logistic regression from a sprite's colours to its caption group. Features: colour counts in each
+    block of a 4x4 grid over a 24x24 canvas (sprite top-left, white around), and the whole canvas's."""
 
     CANVAS, GRID = 24, 4
 
@@ -135,9 +131,8 @@ def fit_classifier(train_seqs: list[np.ndarray]) -> SpriteClassifier | None:
 
 
 def no_groups_reason(captions: list[str], members: int = 3, share: float = 0.8) -> str | None:
-    """Why the captions have no groups to score (None when they have): groups exist when at
-    least ``share`` of the captions have a ``caption_group`` held by ``members`` captions or more
-    (the emoji's do; free-text paragraphs such as Pokedex entries do not)."""
+    """Why the captions have no groups to score, or None: groups exist when ``share`` of the captions have a
+    ``caption_group`` held by ``members`` captions or more (the emoji's do; Pokedex paragraphs do not)."""
     groups = [caption_group(c) for c in captions]
     counts = Counter(groups)
     shared = sum(counts[g] >= members for g in groups) / max(1, len(groups))
@@ -161,14 +156,10 @@ class SkillsConfig:
     batch_size: int = 32            # prompts generated at once
 
     def __post_init__(self):
-        if not isinstance(self.items, int) or self.items < 1:
-            raise ValueError(f"SkillsConfig.items={self.items!r}: expected an integer >= 1")
-        for name in ("temperature", "caption_temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"SkillsConfig.{name}={value!r}: expected a number >= 0")
-        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in self.retrieval):
-            raise ValueError(f"SkillsConfig.retrieval={self.retrieval!r}: expected integers >= 2")
+        _check_ints(self, ("items", "batch_size"), 1)
+        _check_numbers(self, ("temperature", "caption_temperature"))
+        if not all(_is_int(k, 2) for k in self.retrieval):
+            _fail(self, "retrieval", "expected integers >= 2")
 
 
 @dataclass
@@ -186,8 +177,9 @@ class Skills:
             return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else \
                 (f"{v:.2e}" if 0 < abs(v) < 10 ** -digits else f"{v:.{digits}f}")
         lines = ["| skill | metric | value | baseline | baseline is | items |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r.skill} | {r.metric} | {fmt(r.value)} | {fmt(r.baseline)} | {r.baseline_is} | {r.items} |"
-                  for r in self.table.itertuples()]
+        for r in self.table.itertuples():
+            metric = r.metric.replace("|", "\\|")                    # "p(a | b)" inside a table cell
+            lines.append(f"| {r.skill} | {metric} | {fmt(r.value)} | {fmt(r.baseline)} | {r.baseline_is} | {r.items} |")
         return "\n".join(lines)
 
 
@@ -231,8 +223,8 @@ def caption_rows(written: list[str], items: list[Item], train_captions: list[str
     groups = [caption_group(c) for c in train_captions]
     known = set(groups)
     majority = max(sorted(known), key=groups.count)
-    rng = np.random.default_rng(seed)
-    random_names = [caption_name(train_captions[k]) for k in rng.integers(0, len(train_captions), len(items))]
+    picks = np.random.default_rng(seed).integers(0, len(train_captions), len(items))
+    random_names = [caption_name(train_captions[k]) for k in picks]
     rows = [
         {"skill": "sprite -> caption", "metric": "group accuracy",
          "value": float(np.mean([caption_group(w, known) == caption_group(r) for w, r in zip(written, refs)])),
@@ -243,18 +235,15 @@ def caption_rows(written: list[str], items: list[Item], train_captions: list[str
          "baseline": float(np.mean([name_similarity(n, caption_name(r)) for n, r in zip(random_names, refs)])),
          "baseline_is": "name of a random training item", "items": len(items)},
     ]
-    why = no_groups_reason(train_captions)
-    if why:
+    if why := no_groups_reason(train_captions):
         rows[0].update(value=math.nan, baseline=math.nan, baseline_is=why)
     return rows
 
 
 def sprite_rows(drawn: list[np.ndarray], items: list[Item], classifier: SpriteClassifier | None,
                 why: str | None = None) -> list[dict]:
-    """Group accuracy of drawn sprites (palette indices) by the classifier, with its ceiling;
-    without a classifier (captions without groups), the same rows with nan and ``why``. The
-    floor is the better of chance and "always the majority group": on a subset with few groups a
-    drawing that tells the classifier nothing can still score far above 1 / groups."""
+    """Group accuracy of drawn sprites (palette indices) by the classifier, and its ceiling (nan and
+    ``why`` without one). Floor: the better of chance and the majority group, which few groups favour."""
     sprites = {"group accuracy (classifier)": drawn,
                "classifier on the real held-out sprites (ceiling)": [i.image for i in items]}
     row = {"skill": "caption -> sprite", "items": len(items)}
@@ -278,9 +267,8 @@ CROSS = {"caption -> sprite": ("caption", "sprite", "image"), "sprite -> caption
 
 
 def pair_stream(a: Item, b: Item, direction: str) -> tuple[np.ndarray, int]:
-    """b's scored segments after a's conditioning ones: (windows (L, 3, 3), where b's begin).
-    caption -> sprite: a's caption, b's shape and image; sprite -> caption: a's shape and image,
-    b's caption. Segments are windowed on their own, so any pair is a well-formed stream."""
+    """b's scored segments after a's conditioning ones (caption, or shape and image): (windows (L, 3, 3),
+    where b's begin). Segments are windowed on their own, so any pair is a well-formed stream."""
     first, then = (a.segments[2:], b.segments[:2]) if direction == "caption -> sprite" \
         else (a.segments[:2], b.segments[2:])
     return np.concatenate(first + then), sum(map(len, first))
@@ -288,10 +276,8 @@ def pair_stream(a: Item, b: Item, direction: str) -> tuple[np.ndarray, int]:
 
 @torch.no_grad()
 def stream_bits(model, streams: list[np.ndarray], starts: list[int], batch_size: int = 32) -> list[np.ndarray]:
-    """Bits (-log2 p) of every token of each stream (L_k, 3, 3) from ``starts[k]`` on, by a
-    causal model reading the whole stream. Streams are batched by length and zero-padded at the
-    end as ``data.ItemDataset`` does: many candidate streams per forward pass. The slow
-    reference is ``generate.log_likelihood`` (teacher-forced, token by token)."""
+    """Bits (-log2 p) of every token of each stream (L_k, 3, 3) from ``starts[k]`` on, by a causal model,
+    batched by length as ``data.ItemDataset`` does (slow reference: ``generate.log_likelihood``)."""
     samples = data.ItemDataset(streams)                     # sorted by length: little padding
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = [None] * len(streams)
@@ -319,11 +305,9 @@ def partners(n: int, groups: list[str] | None = None, seed: int = 0) -> list[int
 
 
 def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | None = None) -> list[dict]:
-    """Both directions on ``items``. Swap gain: bits per token of an item's image (caption) after
-    its own caption (sprite) minus after a partner's (of another group where ``groups`` exist),
-    and the share of items likelier after their own. Retrieval: among K items, the share of
-    queries whose own candidate is the likeliest. A model that ignores the partner scores gain 0,
-    share 0.5 (ties count half) and exactly 1 / K (the same candidate wins for every query)."""
+    """Both directions. Swap gain: bits per token of an item's image (caption) after a partner's caption
+    (sprite) minus after its own, and the share likelier after their own. Retrieval among K: the share of
+    queries a whose own b is likeliest by p(b | a) and by p(b | a) / p(b). Ignoring a scores 0, 0.5, 1 / K."""
     n = len(items)
     ks = {}                                                  # k scored -> the K asked
     for asked in cfg.retrieval:
@@ -341,7 +325,10 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
             pairs = sorted({(b, b) for b in range(n)} | {(partner[b], b) for b in range(n)}
                            | {(a, b) for chosen in sets.values() for s in chosen for a in s for b in s})
             streams, starts = zip(*(pair_stream(items[a], items[b], direction) for a, b in pairs))
-            bits = dict(zip(pairs, stream_bits(model, list(streams), list(starts), cfg.batch_size)))
+            alone = [np.concatenate(i.segments[:2] if swapped == "image" else i.segments[2:]) for i in items]
+            scores = stream_bits(model, list(streams) + alone, list(starts) + [0] * n, cfg.batch_size)
+            bits = dict(zip(pairs, scores))
+            alone = np.array([v.sum() for v in scores[len(pairs):]])      # b's bits with nothing before
             skip = [len(i.segments[0]) if swapped == "image" else 0 for i in items]   # the shape is not the image
             own = np.array([bits[b, b][skip[b]:].sum() for b in range(n)])
             other = np.array([bits[partner[b], b][skip[b]:].sum() for b in range(n)])
@@ -350,6 +337,9 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
             total = {pair: v.sum() for pair, v in bits.items()}
             for k, chosen in sets.items():                   # for each query a, the likeliest candidate b
                 values[k] = float(np.mean([min(s, key=lambda b: total[a, b]) == a for s in chosen for a in s]))
+                # noisy channel: the candidate the query made likeliest relative to its own likelihood
+                values[k, "pmi"] = float(np.mean([min(s, key=lambda b: total[a, b] - alone[b]) == a
+                                                  for s in chosen for a in s]))
         row = {"skill": direction, "items": n}
         rows += [{**row, "metric": f"swap gain: own {given} minus another's, bits per {swapped} token",
                   "value": values.get("gain", math.nan), "baseline": 0.0,
@@ -357,42 +347,43 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
                  {**row, "metric": f"swap: share of items likelier after their own {given}",
                   "value": values.get("share", math.nan), "baseline": 0.5,
                   "baseline_is": why or f"a model that ignores the {given} (ties count half)"}]
-        rows += [{**row, "metric": f"retrieval: top-1 {scored} among {k} by p({scored} | {given})",
-                  "value": values.get(k, math.nan), "baseline": 1 / k, "items": k * len(sets[k]),
-                  "baseline_is": why or f"chance (1 / {k})" + (f"; only {n} items, not {asked}" if k < asked else "")}
-                 for k, asked in ks.items()]
+        for norm, by in ((None, ""), ("pmi", f" / p({scored})")):
+            rows += [{**row, "metric": f"retrieval: top-1 {scored} among {k} by p({scored} | {given}){by}",
+                      "value": values.get(k if norm is None else (k, norm), math.nan), "baseline": 1 / k,
+                      "items": k * len(sets[k]), "baseline_is": why or f"chance (1 / {k})"
+                      + (f"; only {n} items, not {asked}" if k < asked else "")} for k, asked in ks.items()]
     return rows
 
 
 def _generations(model, items: list[Item], cfg: SkillsConfig, caption_budget: int) -> dict:
     """Everything the report samples: free images in both orders, captions, drawn sprites."""
-    images = {order: _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=order == "caption_first")
-                                       for i in items], [2 * h * (w + 1) for h, w in (i.shape for i in items)], cfg)
+    budgets = [h * (w + 1) for h, w in (i.shape for i in items)]          # one image's tokens
+    prompts = {first: [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=first) for i in items]
+               for first in (False, True)}
+    images = {order: _generate(model, prompts[order == "caption_first"], [2 * b for b in budgets], cfg)
               for order in DIMENSION_ORDERS}
     captions = _generate(model, [i.prompt for i in items], [caption_budget] * len(items), cfg,
                          temperature=cfg.caption_temperature)
-    sprites = _generate(model, [gen.caption_to_sprite_prompt(i.caption, i.shape, caption_first=True) for i in items],
-                        [h * (w + 1) for h, w in (i.shape for i in items)], cfg, constrained=True)
+    sprites = _generate(model, prompts[True], budgets, cfg, constrained=True)
     return {"images": images, "captions": [o.texts[-1] if o.texts else "" for o in captions],
             "drawn": [tok.quantize(o.images[-1]) for o in sprites]}      # (h, w) palette indices
 
 
 def _bits_rows(model, test_seqs, unigram) -> list[dict]:
-    """Bits per token on the held-out items: whole items in both orders for causal models; for
-    ``next`` models (one target after each window) every token after a window of the length
-    they were trained on. Baseline: the unigram's bits on the same target tokens."""
+    """Bits per token on the held-out items (whole items, both orders; ``next`` models: every token after
+    a window of their training length), beside the unigram's on the same targets."""
     if model.config.objective == "causal":
         views = {f"bits per token ({o.replace('_', '-')})": data.ItemDataset(test_seqs, o)
                  for o in ("data", "caption_first")}
     else:
-        run = getattr(model, "run", None)
-        length = (run.context_length if run is not None else None) or gen.DEFAULT_WINDOW
+        length = getattr(getattr(model, "run", None), "context_length", None) or gen.DEFAULT_WINDOW
         length = min(length, min(len(s) for s in test_seqs) - 1)
         views = {f"bits per token (next token after {length})": data.WindowDataset(test_seqs, length, 1, "next")}
     rows = []
     for skill, samples in views.items():
         metrics = evaluate.token_metrics(model, samples, batch_size=16).set_index("modality")
-        targets = _targets(samples)
+        ys = np.concatenate([np.asarray(samples[i][1]).reshape(-1) for i in range(len(samples))]).astype(np.int64)
+        targets = ys[ys != tok.PAD_ID]                   # every target token, as the loss counts them
         kinds = tok.modality(targets)
         for name in ("all", *tok.MODALITIES):
             sel = np.ones(len(targets), bool) if name == "all" else kinds == tok.MODALITIES.index(name)
@@ -402,20 +393,11 @@ def _bits_rows(model, test_seqs, unigram) -> list[dict]:
     return rows
 
 
-def _targets(samples) -> np.ndarray:
-    """Every target token of a dataset, as the loss counts them (padding dropped)."""
-    ys = [np.asarray(samples[i][1]).reshape(-1) for i in range(len(samples))]
-    ys = np.concatenate(ys).astype(np.int64)
-    return ys[ys != tok.PAD_ID]
-
-
 def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
             cfg: SkillsConfig | None = None, classifier: SpriteClassifier | None = None,
             copy: pd.DataFrame | None = None) -> Skills:
-    """The skills report of ``model`` on ``cfg.items`` held-out items spread over the split (all for
-    bits per token). Group metrics are left out, with the reason, where the training captions have
-    no groups (``no_groups_reason``). ``classifier``: a fitted ``SpriteClassifier`` (fitted on
-    ``train_seqs`` when None); ``copy``: rows from ``copying.copy_rows`` to append."""
+    """The skills report on ``cfg.items`` held-out items (all for bits per token); group metrics are left
+    out, with the reason, without caption groups. ``copy``: rows from ``copying.copy_rows`` to append."""
     cfg = cfg or SkillsConfig()
     items = spread([i for i in map(Item.of, test_seqs) if i is not None], cfg.items)
     if not items:
@@ -434,7 +416,8 @@ def measure(model, train_seqs: list[np.ndarray], test_seqs: list[np.ndarray],
             cross = cross_rows(model, items, cfg, None if why else [caption_group(i.caption) for i in items])
     finally:
         model.train(was_training)
-    rows = (dimension_rows(made["images"], items, unigram) + caption_rows(made["captions"], items, train_captions, cfg.seed)
+    rows = (dimension_rows(made["images"], items, unigram)
+            + caption_rows(made["captions"], items, train_captions, cfg.seed)
             + sprite_rows(made["drawn"], items, classifier, why) + cross + bits)
     table = pd.DataFrame(rows, columns=COLUMNS)
     if copy is not None:

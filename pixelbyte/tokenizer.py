@@ -7,11 +7,9 @@ the caption -- and every token carries its causal 3x3 neighbourhood (the "PxBy" 
      [left,    self, 0      ],
      [0,       0,    0      ]]
 
-Rows end with ``\\t`` (id 1), a segment with ``\\n`` (id 2). Each segment is padded on its own, so
-its first token sees nothing. This reproduces the original dataset's encoder exactly
-(tests/fixtures/pixelbytes_upstream_vectors.json). ``load_rgb``, ``normalize_text`` and
-``encode_item`` refuse rather than guess: pixel values become 8 bits by their type (never by
-clipping), and an empty or oversized image or a non-string caption is an error naming it.
+Rows end with ``\\t`` (id 1), a segment with ``\\n`` (id 2); each segment is padded on its own.
+This reproduces the original dataset's encoder exactly (tests/fixtures/pixelbytes_upstream_vectors.json).
+Inputs are refused rather than guessed at (no clipping, no empty or oversized images).
 """
 from __future__ import annotations
 
@@ -24,14 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# ---------------------------------------------------------------------------------------------
 # Vocabulary (the original order: 58 byte tokens, then 55 NES colours)
-
-BYTE_TOKENS: tuple[bytes, ...] = tuple(
-    [b"\x00", b"\t", b"\n", b" ", b'"', b"'", b"(", b")", b"*", b",", b"-", b"+", b".",
-     *[str(d).encode() for d in range(10)], b"\xc2", b"\xa0", b":", b"[", b"]", b";", b"/",
-     b"%", b"!", *[bytes([c]) for c in range(ord("a"), ord("z") + 1)]]
-)
+BYTE_TOKENS: tuple[bytes, ...] = (
+    b"\x00", b"\t", b"\n", b" ", b'"', b"'", b"(", b")", b"*", b",", b"-", b"+", b".",
+    *[str(d).encode() for d in range(10)], b"\xc2", b"\xa0", b":", b"[", b"]", b";", b"/",
+    b"%", b"!", *[bytes([c]) for c in range(ord("a"), ord("z") + 1)])
 PALETTE = np.array([
     [0, 0, 0], [252, 252, 252], [248, 248, 248], [188, 188, 188], [124, 124, 124],
     [164, 228, 252], [60, 188, 252], [0, 120, 248], [0, 0, 252], [184, 184, 248],
@@ -48,8 +43,7 @@ PALETTE = np.array([
 
 N_BYTES = len(BYTE_TOKENS)            # 58
 VOCAB_SIZE = N_BYTES + len(PALETTE)   # 113
-PAD_ID, ROW_END_ID, SEG_END_ID = 0, 1, 2
-SPACE_ID = 3
+PAD_ID, ROW_END_ID, SEG_END_ID, SPACE_ID = 0, 1, 2, 3
 FIRST_COLOUR_ID = N_BYTES
 
 _ID_TO_BYTE = np.array([b[0] for b in BYTE_TOKENS], dtype=np.uint8)
@@ -71,14 +65,11 @@ MODALITIES = ("text", "pixel", "structure")
 
 
 def modality(token_ids):
-    """Index into MODALITIES per token (0 text, 1 pixel, 2 structure); numpy arrays or torch
-    tensors alike (only comparisons and arithmetic)."""
+    """Index into MODALITIES per token (0 text, 1 pixel, 2 structure); numpy or torch alike."""
     return (token_ids >= FIRST_COLOUR_ID) * 1 + (token_ids < SPACE_ID) * 2
 
 
-# ---------------------------------------------------------------------------------------------
 # Colour: nearest NES colour in CIELAB (sRGB, D65), as the original dataset did
-
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB uint8 (..., 3) -> CIELAB float64 (..., 3), D65 white (same constants as skimage)."""
@@ -111,22 +102,19 @@ def to_palette_rgb(rgb: np.ndarray) -> np.ndarray:
     return PALETTE[quantize(rgb)]
 
 
-# ---------------------------------------------------------------------------------------------
 # Inputs: images and text, with their documented policies
 
-
 def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.ndarray:
-    """PIL image or (H, W, 3|4) array -> (H, W, 3) uint8 RGB.
-
-    Pixel values become 8 bits by their type (``to_8bit``). Alpha is composited on white (as
-    the Pokemon dataset's transparent backgrounds). An empty image is refused, and so is one
-    longer than ``max_side`` unless ``resize=True`` downscales it (nearest neighbour).
-    """
+    """PIL image or (H, W, 3|4) array -> (H, W, 3) uint8 RGB: 8 bits by type (``to_8bit``), alpha
+    composited on white (as the Pokemon dataset's backgrounds); an image longer than ``max_side``
+    is refused unless ``resize=True`` downscales it (nearest neighbour)."""
     from PIL import Image
 
+    shape = image.size[::-1] if isinstance(image, Image.Image) else np.shape(image)
+    if 0 in shape:
+        size = f"{shape[0]}x{shape[1]} pixels, HxW" if len(shape) >= 2 else f"an array of shape {shape}"
+        raise ValueError(f"image is empty ({size}): an item needs an image with H, W > 0")
     if isinstance(image, Image.Image):
-        if 0 in image.size:
-            raise ValueError(_empty_message(image.size[::-1]))
         pil = image
         if pil.mode in SIXTEEN_BIT_MODES or pil.mode == "F":
             values, depth = np.asarray(pil), "float" if pil.mode == "F" else "16"
@@ -136,8 +124,6 @@ def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.
             pil = Image.fromarray(to_8bit(values, depth, f"PIL mode {pil.mode!r}"), "L")
     else:
         arr = np.asarray(image)
-        if arr.size == 0:
-            raise ValueError(_empty_message(arr.shape))
         if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
             raise ValueError(f"image must have shape (H, W, 3) or (H, W, 4), got {arr.shape}")
         arr = to_8bit(arr, _array_depth(arr.dtype), f"array of dtype {arr.dtype}")
@@ -158,11 +144,6 @@ def load_rgb(image, max_side: int = MAX_IMAGE_SIDE, resize: bool = False) -> np.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")   # PIL modes read as 16-bit values
 
 
-def _empty_message(shape: tuple) -> str:
-    size = f"{shape[0]}x{shape[1]} pixels, HxW" if len(shape) >= 2 else f"an array of shape {shape}"
-    return f"image is empty ({size}): an item needs an image with H, W > 0"
-
-
 def _array_depth(dtype: np.dtype) -> str:
     """How an array's values are read: uint16 as 16 bits, floats as 0..1, other integers as 0..255."""
     if dtype == np.uint16:
@@ -176,12 +157,9 @@ def _array_depth(dtype: np.dtype) -> str:
 
 
 def to_8bit(values: np.ndarray, depth: str, what: str) -> np.ndarray:
-    """Pixel values -> uint8 (same shape). ``depth``: "8" (0..255, kept), "16" (0..65535,
-    ``round(v / 257)``) or "float" (0..1, ``round(v * 255)``, halves up). Values outside the
-    range are refused, naming ``what`` (the PIL mode or the array dtype): nothing is clipped."""
+    """Pixel values -> uint8: ``depth`` "8" (0..255), "16" (0..65535, round(v / 257)) or "float"
+    (0..1, round(v * 255), halves up). Values outside the range are refused, naming ``what``."""
     v = np.asarray(values)
-    if v.size == 0:
-        return v.astype(np.uint8)
     if depth == "float":
         if not np.isfinite(v).all():
             raise ValueError(f"image ({what}) holds NaN or infinite values")
@@ -201,12 +179,8 @@ def to_8bit(values: np.ndarray, depth: str, what: str) -> np.ndarray:
 
 
 def normalize_text(text: str) -> tuple[str, int]:
-    """Text policy: NFKD, drop non-ASCII, lowercase; other unknown characters become a space.
-
-    Returns ``(clean_text, n_replaced)``. Non-ASCII code points are dropped as in the original
-    dataset; ASCII characters without a token (``?``, ``&``, ...) are replaced by a space and
-    counted, and so are ``\\t`` and ``\\n``: they are the row/segment separators.
-    """
+    """NFKD, drop non-ASCII (as the original dataset), lowercase -> ``(clean_text, n_replaced)``:
+    ASCII characters without a token, and ``\\t`` ``\\n`` (the separators), become counted spaces."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__} {text!r}")
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
@@ -225,14 +199,16 @@ def text_to_ids(text: str) -> np.ndarray:
     return ids.astype(np.uint8)
 
 
-# ---------------------------------------------------------------------------------------------
+def ids_to_text(token_ids) -> str:
+    """Byte token ids -> text (the inverse of ``text_to_ids``; colour ids must not be passed)."""
+    return _ID_TO_BYTE[np.asarray(token_ids, dtype=np.int64)].tobytes().decode("latin-1")
+
+
 # Batch encoding: segments -> causal 3x3 windows
 
-
 def segment_windows(grid: np.ndarray) -> np.ndarray:
-    """Token grid (rows, cols) -> causal windows (rows * (cols + 1), 3, 3) uint8: appends the
-    separator column (``\\t``, the last row ``\\n``), pads by one, takes each cell's 3x3
-    neighbourhood and zeroes the cells later in reading order (right, and the row below)."""
+    """Token grid (rows, cols) -> causal windows (rows * (cols + 1), 3, 3) uint8: with the separator column
+    (``\\t``, the last row ``\\n``), each cell's 3x3 neighbourhood less the cells later in reading order."""
     rows, cols = grid.shape
     sep = np.full((rows, 1), ROW_END_ID, dtype=np.uint8)
     sep[-1, 0] = SEG_END_ID
@@ -256,9 +232,8 @@ ITEM_ORDERS = ("data", "caption_first")
 
 def encode_item(image, caption: str, max_side: int = MAX_IMAGE_SIDE, resize: bool = False,
                 stats: EncodeStats | None = None, order: str = "data") -> np.ndarray:
-    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8, in ``order``: "data" (shape text,
-    image, caption: the original dataset's) or "caption_first" (caption, shape text, image: a
-    model can draw a sprite conditioned on its caption; same windows, see ``reorder``)."""
+    """(image, caption) -> pixelbyte sequence (L, 3, 3) uint8 in ``order``: "data" (shape text, image, caption:
+    the original dataset's) or "caption_first" (the caption first, to condition the image; see ``reorder``)."""
     if not isinstance(caption, str):
         raise TypeError(f"caption={caption!r}: expected a string; use '' for an item without a caption "
                         f"(load_pixelbytes reads a None caption as '' and warns)")
@@ -301,17 +276,16 @@ def encode_text(text: str) -> np.ndarray:
     return segment_windows(text_to_ids(clean)[None])
 
 
-# ---------------------------------------------------------------------------------------------
 # Incremental windows: the same windows, one token at a time (generation depends on this)
 
-
 class ContextBuilder:
-    """Feed token ids one by one; get each token's causal 3x3 window, exactly the batch
-    encoder's for a well-formed stream. ``window(next_id)`` peeks; ``push`` consumes."""
+    """Feed token ids one by one (``token_ids``: a stream to start after); get each token's causal
+    3x3 window, exactly the batch encoder's for a well-formed stream. ``window(id)`` peeks; ``push`` consumes."""
 
-    def __init__(self):
+    def __init__(self, token_ids=()):
         self.prev_row: list[int] = []   # row above, including its separator; [] on a segment's first row
         self.row: list[int] = []        # current row so far
+        self.feed(token_ids)
 
     def window(self, token_id: int) -> np.ndarray:
         """The (3, 3) uint8 window the token ``token_id`` would get at the current position."""
@@ -351,9 +325,7 @@ def windows_from_ids(token_ids) -> np.ndarray:
     return ContextBuilder().feed(token_ids)
 
 
-# ---------------------------------------------------------------------------------------------
 # Decoding: a flat id stream back to text and images, tolerant of malformed streams
-
 _SHAPE_RE = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 
 
@@ -389,10 +361,6 @@ class Segment:
     terminated: bool = True                   # ended by \n
     issues: list[str] = field(default_factory=list)
 
-    @property
-    def shape(self) -> tuple[int, int] | None:
-        return (len(self.row_widths), max(self.row_widths, default=0)) if self.kind == "image" else None
-
 
 def _decode_segment(ids: np.ndarray, terminated: bool) -> Segment:
     arr = np.asarray(ids, dtype=np.int64)
@@ -407,9 +375,7 @@ def _decode_segment(ids: np.ndarray, terminated: bool) -> Segment:
         tabs = body == ROW_END_ID
         if tabs.any():
             issues.append(f"{int(tabs.sum())} row separator(s) inside text dropped")
-        text_ids = body[~colour & ~tabs]
-        return Segment("text", text=_ID_TO_BYTE[text_ids].tobytes().decode("latin-1"),
-                       terminated=terminated, issues=issues)
+        return Segment("text", text=ids_to_text(body[~colour & ~tabs]), terminated=terminated, issues=issues)
     issues += [f"byte token {t} inside image dropped" for t in body[~colour & (body != ROW_END_ID)]]
     pieces = np.split(body, np.flatnonzero(body == ROW_END_ID) + 1)         # each row with its \t
     rows = [r[r >= FIRST_COLOUR_ID] - FIRST_COLOUR_ID for r in pieces]
@@ -455,7 +421,6 @@ def decode_item(windows: np.ndarray, order: str = "data") -> tuple[np.ndarray | 
     return image, caption
 
 
-# ---------------------------------------------------------------------------------------------
 # Where a token sits in the stream, read from the tokens before it only. Torch ops, so a model
 # computes them on its device inside its graph (no host round trip per step): batched from
 # causal windows (``positions``) and one token at a time (``StreamPositions``), same numbers.
@@ -516,34 +481,30 @@ def position_features(segment, row, column, declared):
 
 
 def previous_ids(causal_windows):
-    """Masked windows of a stream from its start (..., L, 3, 3) tensor -> the id of the token
-    before each position (..., L); position 0 gets \n (a stream starts like a new segment).
-
-    The left cell is the previous token, except at the start of a row: there the previous token
-    was a row end \t when the row above exists, a segment end \n when it does not (first row of
-    a segment). Real tokens are never 0, so the rule is exact for any well-formed stream."""
+    """Masked windows of a stream from its start (..., L, 3, 3) -> the id of the token before each
+    position (..., L), \\n at position 0. The left cell, else (a row's start) \\t when there is a row
+    above, \\n when not; real tokens are never 0, so this is exact for any well-formed stream."""
     left, above = causal_windows[..., 1, 0], causal_windows[..., 0, :].amax(-1)
     return torch.where(left != PAD_ID, left, torch.where(above != PAD_ID, ROW_END_ID, SEG_END_ID))
 
 
-def segment_starts(causal_windows):
-    """Causal windows (B, L, 3, 3) of streams from their start -> (B, L): the position where the
-    segment of each position starts (everything before it is the stream's completed segments)."""
-    starts = previous_ids(causal_windows) == SEG_END_ID
+def segment_starts(causal_windows, prev=None):
+    """Causal windows (B, L, 3, 3) of streams from their start -> (B, L): where the segment of each
+    position starts. ``prev``: their ``previous_ids`` when already computed."""
+    starts = (previous_ids(causal_windows) if prev is None else prev) == SEG_END_ID
     t = torch.arange(starts.shape[-1], device=starts.device)
     return torch.where(starts, t, 0).cummax(-1).values
 
 
-def positions(causal_windows):
-    """Causal windows of streams from their start (B, L, 3, 3) -> position features (B, L, 7)
-    of each token (``POSITION_FEATURES``): segment, row and column inside it (a text segment is
-    one row), the (h, w) the previous segment declared when it spells ``"(h, w)"`` (else 0), and
-    the rows / columns left. Padding at the end of a stream changes nothing before it."""
-    prev = previous_ids(causal_windows).long()                        # (B, L)
+def positions(causal_windows, prev=None):
+    """Causal windows (B, L, 3, 3) of streams from their start -> ``POSITION_FEATURES`` (B, L, 7):
+    segment, row and column in it, the (h, w) the previous segment declared ("(h, w)", else 0)
+    and the rows / columns left. ``prev``: their ``previous_ids`` when already computed."""
+    prev = (previous_ids(causal_windows) if prev is None else prev).long()     # (B, L)
     t = torch.arange(prev.shape[-1], device=prev.device)
     seg_start, row_end = prev == SEG_END_ID, prev == ROW_END_ID
     segment = seg_start.cumsum(-1) - 1
-    seg_begin = segment_starts(causal_windows)
+    seg_begin = segment_starts(causal_windows, prev)
     column = t - torch.where(seg_start | row_end, t, 0).cummax(-1).values
     rows = row_end.cumsum(-1)
     row = rows - rows.gather(-1, seg_begin)

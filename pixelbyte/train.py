@@ -7,29 +7,29 @@
     model, final = train(run)                             # load data, build samples and model, fit
     final = Trainer(model, train_ds, val_ds, run).fit()   # with datasets of your own
 
-The model owns its loss; the Trainer runs the optimisation and reports the per-modality metrics
-that ``evaluate.token_metrics`` gives. ``batch_size`` is the global micro-batch (each rank takes
-its slice of the same batch), so 1 or N processes see the same samples per step; the epoch
-order follows from the step count, so a resumed run replays it. ``budget_s`` fixes the step
-count after a few timed steps, so that the learning-rate schedule ends where training ends.
-``out_dir`` holds the metrics, ``run.json``, ``last.pt`` / ``best.pt`` (atomic writes) and
-``best_model/``; a folder in use or holding a run is refused unless resumed or overwritten.
+``batch_size`` is the global micro-batch (each rank takes its slice of it), so 1 or N processes
+see the same samples per step; the epoch order follows from the step count, so a resumed run
+replays it.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import random
 import shutil
+import sys
 import time
 import warnings
 import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,15 +37,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Sampler, Subset
+from filelock import FileLock, Timeout
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm   # log lines that keep a bar whole
 
-from . import __version__, git_commit, kaggle_env
+from . import __version__, data, git_commit, kaggle_env
 from . import tokenizer as tok
 from .config import RUNTIME_FIELDS, DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, \
     _is_int, atomic_write_text, field_diff, resolve_device
-from .data import evenly_spaced
 from .models import CheckpointError, PixelByteModel, loss_sums, metrics_from_sums
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ CHECKPOINT_FORMAT = "pixelbyte-train-checkpoint-v2"
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "loader_gen", "epoch_start_gen", "step",
                    "epoch", "batch_in_epoch", "best_val_loss", "best_step", "history", "wall_time", "world_size",
                    "run", "total_steps", "dataset_sizes")
-# TrainConfig fields a resumed run must share with its checkpoint: they shape the trajectory
-# (epochs / max_steps / budget_s set the learning-rate schedule's length).
-RESUME_MUST_MATCH = ("epochs", "max_steps", "budget_s", "batch_size", "grad_accum", "seed", "lr", "min_lr",
-                     "warmup_steps", "weight_decay", "betas", "grad_clip", "amp", "eval_every")
 PROBE_STEPS = 6             # budget_s: steps timed (after the first) to fix the step count
 
 
@@ -99,57 +95,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def real_tokens(x: torch.Tensor, y: torch.Tensor) -> int:
-    """Input positions that are not padding: every position of a window (``next``), the
-    non-pad targets of a (possibly padded) causal batch."""
+    """Input positions that are not padding: all of a window batch (``next``), the non-pad targets of a causal one."""
     return int((y != tok.PAD_ID).sum()) if y.dim() == 2 else x.shape[0] * x.shape[1]
 
 
-def _single_threaded(fn, job):
-    torch.set_num_threads(1)
-    return fn(job)
-
-
 def in_processes(fn, jobs: list, workers: int = 1):
-    """Yield ``(k, fn(jobs[k]))`` for every job: here and in order with ``workers=1``, else as
-    they finish in that many spawned processes of one CPU thread each (small trainings do not
-    scale with threads). ``fn`` must be a module-level function, its results picklable."""
+    """Yield ``(k, fn(jobs[k]))`` per job: in order here with ``workers=1``, else as they finish in that many
+    spawned one-thread processes (small trainings do not scale with threads); ``fn`` must be picklable."""
     if not _is_int(workers, 1):
         raise ValueError(f"workers={workers!r}: expected an integer >= 1")
     if workers == 1 or len(jobs) <= 1:
-        for k, job in enumerate(jobs):
-            yield k, fn(job)
+        yield from enumerate(map(fn, jobs))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(functools.partial(_single_threaded, fn), job): k for k, job in enumerate(jobs)}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {pool.submit(fn, job): k for k, job in enumerate(jobs)}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
 
-# Data order and distributed setup
-
-
-class ShardedBatchSampler(Sampler):
-    """This rank's slices of the global micro-batches of one epoch's order, from batch ``start``.
-
-    Global batch b is ``order[b*B : (b+1)*B]``; rank r takes the r-th of ``world_size`` equal
-    slices, so every rank count sees the same global batches (a DistributedSampler that keeps
-    batches whole). ``start`` skips batches already trained on (resume mid-epoch)."""
-
-    def __init__(self, order: torch.Tensor, batch_size: int, n_batches: int, start: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        self.order, self.batch_size, self.n_batches, self.start = order.tolist(), batch_size, n_batches, start
-        self.per_rank, self.rank = batch_size // world_size, rank
-
-    def __iter__(self):
-        for b in range(self.start, self.n_batches):
-            lo = b * self.batch_size + self.rank * self.per_rank
-            yield self.order[lo:lo + self.per_rank]
-
-    def __len__(self):
-        return self.n_batches - self.start
+def shard_batches(order: torch.Tensor, batch_size: int, n_batches: int, start: int = 0, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """This rank's slices of one epoch's global micro-batches from batch ``start`` (resume mid-epoch):
+    batch b is ``order[b*B : (b+1)*B]`` and rank r takes its r-th of ``world_size`` equal slices, so
+    every rank count sees the same global batches (a DistributedSampler that keeps batches whole)."""
+    order, per_rank = order.tolist(), batch_size // world_size
+    first = start * batch_size + rank * per_rank
+    return [order[lo:lo + per_rank] for lo in range(first, n_batches * batch_size, batch_size)]
 
 
 def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
@@ -174,12 +146,8 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
-# Files
-
-
-def atomic_torch_save(obj, path: Path):
-    """Write to a temp file in the same folder, fsync, then os.replace: a crash leaves either the
-    old file or the new one, never a partial one."""
+def atomic_torch_save(obj, path: Path) -> Path:
+    """torch.save to a fsynced temp file, then os.replace: a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -195,6 +163,7 @@ def atomic_torch_save(obj, path: Path):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    return path
 
 
 def tokens_crc32(ds) -> int | None:
@@ -213,9 +182,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        best = path.with_name("best.pt")
-        hint = (f"; {best} is intact: copy it to {path} to resume from its step"
-                if path.name == "last.pt" and best.is_file() and _readable(best) else "")
+        best, hint = path.with_name("best.pt"), ""
+        if path.name == "last.pt":
+            with contextlib.suppress(CheckpointError):
+                load_checkpoint(best)
+                hint = f"; {best} is intact: copy it to {path} to resume from its step"
         raise CheckpointError(f"{path}: cannot be read, the file is truncated or corrupt "
                               f"({path.stat().st_size} bytes; {type(err).__name__}: {err}){hint}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -226,14 +197,6 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
     return ckpt
-
-
-def _readable(path: Path) -> bool:
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-        return True
-    except Exception:
-        return False
 
 
 def _missing(value) -> bool:
@@ -258,14 +221,10 @@ def _set_rng_state(state: dict):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-# Trainer
-
-
 class Trainer:
-    """Train ``model`` (``model(x, y[, positions]) -> (logits, loss)``, ``model.select``,
-    ``model.config``) on ``train_ds`` / ``val_ds`` (``__getitem__ -> (x, y)``; optional
-    ``epoch_order``, ``collate``, ``describe``). ``run``: the RunConfig the datasets were built
-    from, or just a TrainConfig (datasets made by hand)."""
+    """Train ``model`` (``model(x, y[, positions]) -> (logits, loss)``, ``model.select``, ``model.config``) on
+    ``train_ds`` / ``val_ds`` (``__getitem__ -> (x, y)``; optional ``epoch_order``, ``collate``, ``describe``).
+    ``run``: the RunConfig the datasets were built from, or just a TrainConfig (datasets made by hand)."""
 
     def __init__(self, model: nn.Module, train_ds, val_ds, run: RunConfig | TrainConfig):
         if isinstance(run, TrainConfig):
@@ -309,8 +268,6 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed + self.rank)                         # dropout differs per rank
 
-    # -- checks -----------------------------------------------------------------------------
-
     def _check_inputs(self, model, train_ds, val_ds):
         cfg, objective = self.cfg, model.config.objective
         differs = field_diff("model", self.run.model, model.config, ("run", "model"), RUNTIME_FIELDS["model"])
@@ -334,12 +291,9 @@ class Trainer:
                              f"(batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} = {need}); "
                              f"lower batch_size or the stride")
 
-    # -- main loop --------------------------------------------------------------------------
-
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
-        """Train to ``total_steps``; evaluate + checkpoint every ``eval_every`` steps (or each
-        epoch end) and at the end. ``resume=True`` continues exactly from ``out_dir/last.pt``;
-        a folder that already holds a run is refused unless ``resume`` or ``overwrite``.
+        """Train to ``total_steps``, evaluating and checkpointing every ``eval_every`` steps (or each epoch end)
+        and at the end; ``resume`` continues exactly from out_dir/last.pt, ``overwrite`` replaces a run there.
         Returns the final metrics (last train window, last eval, best val loss, tokens/s)."""
         with self._claim_out_dir(resume, overwrite):
             try:
@@ -358,21 +312,17 @@ class Trainer:
         if not self.is_main:
             yield
             return
-        from filelock import FileLock, Timeout
-
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RunFolderBusy(f"cannot create the output folder {self.out_dir}: {err.strerror or err}") from None
         lock = FileLock(self.out_dir / ".lock")
         try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
         except Timeout:
             raise RunFolderBusy(f"{self.out_dir} is in use by another training (its lock "
                                 f"{self.out_dir / '.lock'} is held); wait for it to finish or "
                                 f"choose another out_dir") from None
-        except OSError as err:                                   # a read-only folder, a full disk
-            raise RunFolderBusy(f"cannot write to the output folder {self.out_dir}: {err.strerror or err}") from None
+        except OSError as err:                   # a file in the way, a read-only folder, a full disk
+            what = "write to" if self.out_dir.is_dir() else "create"
+            raise RunFolderBusy(f"cannot {what} the output folder {self.out_dir}: {err.strerror or err}") from None
         try:
             for stale in self.out_dir.glob(".*.tmp*"):           # partial writes of a killed run
                 if stale.is_dir():                                # .best_model.tmp (save_pretrained)
@@ -406,7 +356,6 @@ class Trainer:
         train_tokens, train_seconds = 0, 0.0
         first_step = self.step                          # train_seconds times the steps from here
         last_eval_step = self.step if resume else None  # checkpoints are written at eval points
-        micro_per_epoch = self.steps_per_epoch * cfg.grad_accum
         self.train_model.train()
 
         while self.step < self.total_steps:
@@ -415,14 +364,16 @@ class Trainer:
                 self.epoch_start_gen_state = self.loader_gen.get_state()
             else:                                       # resumed mid-epoch: replay the same order
                 self.loader_gen.set_state(self.epoch_start_gen_state)
-            order = self.train_ds.epoch_order(self.loader_gen, cfg.batch_size) \
-                if hasattr(self.train_ds, "epoch_order") else torch.randperm(len(self.train_ds), generator=self.loader_gen)
-            sampler = ShardedBatchSampler(order, cfg.batch_size, micro_per_epoch, step_in_epoch * cfg.grad_accum,
-                                          self.rank, self.world_size)
-            batches = iter(self._loader(self.train_ds, sampler))
+            if hasattr(self.train_ds, "epoch_order"):
+                order = self.train_ds.epoch_order(self.loader_gen, cfg.batch_size)
+            else:
+                order = torch.randperm(len(self.train_ds), generator=self.loader_gen)
+            batches = iter(self._loader(self.train_ds, shard_batches(order, cfg.batch_size, self.steps_per_epoch
+                                        * cfg.grad_accum, step_in_epoch * cfg.grad_accum, self.rank, self.world_size)))
             n_steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
             bar = tqdm(total=n_steps, initial=step_in_epoch, desc=f"epoch {epoch + 1}", leave=False,
-                       disable=self._bar_disabled(), dynamic_ncols=True)
+                       dynamic_ncols=True, disable=not (cfg.progress and self.is_main)
+                       or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
             for _ in range(step_in_epoch, n_steps):
                 if self.step >= self.total_steps:      # the budget probe shortened the run
                     break
@@ -437,13 +388,11 @@ class Trainer:
                                 tok_s=f"{train_tokens / max(train_seconds, 1e-9):.0f}", refresh=False)
                 self._fix_budget(train_seconds, self.step - first_step, train_tokens)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    tokens_per_s = window_tokens / (time.perf_counter() - window_t0)
-                    self._add_row("train", metrics_from_sums(window), tokens_per_s)
+                    self._add_row("train", metrics_from_sums(window), window_tokens / (time.perf_counter() - window_t0))
                     window.zero_()
                     window_tokens, window_t0 = 0, time.perf_counter()
-                epoch_done = self.step % self.steps_per_epoch == 0
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_done) \
-                        or self.step == self.total_steps:
+                # eval_every 0: at each epoch end
+                if self.step % (cfg.eval_every or self.steps_per_epoch) == 0 or self.step == self.total_steps:
                     eval_t0 = time.perf_counter()
                     self._eval_and_checkpoint()
                     last_eval_step = self.step
@@ -453,9 +402,8 @@ class Trainer:
 
         if last_eval_step != self.step:                 # resumed at the very end, or nothing to do
             self._eval_and_checkpoint()
-        final = self._final_metrics()
-        final["tokens_per_s"] = train_tokens / train_seconds if train_seconds else math.nan
-        final["train_seconds"] = train_seconds
+        final = {**self._final_metrics(), "tokens_per_s": train_tokens / train_seconds if train_seconds else math.nan,
+                 "train_seconds": train_seconds}
         if self.is_main:
             self._write_metrics_json()
             self._write_run_json(final)
@@ -476,11 +424,9 @@ class Trainer:
         pace = torch.tensor([seconds_per_step], dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             dist.all_reduce(pace, op=dist.ReduceOp.MAX)
-        affordable = int(self.cfg.budget_s / float(pace))
-        self.total_steps = max(self.step, min(self.total_steps, affordable))
+        self.total_steps = max(self.step, min(self.total_steps, int(self.cfg.budget_s / float(pace))))
         self.budget_fixed = True
-        if self.is_main:
-            log.info(f"budget {self.cfg.budget_s:.0f} s at {float(pace):.3f} s/step: {self.total_steps} steps")
+        self._log(f"budget {self.cfg.budget_s:.0f} s at {float(pace):.3f} s/step: {self.total_steps} steps")
 
     def _train_step(self, batches) -> tuple[torch.Tensor, int]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the global stats sums."""
@@ -520,14 +466,12 @@ class Trainer:
             f"the optimizer update and without checkpointing this state. Last good checkpoint: "
             f"{self.last_good_checkpoint or 'none written yet'}")
 
-    # -- evaluation -------------------------------------------------------------------------
-
     @torch.no_grad()
     def evaluate(self, ds=None, max_batches: int | None = None) -> dict:
         """Metrics of the current model on ``ds`` (default: val), in a fixed order, first
         ``max_batches`` global batches only if given; summed over all ranks."""
         ds = self.val_ds if ds is None else ds
-        chosen = evenly_spaced(len(ds), None if max_batches is None else max_batches * self.cfg.batch_size)
+        chosen = data.evenly_spaced(len(ds), None if max_batches is None else max_batches * self.cfg.batch_size)
         per_rank = self.cfg.batch_size // self.world_size
         was_training = self.forward_model.training
         self.forward_model.eval()
@@ -555,15 +499,14 @@ class Trainer:
             improved = val["loss"] < self.best_val_loss
             if improved:
                 self.best_val_loss, self.best_step = val["loss"], self.step
-            if self.is_main:
-                message = (f"step {self.step}: val loss {val['loss']:.4f}, acc {val['accuracy']:.3f} "
-                           f"(text {val['acc_text']:.3f}, pixel {val['acc_pixel']:.3f})"
-                           + (" *best*" if improved else ""))
-                with logging_redirect_tqdm():
-                    log.info(message)
+            self._log(f"step {self.step}: val loss {val['loss']:.4f}, acc {val['accuracy']:.3f} "
+                      f"(text {val['acc_text']:.3f}, pixel {val['acc_pixel']:.3f})" + (" *best*" if improved else ""))
         self.save(improved)
 
-    # -- logging ----------------------------------------------------------------------------
+    def _log(self, message: str):
+        if self.is_main:
+            with logging_redirect_tqdm():
+                log.info(message)
 
     def _add_row(self, split: str, metrics: dict, tokens_per_s: float):
         row = {**{k: metrics[k] for k in COLUMNS if k in metrics}, "split": split, "step": self.step,
@@ -608,19 +551,13 @@ class Trainer:
                 for split in ("train", "val")}
         final = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "best_val_loss": self.best_val_loss
                  if math.isfinite(self.best_val_loss) else None, "best_step": self.best_step}
-        for split, row in last.items():
-            for k in COLUMNS[COLUMNS.index("loss"):COLUMNS.index("lr")]:     # the metric columns
-                final[f"{split}_{k}"] = row[k] if row else None
-        return final
-
-    # -- checkpoints ------------------------------------------------------------------------
+        metrics = COLUMNS[COLUMNS.index("loss"):COLUMNS.index("lr")]
+        return {**final, **{f"{split}_{k}": row[k] if row else None for split, row in last.items() for k in metrics}}
 
     def state_dict(self) -> dict:
-        rng = [None] * self.world_size
+        rng = [_rng_state()] * self.world_size
         if self.world_size > 1:
-            dist.all_gather_object(rng, _rng_state())   # every rank's dropout RNG, for exact DDP resume
-        else:
-            rng = [_rng_state()]
+            dist.all_gather_object(rng, rng[0])         # every rank's dropout RNG, for exact DDP resume
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng, "loader_gen": self.loader_gen.get_state(),
@@ -629,15 +566,14 @@ class Trainer:
                 "best_val_loss": self.best_val_loss, "best_step": self.best_step, "history": self.history,
                 "wall_time": self.wall_offset + time.perf_counter() - self.t0, "world_size": self.world_size,
                 "run": self.run.to_dict(), "total_steps": self.total_steps if self.budget_fixed else None,
-                "dataset_sizes": self._dataset_sizes()}
+                "dataset_sizes": self._dataset_sizes}
 
+    @functools.cached_property
     def _dataset_sizes(self) -> dict:
         """Samples per dataset and a crc32 of their tokens: a resumed run must see the same data."""
-        if not hasattr(self, "_sizes"):
-            pairs = (("train", self.train_ds), ("val", self.val_ds))
-            self._sizes = {**{name: None if ds is None else len(ds) for name, ds in pairs},
-                           **{f"{name} tokens crc32": tokens_crc32(ds) for name, ds in pairs}}
-        return self._sizes
+        pairs = (("train", self.train_ds), ("val", self.val_ds))
+        return {**{name: None if ds is None else len(ds) for name, ds in pairs},
+                **{f"{name} tokens crc32": tokens_crc32(ds) for name, ds in pairs}}
 
     def save(self, best: bool = False):
         """Write last.pt (and best.pt + best_model/ when ``best``), rank 0 only, atomically."""
@@ -645,14 +581,13 @@ class Trainer:
         if not self.is_main:
             return
         self._write_metrics_json()
-        atomic_torch_save(state, self.out_dir / "last.pt")
-        self.last_good_checkpoint = self.out_dir / "last.pt"
+        self.last_good_checkpoint = atomic_torch_save(state, self.out_dir / "last.pt")
         if best:
             atomic_torch_save(state, self.out_dir / "best.pt")
             if hasattr(self.model, "save_pretrained"):
                 final, tmp, old = (self.out_dir / n for n in ("best_model", ".best_model.tmp", ".best_model.old"))
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.rmtree(old, ignore_errors=True)            # left by a run killed mid-swap
+                for stale in (tmp, old):                           # left by a run killed mid-swap
+                    shutil.rmtree(stale, ignore_errors=True)
                 self.model.save_pretrained(tmp)
                 if final.exists():
                     os.replace(final, old)
@@ -660,13 +595,14 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: str | Path):
-        """Restore the full training state from a checkpoint of the same run (data, samples,
-        model and schedule: every difference is named)."""
+        """Restore the full training state from a checkpoint of the same run (every difference is named)."""
         path = Path(path)
         ckpt = load_checkpoint(path)
-        problems = resume_problems(RunConfig.from_dict(ckpt["run"]), self.run)
+        # every field but the runtime ones and eval_batches (how much of val is scored) shapes the trajectory
+        problems = [p for p in RunConfig.from_dict(ckpt["run"]).diff(self.run, labels=("checkpoint", "now"))
+                    if not p.startswith("train.eval_batches:")]
         problems += [f"{name}{'' if ' ' in name else ' samples'}: checkpoint {ckpt['dataset_sizes'][name]}, now {n}"
-                     for name, n in self._dataset_sizes().items() if ckpt["dataset_sizes"].get(name, n) != n]
+                     for name, n in self._dataset_sizes.items() if ckpt["dataset_sizes"].get(name, n) != n]
         if problems:
             raise CheckpointError(f"{path}: cannot resume exactly, this run differs from the checkpoint's "
                                   f"({'; '.join(problems)}); resume with the checkpoint's settings or "
@@ -692,13 +628,8 @@ class Trainer:
         if ckpt["total_steps"] is not None:             # a budget probe already fixed the step count
             self.total_steps, self.budget_fixed = ckpt["total_steps"], True
         self.last_good_checkpoint = path
-        if self.is_main:
-            with logging_redirect_tqdm():
-                log.info(f"resumed from {path} at step {self.step} ({ckpt['batch_in_epoch']} of "
-                         f"{self.steps_per_epoch} steps into epoch {ckpt['epoch'] + 1}), "
-                         f"best val loss {self.best_val_loss:.4f}")
-
-    # -- helpers ----------------------------------------------------------------------------
+        self._log(f"resumed from {path} at step {self.step} ({ckpt['batch_in_epoch']} of {self.steps_per_epoch} "
+                  f"steps into epoch {ckpt['epoch'] + 1}), best val loss {self.best_val_loss:.4f}")
 
     def _loader(self, ds, batch_sampler=None, batch_size=None, collate=None) -> DataLoader:
         # own generator for the workers' base seed, so building a loader leaves the global RNG alone
@@ -710,32 +641,16 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
 
-    def _bar_disabled(self) -> bool:
-        return not (self.cfg.progress and self.is_main) or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-
-
-def resume_problems(saved: RunConfig, current: RunConfig) -> list[str]:
-    """What would make a resumed run differ from its checkpoint: the data and sample settings,
-    the model, and the training fields that shape the trajectory (runtime fields may change)."""
-    problems = saved.diff(current, labels=("checkpoint", "now"))
-    return [p for p in problems if not p.startswith("train.") or p.split(":")[0][6:] in RESUME_MUST_MATCH]
-
-
-# One call: a RunConfig in, a trained model out
-
 
 def train(run: RunConfig, resume: bool = False, overwrite: bool = False, seqs=None):
     """Load ``run.data`` (or use ``seqs``), cut ``run.samples``, build ``run.model`` from
     ``run.train.seed`` and fit. Returns (model, final metrics)."""
-    from . import data
-
     if run.data is None or run.samples is None:
         raise ValueError("train(run) needs run.data and run.samples; with datasets of your own use Trainer")
     seqs = data.load(run.data) if seqs is None else seqs
     train_ds, val_ds = data.make_datasets(seqs, run)
     model = PixelByteModel.from_run(run)
-    final = Trainer(model, train_ds, val_ds, run).fit(resume=resume, overwrite=overwrite)
-    return model, final
+    return model, Trainer(model, train_ds, val_ds, run).fit(resume=resume, overwrite=overwrite)
 
 
 # Command line: every RunConfig field is a flag (tyro builds them, with the fields' comments)
@@ -761,9 +676,6 @@ class TrainCommand:
 
 def parse_command(argv=None) -> TrainCommand:
     """Flags -> TrainCommand; ``--config run.json`` sets the defaults the other flags override."""
-    import argparse
-    import sys
-
     import tyro
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -779,8 +691,6 @@ def parse_command(argv=None) -> TrainCommand:
 
 
 def main(argv=None) -> dict | None:
-    import sys
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         command = parse_command(argv)

@@ -76,7 +76,8 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
         name, objective = run.split("/")
         positions = objective == "causal"                                # whole items get positions
         assert params == PixelByteModel(paper_config(name, objective=objective, positions=positions)).num_parameters()
-    cross = ["swap_caption_to_image", "swap_image_to_caption", "retrieval8_sprite", "retrieval8_caption"]
+    cross = ["swap_caption_to_image", "swap_image_to_caption", "retrieval8_sprite", "retrieval8_caption",
+             "channel8_sprite", "channel8_caption"]
     numeric = table.drop(columns=["run", "config", "family", "objective", "samples", "mixer",
                                   "copy_selective", "copy_image", "copy_text", *cross]).astype(float)
     assert np.isfinite(numeric.to_numpy()).all()
@@ -86,7 +87,7 @@ def test_compare_gives_one_row_per_run_with_every_column(result):
     for column in compare.SKILL_COLUMNS:                         # swap gains are bits, the rest shares
         if column not in cross:
             assert table[column].between(0, 1).all(), column
-    assert table.loc[causal, ["retrieval8_sprite", "retrieval8_caption"]].stack().between(0, 1).all()
+    assert table.loc[causal, cross[2:]].stack().between(0, 1).all()
     for column in ("copy_selective", "copy_text"):
         assert table[column].dropna().between(0, 1).all() and table[column].notna().sum() == 2, column
     rows = table.set_index("run")                                # bidirectional: no copy skill measured

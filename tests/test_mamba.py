@@ -306,29 +306,8 @@ def test_chunked_scan_saves_only_boundary_states():
 # ---------------------------------------------------------------------------------- torch.compile
 
 
-def compiled_matches_eager(fn, module, inputs, grad_out=None):
-    """`torch.compile(fn, fullgraph=True)` gives eager's outputs and (with grad_out) gradients.
-
-    fullgraph=True makes any graph break an error (a host sync, a Python branch on a tensor's
-    value, a function dynamo cannot trace). aot_eager traces forward and backward through
-    AOTAutograd as inductor does, without compiling C++: seconds, not minutes."""
-    torch._dynamo.reset()
-    results = []
-    for run in (torch.compile(fn, fullgraph=True, backend="aot_eager"), fn):
-        module.zero_grad(set_to_none=True)
-        leaves = [t.detach().clone().requires_grad_(grad_out is not None) for t in inputs]
-        out = run(*leaves)
-        out = out[0] if isinstance(out, tuple) else out
-        if grad_out is not None:
-            out.backward(grad_out)
-        grads = [t.grad for t in leaves] + [p.grad for p in module.parameters()]
-        results.append([out.detach()] + [t.detach().clone() for t in leaves] + grads)  # states stepped
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-
-
 @pytest.mark.parametrize("seqlen", [5, 45])  # one chunk; two chunks with padding
-def test_forward_and_backward_compile_to_one_graph(seqlen):
+def test_forward_and_backward_compile_to_one_graph(seqlen, compiled_matches_eager):
     # The chunked scan is two custom ops: opaque nodes in the graph, its loops not traced
     torch.manual_seed(0)
     model = randomize_(Mamba(D_MODEL, d_state=D_STATE, backend="torch"), seed=8)
@@ -336,7 +315,7 @@ def test_forward_and_backward_compile_to_one_graph(seqlen):
     compiled_matches_eager(model, model, [x], grad_out=torch.randn_like(x))
 
 
-def test_step_compiles_to_one_graph():
+def test_step_compiles_to_one_graph(compiled_matches_eager):
     torch.manual_seed(0)
     model = randomize_(Mamba(D_MODEL, d_state=D_STATE, backend="torch"), seed=9).eval()
     conv_state, ssm_state = (s.normal_() for s in model.allocate_inference_cache(BATCH))

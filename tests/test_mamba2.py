@@ -282,35 +282,16 @@ def test_no_leak_from_the_future():
             assert not torch.allclose(out[:, t], base[:, t])
 
 
-def compiled_matches_eager(fn, module, inputs, grad_out=None):
-    """`torch.compile(fn, fullgraph=True)` (any graph break is an error; aot_eager traces forward
-    and backward as inductor does, without compiling C++) gives eager's outputs, gradients and
-    in-place updated inputs. As in tests/test_mamba.py."""
-    torch._dynamo.reset()
-    results = []
-    for run in (torch.compile(fn, fullgraph=True, backend="aot_eager"), fn):
-        module.zero_grad(set_to_none=True)
-        leaves = [t.detach().clone().requires_grad_(grad_out is not None) for t in inputs]
-        out = run(*leaves)
-        out = out[0] if isinstance(out, tuple) else out
-        if grad_out is not None:
-            out.backward(grad_out)
-        grads = [t.grad for t in leaves] + [p.grad for p in module.parameters()]
-        results.append([out.detach()] + [t.detach().clone() for t in leaves] + grads)
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-
-
 @pytest.mark.parametrize("scan_impl", ["chunked", "reference"])
 @pytest.mark.parametrize("seqlen", [5, 45])  # one chunk; two chunks with padding
-def test_forward_and_backward_compile_to_one_graph(scan_impl, seqlen):
+def test_forward_and_backward_compile_to_one_graph(scan_impl, seqlen, compiled_matches_eager):
     fast, reference = make_pair(seed=8)
     model = (fast if scan_impl == "chunked" else reference).float()
     x = torch.randn(2, seqlen, 16)
     compiled_matches_eager(model, model, [x], grad_out=torch.randn_like(x))
 
 
-def test_step_compiles_to_one_graph():
+def test_step_compiles_to_one_graph(compiled_matches_eager):
     fast, _ = make_pair(seed=9)
     model = fast.float().eval()
     conv_state, ssm_state = (s.normal_() for s in model.allocate_inference_cache(2))

@@ -73,7 +73,7 @@ def test_relative_paths_in_a_params_file_are_the_callers(tmp_path, monkeypatch):
 
 
 def test_only_with_no_names_is_refused_and_nan_is_not_a_number_above_a_minimum(tmp_path):
-    from pixelbyte.params import ParameterError, check
+    from pixelbyte.config import ParameterError, check
 
     with pytest.raises(ValueError, match="--only names no notebook"):
         pipeline.notebook_paths([], NOTEBOOKS)

@@ -169,7 +169,7 @@ def test_report_of_a_tiny_model_has_every_skill_and_is_seeded(split):
     generation = table[~table["skill"].str.startswith("bits") & ~table["metric"].str.startswith(("swap", "retrieval"))]
     assert generation["value"].between(0, 1).all() and (generation["items"] == 3).all()
     cross = table[table["metric"].str.startswith(("swap", "retrieval"))]
-    assert len(cross) == 6 and cross["value"].notna().all()          # 2 directions x gain, share, top-1 among 3
+    assert len(cross) == 8 and cross["value"].notna().all()          # 2 directions x gain, share, 2 top-1 among 3
     assert set(cross.loc[cross["metric"].str.startswith("retrieval"), "baseline"]) == {1 / 3}
     bits = table[table["skill"].str.startswith("bits")].set_index(["skill", "metric"])
     assert (bits["value"] > 0).all() and (bits["baseline"] > 0).all()
@@ -179,6 +179,8 @@ def test_report_of_a_tiny_model_has_every_skill_and_is_seeded(split):
     pd.testing.assert_frame_equal(table, again.table)
     assert report.value("dimensions", "data order: shape -> image") == table["value"].iloc[0]
     assert math.isnan(report.value("nope", "nope")) and "| dimensions |" in report.markdown()
+    cells = [line.replace("\\|", "").split("|") for line in report.markdown().splitlines()]
+    assert all(len(row) == 8 for row in cells)                        # "p(a | b)" does not split a cell
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +257,8 @@ def test_a_model_blind_to_the_partner_scores_no_gain_and_exact_chance(items):
         assert r["value"] == r["baseline"], r                        # gain 0, share 0.5, top-1 exactly 1 / k
     among_12 = [r for r in rows if "among 12" in r["metric"]]
     assert all("only 12 items, not 32" in r["baseline_is"] and r["items"] == 12 for r in among_12)
-    assert [r["items"] for r in rows if "among 4" in r["metric"] or "among 8" in r["metric"]] == [12, 8, 12, 8]
+    assert [r["items"] for r in rows if "among 4" in r["metric"] or "among 8" in r["metric"]] == [12, 8] * 4
+    assert sum(r["metric"].endswith(") / p(sprite)") for r in rows) == 3          # noisy channel, each K
     constant = Blind()
     torch.nn.init.zeros_(constant.cells.weight)                       # constant logits: every candidate ties
     assert all(r["value"] == r["baseline"] for r in skills.cross_rows(constant, items, skills.SkillsConfig(), groups))
@@ -276,6 +279,13 @@ def test_a_model_that_reads_the_partner_scores_high(toy):
     assert all(math.isnan(r["value"]) and "causal" in r["baseline_is"] for r in left_out)
     alone = skills.cross_rows(Blind(), items[:1], skills.SkillsConfig())       # one held-out item: no partner
     assert all(math.isnan(r["value"]) and "2 held-out items" in r["baseline_is"] for r in alone)
+
+
+def test_one_per_group_shows_each_group_first_then_the_rest_in_order():
+    captions = ["a. x, s", "b. x, s", "c. y, s", "d. x, t", "e. z, s"]
+    assert skills.one_per_group(captions, 4) == [0, 2, 4, 1]
+    assert skills.one_per_group(captions, 9) == [0, 2, 4, 1, 3]
+    assert skills.one_per_group(["free text one", "free text two"], 2) == [0, 1]      # no groups: as given
 
 
 def test_partners_are_other_items_of_other_groups():
@@ -306,4 +316,4 @@ def test_report_on_free_text_paragraphs_leaves_the_group_metrics_out(tmp_path):
     assert len(grouped) == 3 and grouped["value"].isna().all() and grouped["baseline"].isna().all()
     assert grouped["baseline_is"].str.startswith("left out: the captions have no groups").all()
     cross = table[table["metric"].str.startswith(("swap", "retrieval"))]
-    assert len(cross) == 6 and cross["value"].notna().all() and (cross["items"] == 4).all()
+    assert len(cross) == 8 and cross["value"].notna().all() and (cross["items"] == 4).all()
