@@ -386,14 +386,14 @@ class RunConfig:
             sections[owner[key]][key] = value
         return cls(**sections)
 
-    def diff(self, other: "RunConfig", labels=("was", "now"), skip_runtime: bool = True) -> list[str]:
-        """One line per field that differs, e.g. ``samples.seq_length: checkpoint 128, now 256``
-        with ``labels=("checkpoint", "now")``; runtime fields are skipped unless asked."""
+    def diff(self, other: "RunConfig", labels=("was", "now"), skip_runtime: bool = True, skip=()) -> list[str]:
+        """One line per field that differs (``samples.seq_length: checkpoint 128, now 256`` with ``labels=
+        ("checkpoint", "now")``), but runtime fields (unless asked) and ``skip`` ("train.eval_batches")."""
         out = []
         for name in SECTIONS:
             a, b = getattr(self, name), getattr(other, name)
             if a is not None and b is not None:
-                out += field_diff(name, a, b, labels, RUNTIME_FIELDS.get(name, ()) if skip_runtime else ())
+                out += field_diff(name, a, b, labels, (*(RUNTIME_FIELDS.get(name, ()) if skip_runtime else ()), *skip))
             elif a is not b:                                      # one of them is None
                 out.append(f"{name}: {labels[0]} {a}, {labels[1]} {b}")
         return out
@@ -411,10 +411,11 @@ class RunConfig:
 
 
 def field_diff(section: str, a, b, labels=("was", "now"), skip=()) -> list[str]:
-    """'section.field: <labels[0]> a, <labels[1]> b' for each field of two dataclasses that differs."""
+    """'section.field: <labels[0]> a, <labels[1]> b' for each field of two dataclasses that differs,
+    but those ``skip`` names (as "field" or "section.field")."""
     da, db = asdict(a), asdict(b)
     return [f"{section}.{k}: {labels[0]} {_show(da[k])!r}, {labels[1]} {_show(db.get(k))!r}"
-            for k in da if k not in skip and _show(da[k]) != _show(db.get(k))]
+            for k in da if not {k, f"{section}.{k}"} & set(skip) and _show(da[k]) != _show(db.get(k))]
 
 
 def _show(value):

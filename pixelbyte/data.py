@@ -4,6 +4,7 @@ cut them into training samples: windows inside items (``WindowDataset``) or whol
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import warnings
@@ -245,16 +246,17 @@ def _check_positive(**values):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def collate(batch):
+def collate(batch, positions: bool = True):
     """[(x (L_i, 3, 3), y (L_i,) or ())] -> x (B, L, 3, 3), y (B, L) or (B,), positions (B, L, 7), zero-padded at
     the end (id 0, ignored by the loss); positions are computed here so a training step does no host work."""
     x = torch.zeros(len(batch), max(len(xi) for xi, _ in batch), 3, 3, dtype=torch.long)
-    y = torch.zeros(x.shape[:2], dtype=torch.long) if batch[0][1].dim() else None   # next: one target each
+    causal = batch[0][1].dim() == 1                      # else next: one target each, stacked
+    y = torch.zeros(x.shape[:2], dtype=torch.long) if causal else torch.stack([yi for _, yi in batch])
     for b, (xi, yi) in enumerate(batch):                 # copies into one buffer: faster than pad_sequence
         x[b, :len(xi)] = xi
-        if y is not None:
+        if causal:
             y[b, :len(yi)] = yi
-    return x, torch.stack([yi for _, yi in batch]) if y is None else y, tok.positions(x)
+    return (x, y, tok.positions(x)) if positions else (x, y)
 
 
 class WindowDataset(Dataset):
@@ -297,7 +299,7 @@ class WindowDataset(Dataset):
         x[:, 1, 1] = 0
         return x, y
 
-    collate = staticmethod(collate)
+    collate = staticmethod(functools.partial(collate, positions=False))   # windows never take positions
 
     def describe(self, batch_size: int | None = None) -> dict:
         """What the samples are (``batch_size`` as for ``ItemDataset``; windows are never padded)."""

@@ -38,7 +38,6 @@ METADATA_KEY = "pixelbyte_model_config"   # the ModelConfig inside the safetenso
 RUN_KEY = "pixelbyte_run"                  # the RunConfig inside the safetensors header
 
 
-# ---------------------------------------------------------------------------------------------
 # Embeddings: (B, L, 3, 3) long -> (B, L, dim)
 
 
@@ -90,7 +89,6 @@ class PositionEmbed(nn.Module):
         return sum(table(positions[..., i]) for i, table in enumerate(self.tables))
 
 
-# ---------------------------------------------------------------------------------------------
 # Backbones: forward (B, L, dim) -> (B, L, out_dim); step (B, dim) -> (B, out_dim) with a state
 
 
@@ -263,14 +261,10 @@ class BysMambaBackbone(BlockStack):
 
 class SegmentMemory(nn.Module):
     """The condition (``ModelConfig.condition``): at every position, the mean of the first layer's
-    outputs over the item's completed segments (the caption and shape while a caption-first image
-    is drawn, the shape and image while its caption is written), normalised, projected and added
-    after the first layer, so later layers read the other modality directly, not through hundreds
-    of recurrent steps (as conditional PixelCNN conditions its layers). Causal: outputs at
-    positions <= t read tokens < t. The projection starts at zero (training starts
-    unconditional); rows with ``keep`` 0 get nothing (the unconditional stream of classifier-free
-    guidance, condition dropout). Learned-query attention pooling and a second injection before
-    the head were tried instead: no better on the swap gains, worse held-out loss (README)."""
+    outputs over the item's completed segments (the caption while a caption-first image is drawn,
+    the image while its caption is written), normalised, projected (from zero) and added after the
+    first layer, so later layers read the other modality directly, as conditional PixelCNN does.
+    Causal; rows with ``keep`` 0 (condition dropout, guidance's unconditional stream) get nothing."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -293,7 +287,6 @@ class SegmentMemory(nn.Module):
 BACKBONES = {"lstm": LSTMBackbone, "attention": AttentionBackbone, "bysmamba": BysMambaBackbone}
 
 
-# ---------------------------------------------------------------------------------------------
 # The model
 
 
@@ -642,7 +635,6 @@ def _check_state_dict(model: nn.Module, state: dict, weights_file: str, config_f
             + ". The weights were saved from another configuration.")
 
 
-# ---------------------------------------------------------------------------------------------
 # The paper's configurations and their sizes
 
 

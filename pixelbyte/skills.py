@@ -7,6 +7,7 @@ sprites); cross-modal swap gains and retrieval (``cross_rows``); bits per token 
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -76,7 +77,6 @@ def spread(items: list, n: int) -> list:
     return [items[k] for k in data.evenly_spaced(len(items), n)]
 
 
-# ---------------------------------------------------------------------------------------------
 # The sprite classifier behind caption -> sprite
 
 
@@ -141,7 +141,6 @@ def no_groups_reason(captions: list[str], members: int = 3, share: float = 0.8) 
         f"training captions, {shared:.0%} of them in a group of {members} or more)")
 
 
-# ---------------------------------------------------------------------------------------------
 # The report
 
 
@@ -259,7 +258,6 @@ def sprite_rows(drawn: list[np.ndarray], items: list[Item], classifier: SpriteCl
              "baseline": floor, "baseline_is": floor_is} for metric, images in sprites.items()]
 
 
-# ---------------------------------------------------------------------------------------------
 # Cross-modal: does one modality inform the other? Read from the model's own likelihood of
 # held-out items, so they need no caption groups (causal models only).
 
@@ -325,8 +323,8 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
             pairs = sorted({(b, b) for b in range(n)} | {(partner[b], b) for b in range(n)}
                            | {(a, b) for chosen in sets.values() for s in chosen for a in s for b in s})
             streams, starts = zip(*(pair_stream(items[a], items[b], direction) for a, b in pairs))
-            alone = [np.concatenate(i.segments[:2] if swapped == "image" else i.segments[2:]) for i in items]
-            scores = stream_bits(model, list(streams) + alone, list(starts) + [0] * n, cfg.batch_size)
+            alones = [np.concatenate(i.segments[:2] if swapped == "image" else i.segments[2:]) for i in items]
+            scores = stream_bits(model, list(streams) + alones, list(starts) + [0] * n, cfg.batch_size)
             bits = dict(zip(pairs, scores))
             alone = np.array([v.sum() for v in scores[len(pairs):]])      # b's bits with nothing before
             skip = [len(i.segments[0]) if swapped == "image" else 0 for i in items]   # the shape is not the image
@@ -335,11 +333,10 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
             values["gain"] = float((other - own).sum() / sum(len(bits[b, b]) - skip[b] for b in range(n)))
             values["share"] = float(np.mean(0.5 + 0.5 * np.sign(other - own)))
             total = {pair: v.sum() for pair, v in bits.items()}
-            for k, chosen in sets.items():                   # for each query a, the likeliest candidate b
-                values[k] = float(np.mean([min(s, key=lambda b: total[a, b]) == a for s in chosen for a in s]))
-                # noisy channel: the candidate the query made likeliest relative to its own likelihood
-                values[k, "pmi"] = float(np.mean([min(s, key=lambda b: total[a, b] - alone[b]) == a
-                                                  for s in chosen for a in s]))
+            # for each query a, the likeliest candidate b; then (noisy channel) the one a made likeliest
+            for (k, chosen), (norm, prior) in itertools.product(sets.items(), ((None, 0 * alone), ("pmi", alone))):
+                values[k, norm] = float(np.mean([min(s, key=lambda b: total[a, b] - prior[b]) == a
+                                                 for s in chosen for a in s]))
         row = {"skill": direction, "items": n}
         rows += [{**row, "metric": f"swap gain: own {given} minus another's, bits per {swapped} token",
                   "value": values.get("gain", math.nan), "baseline": 0.0,
@@ -349,7 +346,7 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
                   "baseline_is": why or f"a model that ignores the {given} (ties count half)"}]
         for norm, by in ((None, ""), ("pmi", f" / p({scored})")):
             rows += [{**row, "metric": f"retrieval: top-1 {scored} among {k} by p({scored} | {given}){by}",
-                      "value": values.get(k if norm is None else (k, norm), math.nan), "baseline": 1 / k,
+                      "value": values.get((k, norm), math.nan), "baseline": 1 / k,
                       "items": k * len(sets[k]), "baseline_is": why or f"chance (1 / {k})"
                       + (f"; only {n} items, not {asked}" if k < asked else "")} for k, asked in ks.items()]
     return rows

@@ -13,6 +13,7 @@ Inputs are refused rather than guessed at (no clipping, no empty or oversized im
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import warnings
@@ -455,10 +456,21 @@ def _shape_machine() -> tuple[np.ndarray, np.ndarray]:
 _SHAPE_NEXT, _DIGIT = _shape_machine()
 
 
+@functools.lru_cache(maxsize=None)
+def _cached_tables(device: torch.device):
+    return (torch.as_tensor(_SHAPE_NEXT, device=device), torch.as_tensor(_DIGIT, device=device),
+            torch.tensor(POSITION_LIMITS, device=device))
+
+
+def _tables(device: torch.device):
+    """The shape tables and feature limits on ``device``: cached eagerly (not copied per token), traced under compile."""
+    return _cached_tables.__wrapped__(device) if torch.compiler.is_compiling() else _cached_tables(device)
+
+
 def parse_shape_ids(tail, n):
     """The (h, w) the last ``n`` of ``tail`` spell as a shape text, else (0, 0).
     tail : (..., SHAPE_TEXT_MAX) long, n : (...) long -> (..., 2) long."""
-    nxt, digit = torch.as_tensor(_SHAPE_NEXT, device=tail.device), torch.as_tensor(_DIGIT, device=tail.device)
+    nxt, digit, _ = _tables(tail.device)
     state = torch.zeros_like(n)
     h, w = torch.zeros_like(n), torch.zeros_like(n)
     for j in range(SHAPE_TEXT_MAX):                     # a fixed number of steps: one graph
@@ -477,7 +489,7 @@ def position_features(segment, row, column, declared):
     rows_left = torch.where(has, height - row + 1, 0)             # 1 = the last row / past it
     cols_left = torch.where(has, width - column + 1, 0)
     out = torch.stack([segment, row, column, height, width, rows_left, cols_left], -1)
-    return torch.minimum(out.clamp_min(0), torch.tensor(POSITION_LIMITS, device=out.device))
+    return torch.minimum(out.clamp_min(0), _tables(out.device)[2])
 
 
 def previous_ids(causal_windows):

@@ -599,8 +599,7 @@ class Trainer:
         path = Path(path)
         ckpt = load_checkpoint(path)
         # every field but the runtime ones and eval_batches (how much of val is scored) shapes the trajectory
-        problems = [p for p in RunConfig.from_dict(ckpt["run"]).diff(self.run, labels=("checkpoint", "now"))
-                    if not p.startswith("train.eval_batches:")]
+        problems = RunConfig.from_dict(ckpt["run"]).diff(self.run, ("checkpoint", "now"), skip=["train.eval_batches"])
         problems += [f"{name}{'' if ' ' in name else ' samples'}: checkpoint {ckpt['dataset_sizes'][name]}, now {n}"
                      for name, n in self._dataset_sizes.items() if ckpt["dataset_sizes"].get(name, n) != n]
         if problems:
