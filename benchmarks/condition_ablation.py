@@ -54,8 +54,10 @@ def main(args: Args) -> dict:
         model, final = train(run, seqs=seqs, overwrite=True)
         train_s = time.perf_counter() - t0
         _, test_idx = data.split(seqs, run.data)
-        items = [i for i in (skills.Item.of(seqs[k]) for k in test_idx) if i is not None][:args.items]
-        groups = [skills.caption_group(i.caption) for i in items]
+        # spread over the split, as the skills report does: the items are sorted by category
+        items = skills.spread([i for i in (skills.Item.of(seqs[k]) for k in test_idx) if i is not None], args.items)
+        captions = [i.caption for i in items]
+        groups = None if skills.no_groups_reason(captions) else [skills.caption_group(c) for c in captions]
         rows = skills.cross_rows(model.eval(), items, skills.SkillsConfig(retrieval=(8,), seed=args.seed), groups)
         results[variant] = {"train_s": train_s, "val_loss": final.get("val_loss"),
                             "rows": {f"{r['skill']}: {r['metric']}": r["value"] for r in rows}}
