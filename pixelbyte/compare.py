@@ -25,8 +25,7 @@ import torch
 from . import copying, data, evaluate, skills
 from .config import (DEVICES, HUB_DATASET, OBJECTIVES, SSMS, UNITS, DataConfig, ModelConfig, RunConfig,
                      SampleConfig, TrainConfig, _check_choice, _check_ints, _check_numbers, _fail, comma_list)
-from .models import (PAPER_ABLATIONS, PAPER_BEST, PAPER_RESULTS, PAPER_RESULTS_SOURCE, PixelByteModel,
-                     paper_config)
+from .models import (PAPER_ABLATIONS, PAPER_BEST, PAPER_RESULTS, PAPER_RESULTS_SOURCE, PixelByteModel, paper_config)
 from .train import Trainer, in_processes
 
 CONFIG_SETS = {"paper": PAPER_BEST + PAPER_ABLATIONS, "best": PAPER_BEST}
@@ -150,8 +149,7 @@ class CompareConfig:
                                            lr=self.lr, min_lr=self.lr / 10, warmup_steps=min(50, steps // 10),
                                            eval_every=max(1, steps // EVAL_POINTS),
                                            eval_batches=self.eval_batches or None, log_every=max(1, steps // 50),
-                                           seed=self.seed, device=self.device, progress=False,
-                                           out_dir=str(out_dir)))
+                                           seed=self.seed, device=self.device, progress=False, out_dir=str(out_dir)))
 
 
 def plan(configs: str = "paper", objectives: str = "next") -> tuple[list[tuple[str, str]], pd.DataFrame]:
@@ -377,8 +375,7 @@ def bar_summary(comparison: Comparison) -> pd.DataFrame:
     """Models and baselines in one frame (method, family, <metric>_mean, <metric>_std) for ``plots.metric_bars``."""
     cols = [f"{m}_{s}" for m in evaluate.METRICS for s in ("mean", "std")]
     models = comparison.table[["run", "family", *cols]].rename(columns={"run": "method"})
-    return pd.concat([models, comparison.baselines[["method", *cols]].assign(family="baseline")],
-                     ignore_index=True)
+    return pd.concat([models, comparison.baselines[["method", *cols]].assign(family="baseline")], ignore_index=True)
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -266,8 +266,7 @@ class WindowDataset(Dataset):
     - ``causal``: ``y = w[s : s+L, 1, 1]``, every position's own token, with the centres of ``x`` zeroed (each
       position sees its causal neighbourhood: the row above and left, all earlier tokens)."""
 
-    def __init__(self, seqs: list[np.ndarray], seq_length: int = 256, stride: int = 32,
-                 objective: str = "next"):
+    def __init__(self, seqs: list[np.ndarray], seq_length: int = 256, stride: int = 32, objective: str = "next"):
         if not seqs:
             raise ValueError("no sequences given: the dataset is empty")
         if objective not in OBJECTIVES:

@@ -239,8 +239,7 @@ def _chunked_scan_setup(ctx, inputs, output):
 
 def _chunked_scan_grad(ctx, grad_y, grad_last_state, _grad_states):
     # grad_y : (B, L, Dn), grad_last_state : (B, Dn, N) (zeros if last_state was unused)
-    grads = _chunked_scan_backward(*ctx.saved_tensors, grad_y, grad_last_state, ctx.chunk_size,
-                                   ctx.compile_chunk)
+    grads = _chunked_scan_backward(*ctx.saved_tensors, grad_y, grad_last_state, ctx.chunk_size, ctx.compile_chunk)
     return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
 
 

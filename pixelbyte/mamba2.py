@@ -293,8 +293,7 @@ class Mamba2(_Mixer):
         for param in (self.dt_bias, self.A_log, self.D):
             param._no_weight_decay = True
 
-        self.norm = RMSNormGated(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups,
-                                 **factory_kwargs)
+        self.norm = RMSNormGated(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups, **factory_kwargs)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
 
     def _check_args(self):
@@ -323,8 +322,7 @@ class Mamba2(_Mixer):
 
     def _split_xBC(self, xBC):
         # (..., Dn + 2*G*N) -> x (..., H, P), B, C (..., G, N)
-        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state,
-                                    self.ngroups * self.d_state], dim=-1)
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         return (x.unflatten(-1, (self.nheads, self.headdim)),
                 B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state)))
 

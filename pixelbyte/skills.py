@@ -273,9 +273,11 @@ def pair_stream(a: Item, b: Item, direction: str) -> tuple[np.ndarray, int]:
 
 
 @torch.no_grad()
-def stream_bits(model, streams: list[np.ndarray], starts: list[int], batch_size: int = 32) -> list[np.ndarray]:
+def stream_bits(model, streams: list[np.ndarray], starts: list[int], batch_size: int = 32,
+                guidance: float | None = None) -> list[np.ndarray]:
     """Bits (-log2 p) of every token of each stream (L_k, 3, 3) from ``starts[k]`` on, by a causal model,
-    batched by length as ``data.ItemDataset`` does (slow reference: ``generate.log_likelihood``)."""
+    batched by length as ``data.ItemDataset`` does (slow reference: ``generate.log_likelihood``); with
+    ``guidance`` s, of the distribution ``generate`` samples: uncond + s (cond - uncond)."""
     samples = data.ItemDataset(streams)                     # sorted by length: little padding
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = [None] * len(streams)
@@ -283,6 +285,9 @@ def stream_bits(model, streams: list[np.ndarray], starts: list[int], batch_size:
         chosen = range(b, min(b + batch_size, len(samples)))
         x, y, *positions = (t.to(device) for t in samples.collate([samples[i] for i in chosen]))
         logits, _ = model(x, None, *positions)              # (B, L, V)
+        if guidance is not None:
+            uncond, _ = model(x, None, *positions, unconditional=torch.ones(len(x), dtype=torch.bool))
+            logits = uncond + guidance * (logits - uncond)
         logp = torch.log_softmax(logits.double(), -1).gather(-1, y[..., None])[..., 0]   # (B, L)
         bits = (-logp / math.log(2)).cpu().numpy()
         for row, i in enumerate(chosen):
@@ -302,10 +307,12 @@ def partners(n: int, groups: list[str] | None = None, seed: int = 0) -> list[int
     return out
 
 
-def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | None = None) -> list[dict]:
+def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | None = None,
+               guidance: float | None = None) -> list[dict]:
     """Both directions. Swap gain: bits per token of an item's image (caption) after a partner's caption
     (sprite) minus after its own, and the share likelier after their own. Retrieval among K: the share of
-    queries a whose own b is likeliest by p(b | a) and by p(b | a) / p(b). Ignoring a scores 0, 0.5, 1 / K."""
+    queries a whose own b is likeliest by p(b | a) and by p(b | a) / p(b). Ignoring a scores 0, 0.5, 1 / K.
+    ``guidance``: score the guided distribution instead (``stream_bits``)."""
     n = len(items)
     ks = {}                                                  # k scored -> the K asked
     for asked in cfg.retrieval:
@@ -324,7 +331,7 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
                            | {(a, b) for chosen in sets.values() for s in chosen for a in s for b in s})
             streams, starts = zip(*(pair_stream(items[a], items[b], direction) for a, b in pairs))
             alones = [np.concatenate(i.segments[:2] if swapped == "image" else i.segments[2:]) for i in items]
-            scores = stream_bits(model, list(streams) + alones, list(starts) + [0] * n, cfg.batch_size)
+            scores = stream_bits(model, list(streams) + alones, list(starts) + [0] * n, cfg.batch_size, guidance)
             bits = dict(zip(pairs, scores))
             alone = np.array([v.sum() for v in scores[len(pairs):]])      # b's bits with nothing before
             skip = [len(i.segments[0]) if swapped == "image" else 0 for i in items]   # the shape is not the image

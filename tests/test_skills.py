@@ -3,6 +3,7 @@ model's), the sprite classifier, the baselines, and the report of a real (tiny) 
 import dataclasses
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -249,6 +250,32 @@ def test_stream_bits_match_teacher_forced_log_likelihood(items):
         assert (streams[1][starts[1]:] == np.concatenate(scored)).all()   # b's own segments, after a's
 
 
+def test_guided_stream_bits_are_the_unconditional_and_conditional_streams_at_0_and_1(items):
+    torch.manual_seed(0)
+    model = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, objective="causal", positions=True,
+                                       condition=True)).eval()
+    torch.nn.init.normal_(model.memory.into.weight, std=0.5)         # a condition that changes the logits
+    streams, starts = zip(*(skills.pair_stream(items[a], items[b], "caption -> sprite") for a, b in [(0, 1), (2, 2)]))
+    streams, starts = list(streams), list(starts)
+    blind = PixelByteModel(model.config).eval()
+    blind.load_state_dict(model.state_dict())
+    torch.nn.init.zeros_(blind.memory.into.weight)                   # the same model, its condition read as nothing
+    with torch.no_grad():
+        plain, cond, uncond, two = (skills.stream_bits(m, streams, starts, guidance=g)
+                                    for m, g in ((model, None), (model, 1.0), (model, 0.0), (model, 2.0)))
+        reference = skills.stream_bits(blind, streams, starts)
+        one = data.ItemDataset(streams[:1])
+        x, y, positions = one.collate([one[0]])
+        c, u = model(x, None, positions)[0], model(x, None, positions, unconditional=torch.tensor([True]))[0]
+        by_hand = -torch.log_softmax((u + 2 * (c - u)).double(), -1)[0].gather(-1, y[0, :, None])[:, 0]
+    for a, b in zip(plain, cond):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(uncond, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert not np.allclose(plain[0], uncond[0])                       # the condition matters, so the check can fail
+    np.testing.assert_allclose(two[0], by_hand.numpy()[starts[0]:len(streams[0])] / math.log(2), rtol=1e-5)
+
+
 def test_a_model_blind_to_the_partner_scores_no_gain_and_exact_chance(items):
     groups = [skills.caption_group(i.caption) for i in items]
     rows = skills.cross_rows(Blind(), items, skills.SkillsConfig(retrieval=(4, 8, 32)), groups)
@@ -317,3 +344,39 @@ def test_report_on_free_text_paragraphs_leaves_the_group_metrics_out(tmp_path):
     assert grouped["baseline_is"].str.startswith("left out: the captions have no groups").all()
     cross = table[table["metric"].str.startswith(("swap", "retrieval"))]
     assert len(cross) == 8 and cross["value"].notna().all() and (cross["items"] == 4).all()
+
+
+def test_the_cross_modal_benchmark_sweeps_guidance_and_counts_bits_per_item(tmp_path, monkeypatch, capsys):
+    from pixelbyte.config import DataConfig, RunConfig, SampleConfig
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cross_modal.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_cross_modal", script)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)               # its dataclass looks itself up there
+    spec.loader.exec_module(bench)
+    assert bench.entropy_bits(["a", "a", "b", "b"]) == 1.0 and bench.entropy_bits(["a"] * 3) == 0.0
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    results = {}
+    for condition in (True, False):
+        torch.manual_seed(0)
+        model = PixelByteModel(ModelConfig(model="lstm", dim=8, hidden=8, depth=1, objective="causal",
+                                           condition=condition, condition_dropout=0.1 * condition))
+        if condition:
+            torch.nn.init.normal_(model.memory.into.weight, std=0.5)
+        model.run = RunConfig(data=DataConfig(limit=24, test_size=0.25), samples=SampleConfig(unit="item"),
+                              model=model.config)
+        model.save_pretrained(tmp_path / f"c{condition}" / "best_model")
+        results[condition] = bench.main(bench.Args(checkpoint=str(tmp_path / f"c{condition}" / "best_model"),
+                                                   items=4, scales=(0.0, 1.0, 2.0)))
+    assert "| caption -> sprite | 2 |" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        f"cross_modal_{tmp_path.name}_c{c}_best_model.json" for c in (False, True)]   # the last three folders
+    rows = results[True]["rows"]
+    assert [(r["direction"], r["guidance"]) for r in rows] == [(d, g) for g in (0.0, 1.0, 2.0) for d in skills.CROSS]
+    side = results[True]["dataset"]
+    assert side["category_bits"] > side["group_bits"] >= 0          # the first items: one group, several subgroups
+    for r in rows:
+        tokens = side["image_tokens_per_item" if r["direction"] == "caption -> sprite" else "caption_tokens_per_item"]
+        assert r["gain_bits_per_item"] == pytest.approx(r["gain_bits_per_token"] * tokens)
+    assert rows[0]["own_bits_per_token"] != rows[2]["own_bits_per_token"]      # guidance 0 reads no condition
+    assert [r["guidance"] for r in results[False]["rows"]] == [1.0, 1.0]        # no condition: the model itself
