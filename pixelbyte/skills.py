@@ -151,6 +151,7 @@ class SkillsConfig:
     temperature: float = 0.8        # sampling temperature of images (greedy images of small models degenerate)
     caption_temperature: float = 0.0  # captions: 0 = greedy, as captioning is scored (the likeliest caption)
     top_k: int | None = None        # sample among the k likeliest tokens only (None = all)
+    guidance: float | None = None   # classifier-free guidance scale of every sample (condition models; None = 1)
     seed: int = 0
     batch_size: int = 32            # prompts generated at once
 
@@ -187,7 +188,7 @@ def _generate(model, prompts, budgets, cfg: SkillsConfig, constrained: bool = Fa
     for b in range(0, len(prompts), cfg.batch_size):
         out += gen.generate(model, prompts[b:b + cfg.batch_size], budgets[b:b + cfg.batch_size],
                             temperature=cfg.temperature if temperature is None else temperature, top_k=cfg.top_k,
-                            seed=cfg.seed + b, stop_after_segments=1, constrained=constrained)
+                            seed=cfg.seed + b, stop_after_segments=1, constrained=constrained, guidance=cfg.guidance)
     return out
 
 

@@ -57,7 +57,7 @@ Measured by `python benchmarks/skills.py --checkpoint pretrained --items {scored
 and from caption-first prompts with the declared shape kept for caption -> sprite; captions greedy).
 
 {table}
-
+{guided}
 ## Limits
 Trained on 24-pixel emoji in the NES palette and their Unicode names; captions follow the
 data's grammar ("name. group, subgroup"). Caption -> sprite draws the group's look (colours,
@@ -81,6 +81,20 @@ def training_summary(train_dir: Path | None) -> str:
             f"The whole run description is `run.json` beside the weights.")
 
 
+def guided_section(result: dict, guided: dict, items: int) -> str:
+    """The sampled skills (dimensions, captions, drawings) with guidance beside without; the likelihood rows
+    score the model itself, not a sampler, so guidance leaves them alone."""
+    rows = [f"| {a['skill']} | {a['metric']} | {a['value']:.3f} | {b['value']:.3f} | {a['baseline']:.3g} |"
+            for a, b in zip(result["table"], guided["table"])
+            if not a["skill"].startswith("bits") and not a["metric"].startswith(("swap", "retrieval"))]
+    g = f"{guided['guidance']:g}"
+    return (f"\n## Sampled with classifier-free guidance {g}\n"
+            f"`python benchmarks/skills.py --checkpoint pretrained --items {items} --guidance {g}`: every sample "
+            f"drawn from uncond + {g} (cond - uncond), as in the example above (same items and seeds).\n\n"
+            f"| skill | metric | without | with guidance {g} | baseline |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="the save_pretrained folder to ship (e.g. <out_dir>/best_model)")
@@ -95,6 +109,10 @@ def main(argv=None):
     model.half().save_pretrained(target)                       # fp16 on disk, fp32 when loaded
     result = skills_benchmark.measure(str(target), args.items)
     (ROOT / "benchmarks" / "results" / "skills_pretrained.json").write_text(json.dumps(result, indent=1) + "\n")
+    guided = skills_benchmark.measure(str(target), args.items, guidance=2.0) if model.config.condition else None
+    if guided:
+        (ROOT / "benchmarks" / "results" / "skills_pretrained_guidance2.json").write_text(
+            json.dumps(guided, indent=1) + "\n")
 
     reloaded = PixelByteModel.from_pretrained(str(target))
     run = reloaded.run
@@ -119,6 +137,7 @@ def main(argv=None):
         name=f"pixelbyte-{args.name}", family=reloaded.config.model, parameters=reloaded.num_parameters(),
         version=__version__, items=len(seqs), held_out=len(test_idx), scored=args.items,
         temperature=result["temperature"], table=result["markdown"],
+        guided=guided_section(result, guided, args.items) if guided else "",
         condition=("; every position also reads a summary of the item's completed segments (the caption while "
                    "drawing, the image while captioning), trained without it on "
                    f"{reloaded.config.condition_dropout:.0%} of the samples, so it can be guided"

@@ -380,3 +380,21 @@ def test_the_cross_modal_benchmark_sweeps_guidance_and_counts_bits_per_item(tmp_
         assert r["gain_bits_per_item"] == pytest.approx(r["gain_bits_per_token"] * tokens)
     assert rows[0]["own_bits_per_token"] != rows[2]["own_bits_per_token"]      # guidance 0 reads no condition
     assert [r["guidance"] for r in results[False]["rows"]] == [1.0, 1.0]        # no condition: the model itself
+
+
+def test_the_report_samples_with_guidance_when_asked(split):
+    train, test = split[0][:60], split[1][:6]
+    torch.manual_seed(0)
+    model = PixelByteModel(ModelConfig(model="lstm", dim=18, hidden=16, objective="causal", positions=True,
+                                       condition=True, condition_dropout=0.1))
+    torch.nn.init.normal_(model.memory.into.weight, std=0.5)         # a condition that changes the samples
+    reports = {g: skills.measure(model, train, test, skills.SkillsConfig(items=3, seed=0, guidance=g))
+               for g in (None, 1.0, 4.0)}
+    pd.testing.assert_frame_equal(reports[None].table, reports[1.0].table)        # scale 1 is the model itself
+    assert reports[None].examples["captions"] == reports[1.0].examples["captions"]
+    guided, plain = reports[4.0].examples, reports[None].examples
+    assert guided["captions"] != plain["captions"] or any(
+        a.shape != b.shape or (a != b).any() for a, b in zip(guided["drawn"], plain["drawn"]))
+    likelihood = ~reports[None].table["metric"].str.startswith(("swap", "retrieval")) & \
+        ~reports[None].table["skill"].str.startswith("bits")
+    pd.testing.assert_frame_equal(reports[None].table[~likelihood], reports[4.0].table[~likelihood])  # not sampled
