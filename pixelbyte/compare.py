@@ -277,9 +277,7 @@ def run_config(name: str, objective: str, splits: Splits, out_dir, copy_scores: 
             report = skills.measure(model, splits.train, splits.test,
                                     skills.SkillsConfig(items=cfg.skill_items, seed=cfg.seed, retrieval=(8,)),
                                     splits.classifier)
-            among = f"among {max(2, min(8, cfg.skill_items))} "      # the report scores K = min(8, items)
-            row.update({column: report.value(skill, metric.replace("among 8 ", among))
-                        for column, (skill, metric) in SKILL_COLUMNS.items()})
+            row.update({column: report.value(skill, metric) for column, (skill, metric) in SKILL_COLUMNS.items()})
     row.update(copy_scores or {})
     row["eval_time_s"] = time.perf_counter() - t0
     log(f"{row['run']:38s} {row['params']:7,d} params, {row['steps']:5d} steps in {train_time:5.0f} s, "

@@ -8,6 +8,7 @@ the held-out split, the sample settings and the context length from it.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -358,7 +359,7 @@ class RunConfig:
 
     def save(self, path) -> Path:
         """Write the run as JSON (atomically)."""
-        return atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
+        return atomic_write(path, lambda f: f.write((json.dumps(self.to_dict(), indent=2) + "\n").encode()))
 
     @classmethod
     def load(cls, path) -> "RunConfig":
@@ -440,15 +441,25 @@ def _from_dict(cls, data, where: str | None = None):
     return cls(**data)
 
 
-def atomic_write_text(text: str, path) -> Path:
-    """Write through a temp file and os.replace: a crash or a full disk leaves the old file or the new one."""
+def atomic_write(path, write) -> Path:
+    """``write(f)`` into a fsynced temp file beside ``path`` (binary), then os.replace: a crash or a full disk
+    leaves the old file or the new one, never a torn one (checkpoints, run.json, metrics.json)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # persist the rename itself (not possible on every OS)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 

@@ -315,7 +315,7 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
     queries a whose own b is likeliest by p(b | a) and by p(b | a) / p(b). Ignoring a scores 0, 0.5, 1 / K.
     ``guidance``: score the guided distribution instead (``stream_bits``)."""
     n = len(items)
-    ks = {}                                                  # k scored -> the K asked
+    ks = {}                         # k scored -> the K asked, which names the row (fewer items: k < K, said)
     for asked in cfg.retrieval:
         ks.setdefault(max(2, min(asked, n)), asked)
     why = None if model.config.objective == "causal" else \
@@ -353,7 +353,7 @@ def cross_rows(model, items: list[Item], cfg: SkillsConfig, groups: list[str] | 
                   "value": values.get("share", math.nan), "baseline": 0.5,
                   "baseline_is": why or f"a model that ignores the {given} (ties count half)"}]
         for norm, by in ((None, ""), ("pmi", f" / p({scored})")):
-            rows += [{**row, "metric": f"retrieval: top-1 {scored} among {k} by p({scored} | {given}){by}",
+            rows += [{**row, "metric": f"retrieval: top-1 {scored} among {asked} by p({scored} | {given}){by}",
                       "value": values.get((k, norm), math.nan), "baseline": 1 / k,
                       "items": k * len(sets[k]), "baseline_is": why or f"chance (1 / {k})"
                       + (f"; only {n} items, not {asked}" if k < asked else "")} for k, asked in ks.items()]

@@ -45,7 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm   # log lines that keep a
 from . import __version__, data, git_commit, kaggle_env
 from . import tokenizer as tok
 from .config import RUNTIME_FIELDS, DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, \
-    _is_int, atomic_write_text, field_diff, resolve_device
+    _is_int, atomic_write, field_diff, resolve_device
 from .models import CheckpointError, PixelByteModel, loss_sums, metrics_from_sums
 
 log = logging.getLogger(__name__)
@@ -144,26 +144,6 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
 def cleanup_distributed():
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def atomic_torch_save(obj, path: Path) -> Path:
-    """torch.save to a fsynced temp file, then os.replace: a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # persist the rename itself (not possible on every OS)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
 
 
 def tokens_crc32(ds) -> int | None:
@@ -526,7 +506,7 @@ class Trainer:
 
     def _write_metrics_json(self):
         rows = [{k: (None if _missing(v) else v) for k, v in r.items()} for r in self.history]
-        atomic_write_text(json.dumps(rows, indent=1), self.out_dir / "metrics.json")
+        atomic_write(self.out_dir / "metrics.json", lambda f: f.write(json.dumps(rows, indent=1).encode()))
 
     def _write_run_json(self, final: dict | None = None):
         info = {**self.run.to_dict(), "model_class": type(self.model).__name__,
@@ -539,7 +519,7 @@ class Trainer:
                 "world_size": self.world_size, "amp": self.use_amp,
                 "datasets": {name: self._ds_info(ds) for name, ds in (("train", self.train_ds), ("val", self.val_ds))},
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "final": final}
-        atomic_write_text(json.dumps(info, indent=2, default=str), self.out_dir / "run.json")
+        atomic_write(self.out_dir / "run.json", lambda f: f.write(json.dumps(info, indent=2, default=str).encode()))
 
     def _ds_info(self, ds) -> dict | None:
         if ds is None:
@@ -581,14 +561,18 @@ class Trainer:
         if not self.is_main:
             return
         self._write_metrics_json()
-        self.last_good_checkpoint = atomic_torch_save(state, self.out_dir / "last.pt")
+        self.last_good_checkpoint = atomic_write(self.out_dir / "last.pt", functools.partial(torch.save, state))
         if best:
-            atomic_torch_save(state, self.out_dir / "best.pt")
+            atomic_write(self.out_dir / "best.pt", functools.partial(torch.save, state))
             if hasattr(self.model, "save_pretrained"):
                 final, tmp, old = (self.out_dir / n for n in ("best_model", ".best_model.tmp", ".best_model.old"))
                 for stale in (tmp, old):                           # left by a run killed mid-swap
                     shutil.rmtree(stale, ignore_errors=True)
-                self.model.save_pretrained(tmp)
+                try:
+                    self.model.save_pretrained(tmp)
+                except BaseException:                              # a full disk: leave no half-written folder
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
                 if final.exists():
                     os.replace(final, old)
                 os.replace(tmp, final)

@@ -170,7 +170,7 @@ def test_report_of_a_tiny_model_has_every_skill_and_is_seeded(split):
     generation = table[~table["skill"].str.startswith("bits") & ~table["metric"].str.startswith(("swap", "retrieval"))]
     assert generation["value"].between(0, 1).all() and (generation["items"] == 3).all()
     cross = table[table["metric"].str.startswith(("swap", "retrieval"))]
-    assert len(cross) == 8 and cross["value"].notna().all()          # 2 directions x gain, share, 2 top-1 among 3
+    assert len(cross) == 8 and cross["value"].notna().all()          # 2 directions x gain, share, 2 top-1 among 3 (asked 8)
     assert set(cross.loc[cross["metric"].str.startswith("retrieval"), "baseline"]) == {1 / 3}
     bits = table[table["skill"].str.startswith("bits")].set_index(["skill", "metric"])
     assert (bits["value"] > 0).all() and (bits["baseline"] > 0).all()
@@ -279,11 +279,12 @@ def test_guided_stream_bits_are_the_unconditional_and_conditional_streams_at_0_a
 def test_a_model_blind_to_the_partner_scores_no_gain_and_exact_chance(items):
     groups = [skills.caption_group(i.caption) for i in items]
     rows = skills.cross_rows(Blind(), items, skills.SkillsConfig(retrieval=(4, 8, 32)), groups)
-    assert {r["metric"].split(" among ")[-1].split(" ")[0] for r in rows if "among" in r["metric"]} == {"4", "8", "12"}
+    assert {r["metric"].split(" among ")[-1].split(" ")[0] for r in rows if "among" in r["metric"]} == {"4", "8", "32"}
     for r in rows:
         assert r["value"] == r["baseline"], r                        # gain 0, share 0.5, top-1 exactly 1 / k
-    among_12 = [r for r in rows if "among 12" in r["metric"]]
-    assert all("only 12 items, not 32" in r["baseline_is"] and r["items"] == 12 for r in among_12)
+    squeezed = [r for r in rows if "among 32" in r["metric"]]                   # named as asked, scored among 12
+    assert len(squeezed) == 4 and all("chance (1 / 12); only 12 items, not 32" in r["baseline_is"]
+                                      and r["baseline"] == 1 / 12 and r["items"] == 12 for r in squeezed)
     assert [r["items"] for r in rows if "among 4" in r["metric"] or "among 8" in r["metric"]] == [12, 8] * 4
     assert sum(r["metric"].endswith(") / p(sprite)") for r in rows) == 3          # noisy channel, each K
     constant = Blind()

@@ -468,7 +468,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(finished_r
 
 def test_stale_partial_writes_of_a_killed_run_are_cleaned_up(finished_run):
     out_dir, train_ds, val_ds = finished_run
-    (out_dir / ".last.pt.tmp123").write_bytes(b"partial")                 # killed inside atomic_torch_save
+    (out_dir / ".last.pt.tmp123").write_bytes(b"partial")                 # killed inside atomic_write
     (out_dir / ".metrics.json.tmp77").write_text("[")
     for name in (".best_model.tmp", ".best_model.old"):                   # killed inside save_pretrained's swap
         (out_dir / name).mkdir()
@@ -802,6 +802,11 @@ def test_cli_nan_loss_full_disk_missing_gpu_and_ctrl_c_are_one_line_and_ctrl_c_c
         with pytest.raises(SystemExit, match="pixelbyte.train: .*No space left on device"):
             main([*cli, "--train.out-dir", str(tmp_path / "full")])
     assert not list((tmp_path / "full").glob(".*.tmp*"))                  # no partial file left behind
+    with monkeypatch.context() as m:                                     # the disk fills at a checkpoint's fsync
+        m.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        with pytest.raises(SystemExit, match="pixelbyte.train: .*No space left on device"):
+            main([*cli, "--train.out-dir", str(tmp_path / "full_fsync")])
+    assert not list((tmp_path / "full_fsync").glob(".*.tmp*"))
 
     real_step, calls, out = Trainer._train_step, [0], tmp_path / "ctrl_c"
 
