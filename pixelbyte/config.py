@@ -359,7 +359,7 @@ class RunConfig:
 
     def save(self, path) -> Path:
         """Write the run as JSON (atomically)."""
-        return atomic_write(path, lambda f: f.write((json.dumps(self.to_dict(), indent=2) + "\n").encode()))
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path) -> "RunConfig":
@@ -441,14 +441,15 @@ def _from_dict(cls, data, where: str | None = None):
     return cls(**data)
 
 
-def atomic_write(path, write) -> Path:
-    """``write(f)`` into a fsynced temp file beside ``path`` (binary), then os.replace: a crash or a full disk
-    leaves the old file or the new one, never a torn one (checkpoints, run.json, metrics.json)."""
+def atomic_write(path, content) -> Path:
+    """``content`` (text, or a function writing to the open binary file: ``partial(torch.save, obj)``) into a
+    fsynced temp file beside ``path``, then os.replace: a crash or a full disk leaves the old file or the new
+    one, never a torn one (checkpoints, run.json, metrics.json)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            content(f) if callable(content) else f.write(content.encode())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

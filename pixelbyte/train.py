@@ -506,7 +506,7 @@ class Trainer:
 
     def _write_metrics_json(self):
         rows = [{k: (None if _missing(v) else v) for k, v in r.items()} for r in self.history]
-        atomic_write(self.out_dir / "metrics.json", lambda f: f.write(json.dumps(rows, indent=1).encode()))
+        atomic_write(self.out_dir / "metrics.json", json.dumps(rows, indent=1))
 
     def _write_run_json(self, final: dict | None = None):
         info = {**self.run.to_dict(), "model_class": type(self.model).__name__,
@@ -519,7 +519,7 @@ class Trainer:
                 "world_size": self.world_size, "amp": self.use_amp,
                 "datasets": {name: self._ds_info(ds) for name, ds in (("train", self.train_ds), ("val", self.val_ds))},
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "final": final}
-        atomic_write(self.out_dir / "run.json", lambda f: f.write(json.dumps(info, indent=2, default=str).encode()))
+        atomic_write(self.out_dir / "run.json", json.dumps(info, indent=2, default=str))
 
     def _ds_info(self, ds) -> dict | None:
         if ds is None:
