@@ -387,6 +387,8 @@ class Trainer:
         if self.is_main:
             self._write_metrics_json()
             self._write_run_json(final)
+        if self.world_size > 1:     # leave together: a rank tearing gloo down while rank 0 still writes can abort
+            dist.barrier()
         return final
 
     def _fix_budget(self, train_seconds: float, steps_timed: int, tokens_timed: int = 0):
